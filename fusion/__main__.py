@@ -1,0 +1,3 @@
+from fusion.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Data preparation (pure functions, no orchestration imports)."""

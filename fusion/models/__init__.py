@@ -1,0 +1,51 @@
+"""Model registry: name -> builder and the paper's variant names.
+
+Models register themselves on import (BasicSR style); a config picks one by `train.model`
+and `train.variant`. `variants` maps the identifier a config uses to the paper's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    variants: dict[str, str]          # config identifier -> name in the paper
+    task: str                         # the task the model is trained for by default
+    paper: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def build_model(name: str, variant: str, **options) -> nn.Module:
+    from fusion.errors import ConfigError
+
+    if name not in MODELS:
+        raise ConfigError(f"train.model: unknown model {name!r}; valid: {sorted(MODELS)}")
+    spec = MODELS[name]
+    if variant not in spec.variants:
+        raise ConfigError(f"train.variant: unknown variant {variant!r} of {name}; valid: {list(spec.variants)}")
+    return spec.builder(variant=variant, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Import for the side effect of registration.
+from fusion.models import ufa  # noqa: E402,F401

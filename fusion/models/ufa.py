@@ -1,0 +1,124 @@
+"""UFA-Fuse (supervised multi-focus fusion with unity fusion attention).
+
+Paper: feature extraction (7 FEBs, shared weights) -> UFA (channel then spatial attention,
+each a softmax across the K inputs, Eqs. 5-10) -> concat -> 1x1 FFB -> reconstruction
+(Table II: ICB1-3 64->64 LeakyReLU, ICB4 64->3 sigmoid). Fully convolutional, so any
+input size works without padding tricks.
+
+`released=True` builds the graph of the authors' released weights (455,111 parameters):
+one bias-free 7x7 spatial-attention conv per input and a deeper reconstruction (six
+64->64 blocks before the output conv). The layer split is inferred from the released
+parameter count, which no other split of the documented layer types reproduces.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from fusion.models import ModelSpec, register
+
+VARIANTS = {
+    "UFA": "UFA",          # channel + spatial attention (the paper's model)
+    "NO-UFA": "NO-UFA",    # features concatenated without attention
+    "NO-SA": "NO-SA",      # channel attention only
+    "NO-CA": "NO-CA",      # spatial attention only
+}
+
+
+def _conv_lrelu(cin: int, cout: int, slope: float) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(slope, inplace=True))
+
+
+class UnityFusionAttention(nn.Module):
+    """Eqs. 5-10: F' = Mc(F) * F, F'' = Ms(F') * F', softmaxes taken across the K inputs."""
+
+    def __init__(self, num_inputs: int, channel: bool, spatial: bool, per_input_spatial: bool, spatial_bias: bool):
+        super().__init__()
+        self.channel = channel
+        self.spatial = spatial
+        n_convs = num_inputs if per_input_spatial else 1
+        self.spatial_convs = nn.ModuleList(
+            nn.Conv2d(2, 1, 7, padding=3, bias=spatial_bias) for _ in range(n_convs if spatial else 0)
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.channel:
+            pooled = torch.stack([f.mean(dim=(2, 3), keepdim=True) for f in feats])  # K,B,C,1,1
+            weights = torch.softmax(pooled, dim=0)
+            feats = [w * f for w, f in zip(weights, feats)]
+        if self.spatial:
+            maps = []
+            for k, f in enumerate(feats):
+                conv = self.spatial_convs[k % len(self.spatial_convs)]
+                desc = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+                maps.append(conv(desc))
+            weights = torch.softmax(torch.stack(maps), dim=0)  # K,B,1,H,W
+            feats = [w * f for w, f in zip(weights, feats)]
+        return feats
+
+
+class UFAFuse(nn.Module):
+    def __init__(
+        self,
+        variant: str = "UFA",
+        in_channels: int = 3,
+        out_channels: int = 3,
+        num_inputs: int = 2,
+        width: int = 64,
+        released: bool = False,
+        slope: float = 0.01,
+    ):
+        super().__init__()
+        if num_inputs < 2:
+            raise ValueError(f"num_inputs must be >= 2, got {num_inputs}")
+        self.variant = variant
+        self.num_inputs = num_inputs
+        self.in_channels = in_channels
+        self.features = nn.Sequential(
+            _conv_lrelu(in_channels, width, slope), *[_conv_lrelu(width, width, slope) for _ in range(6)]
+        )
+        self.ufa = UnityFusionAttention(
+            num_inputs,
+            channel=variant in ("UFA", "NO-SA"),
+            spatial=variant in ("UFA", "NO-CA"),
+            per_input_spatial=released,
+            spatial_bias=not released,
+        )
+        self.ffb = nn.Conv2d(width * num_inputs, width, 1)
+        hidden = 6 if released else 3
+        self.reconstruct = nn.Sequential(
+            *[_conv_lrelu(width, width, slope) for _ in range(hidden)],
+            nn.Conv2d(width, out_channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: K tensors B x C x H x W in [0, 1] (C = in_channels); returns B x out x H x W in [0, 1]."""
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        if len(inputs) != self.num_inputs:
+            raise ValueError(f"UFA-Fuse was built for {self.num_inputs} inputs, got {len(inputs)}")
+        # One pass through the shared backbone for all inputs: same weights, better batching.
+        stacked = self.features(torch.cat(inputs, dim=0))
+        feats = list(stacked.chunk(self.num_inputs, dim=0))
+        fused = torch.cat(self.ufa(feats), dim=1)
+        return self.reconstruct(self.ffb(fused))
+
+
+def build_ufa(variant: str = "UFA", **options) -> UFAFuse:
+    return UFAFuse(variant=variant, **options)
+
+
+register(
+    ModelSpec(
+        name="ufa",
+        builder=build_ufa,
+        variants=VARIANTS,
+        task="multifocus",
+        paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
+        notes={"released": "authors' released graph, 455,111 parameters (RGB)"},
+    )
+)
+
+__all__ = ["UFAFuse", "UnityFusionAttention", "build_ufa"]

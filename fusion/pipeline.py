@@ -1,0 +1,137 @@
+"""The main job's stages as plain functions: prepare -> train -> evaluate -> report.
+
+The Prefect flow (flows/nightly.py) and the CLI call these; nothing here imports Prefect.
+Ray and MLflow are reached only through their adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusion import tracking, versioning
+from fusion.config import Config
+from fusion.data import embedded
+from fusion.data.synth_multifocus import SynthParams, build
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    root: Path
+    raw_hash: str
+    data_hash: str
+    stages_ran: list[str]
+    stages_skipped: list[str]
+    counts: dict[str, int]
+
+
+@dataclass
+class RunInfo:
+    name: str
+    dir: Path
+    target: tracking.TrackingTarget
+    run_id: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def synth_multifocus_stage(workspace: Path, cfg: Config) -> dict:
+    """What the DVC stage `synth_multifocus` runs."""
+    p = cfg.data.synth_multifocus
+    params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)),
+                         p.mask_threshold, p.test_images, cfg.seed)
+    return build(workspace / p.raw, workspace / p.out, params)
+
+
+def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:
+    """Embedded photographs -> `dvc add data` -> `dvc repro` -> `dvc push`."""
+    versioning.ensure_repo(workspace)
+    raw = workspace / cfg.data.embedded.out
+    if not embedded.is_complete(raw):
+        log.info("exporting the embedded photographs to %s", raw)
+        embedded.export_embedded(raw)
+    raw_hash = versioning.track_raw(workspace)
+    result = versioning.repro(workspace)
+    if push:
+        versioning.push(workspace)
+    out = cfg.data.synth_multifocus.out
+    hashes = versioning.output_hashes(workspace)
+    manifest = json.loads((workspace / out / "manifest.json").read_text())
+    return Prepared(workspace / out, raw_hash, hashes.get(out, "unknown"), result.ran, result.skipped, manifest["counts"])
+
+
+def run_name(cfg: Config) -> str:
+    return f"{cfg.train.model}-{cfg.train.variant}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = None) -> RunInfo:
+    name = name or run_name(cfg)
+    target = tracking.target(cfg, workspace)
+    tags = {
+        **tracking.git_state(),
+        "data.raw_md5": prepared.raw_hash,
+        "data.dvc_md5": prepared.data_hash,
+        "data.path": str(prepared.root.relative_to(workspace)),
+        "data.synthetic": "true",
+        "data.description": "SYNTHETIC multi-focus pairs (UFA-Fuse Eq. 11) from scikit-image photographs",
+        "profile": cfg.profile,
+        "model": cfg.train.model,
+        "variant": cfg.train.variant,
+        "seed": str(cfg.seed),
+        "mlflow.note.content": (
+            f"{cfg.train.model} {cfg.train.variant}, profile {cfg.profile}, trained on SYNTHETIC multi-focus "
+            f"pairs (data md5 {prepared.data_hash})."
+        ),
+    }
+    run_id = tracking.start_run(target, name, cfg, tags)
+    lock = workspace / "dvc.lock"
+    if lock.is_file():
+        tracking.log_artifact(target, run_id, lock, "data")
+    return RunInfo(name, workspace / RUNS_DIR / name, target, run_id)
+
+
+def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
+    """Returns the folder holding last.pt and best.pt (also logged to the run)."""
+    ckpt_dir = run.dir / "checkpoints"
+    if use_ray:
+        from fusion.train.distributed import train_with_ray
+
+        train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
+                       tracking=asdict(run.target), run_id=run.run_id)
+    else:
+        from fusion.train.loop import Trainer
+
+        Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id)]).fit(ckpt_dir)
+    for f in sorted(ckpt_dir.glob("*.pt")):
+        tracking.log_artifact(run.target, run.run_id, f, "checkpoints")
+    return ckpt_dir
+
+
+def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
+    from fusion.evaluate import evaluate as score, save_grid, write_reports
+    from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
+
+    device = pick_device(cfg.train.device)
+    ckpt = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    model, _ = model_from_checkpoint(ckpt, device)
+    label = "UFA-Fuse" if cfg.train.model == "ufa" else cfg.train.model
+    result, samples = score(prepared.root, cfg.evaluate.metrics, cfg.evaluate.baselines, model=model,
+                            model_label=label, device=device, keep_images=cfg.evaluate.grid_pairs)
+    eval_dir = run.dir / "eval"
+    paths = write_reports(result, eval_dir)
+    grid = save_grid(eval_dir / "grid.png", samples, label, f"fused ({label})")
+    for p in (*paths.values(), grid):
+        tracking.log_artifact(run.target, run.run_id, p, "eval")
+    final = {}
+    for method, values in result.means.items():
+        prefix = "test" if method == label else f"baseline/{method}"
+        final.update({f"{prefix}/{k}": v for k, v in values.items()})
+        final[f"{prefix}/seconds_per_pair"] = result.seconds_per_pair[method]
+    tracking.log_metrics(run.target, run.run_id, final)
+    return result

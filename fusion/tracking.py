@@ -1,0 +1,177 @@
+"""MLflow adapter: where runs go, what pins them to their inputs, and a training callback.
+
+Embedded default: a SQLite store and an artifact folder under the workspace's `mlflow/`.
+Set MLFLOW_TRACKING_URI to use the team's server instead. Everything goes through an
+explicit run id (no fluent global state), so Prefect tasks and Ray workers can all log
+into the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusion.config import Config, project_root
+
+log = logging.getLogger(__name__)
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    uri: str
+    experiment: str
+    artifact_location: str | None  # only set for the embedded store
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.artifact_location is not None
+
+
+def target(cfg: Config, workspace: Path) -> TrackingTarget:
+    uri = os.environ.get(TRACKING_ENV)
+    if uri:
+        return TrackingTarget(uri, cfg.tracking.experiment, None)
+    db = cfg.tracking.default_uri
+    prefix = "sqlite:///"
+    if db.startswith(prefix) and not Path(db[len(prefix):]).is_absolute():
+        path = (workspace / db[len(prefix):]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = f"{prefix}{path}"
+    artifacts = (workspace / cfg.tracking.artifact_root).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return TrackingTarget(db, cfg.tracking.experiment, artifacts.as_uri())
+
+
+def client(t: TrackingTarget):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=t.uri)
+
+
+def experiment_id(t: TrackingTarget) -> str:
+    c = client(t)
+    exp = c.get_experiment_by_name(t.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(t.experiment, artifact_location=t.artifact_location)
+
+
+def git_state(repo: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the code that runs (the package's checkout)."""
+    repo = repo or project_root()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def environment_tags() -> dict[str, str]:
+    import numpy
+    import torch
+
+    return {
+        "env.python": platform.python_version(),
+        "env.torch": torch.__version__,
+        "env.numpy": numpy.__version__,
+        "env.platform": platform.platform(),
+        "env.cuda": str(torch.cuda.is_available()).lower(),
+    }
+
+
+def start_run(t: TrackingTarget, run_name: str, cfg: Config, tags: dict[str, str]) -> str:
+    from mlflow.entities import Param, RunTag
+
+    c = client(t)
+    run = c.create_run(experiment_id(t), run_name=run_name, tags={**tags, **environment_tags()})
+    params = [Param(k, _param_value(v)) for k, v in sorted(cfg.flat().items())]
+    for i in range(0, len(params), 100):  # MLflow's batch limit for params
+        c.log_batch(run.info.run_id, params=params[i:i + 100])
+    c.log_text(run.info.run_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "config/resolved.json")
+    return run.info.run_id
+
+
+def _param_value(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s[:MAX_PARAM_LEN]
+
+
+def log_metrics(t: TrackingTarget, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(_key(k), float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        client(t).log_batch(run_id, metrics=batch[i:i + 1000])
+
+
+def _key(name: str) -> str:
+    # MLflow keys allow / . - _ and spaces; a metric like "SSIM_gt mean" stays readable.
+    return "".join(ch if ch.isalnum() or ch in "/._- " else "_" for ch in name)
+
+
+def set_tags(t: TrackingTarget, run_id: str, tags: dict[str, str]) -> None:
+    c = client(t)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+
+
+def log_artifact(t: TrackingTarget, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client(t).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(t: TrackingTarget, run_id: str, status: str = "FINISHED") -> None:
+    client(t).set_terminated(run_id, status)
+
+
+def ui_command(t: TrackingTarget) -> str:
+    if t.is_embedded:
+        import sys
+
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        return f"{mlflow_bin} ui --backend-store-uri {t.uri} --port 5000"
+    return f"open {t.uri}"
+
+
+def run_url(t: TrackingTarget, run_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    exp = client(t).get_run(run_id).info.experiment_id
+    root = base if t.is_embedded or not t.uri.startswith("http") else t.uri.rstrip("/")
+    return f"{root}/#/experiments/{exp}/runs/{run_id}"
+
+
+class MlflowCallback:
+    """Trainer callback: per-step and per-epoch metrics into one run.
+
+    After a Ray restart the trainer replays from its last checkpoint; steps already in the
+    run are skipped so the metric history has no duplicates.
+    """
+
+    def __init__(self, t: TrackingTarget, run_id: str, every: int = 1):
+        self.t, self.run_id, self.every = t, run_id, every
+        history = client(t).get_metric_history(run_id, "train/loss")
+        self.logged_upto = max((m.step for m in history), default=0)
+        epochs = client(t).get_metric_history(run_id, "val/loss")
+        self.epochs_upto = max((m.step for m in epochs), default=0)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if step > self.logged_upto and step % self.every == 0:
+            log_metrics(self.t, self.run_id, metrics, step)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        if epoch > self.epochs_upto:
+            log_metrics(self.t, self.run_id, metrics, epoch)

@@ -1,0 +1,1 @@
+"""Training: the pure trainer (loop) and its Ray adapter (distributed)."""

@@ -1,0 +1,124 @@
+"""Ray adapter: run the trainer as a Ray Train job (current Train V2 API).
+
+Local Ray by default, sized for a small machine (no dashboard, small object store); an
+existing cluster when RAY_ADDRESS is set, with this package shipped through the runtime
+environment. Ray persists each reported checkpoint under `storage_path` and, when a worker
+dies, restarts the loop from the latest one (FailureConfig.max_failures).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fusion.config import Config
+from fusion.train.loop import BEST, LAST
+
+log = logging.getLogger(__name__)
+
+OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def init_ray() -> dict[str, Any]:
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = os.environ.get("RAY_ADDRESS")
+    import fusion
+
+    common = dict(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    if address:
+        # Ship the package so cluster nodes run the same code as this checkout.
+        ray.init(address=address, runtime_env={"py_modules": [str(Path(fusion.__file__).parent)]}, **common)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 object_store_memory=OBJECT_STORE_BYTES, **common)
+    return ray.cluster_resources()
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs inside the Ray Train worker."""
+    import ray.train
+
+    from fusion.train.loop import Trainer
+
+    cfg = Config.model_validate(config["cfg"])
+    ckpt_dir = Path(tempfile.mkdtemp(prefix="fusionflow-ckpt-"))
+    resume_from = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+        resume_from = ckpt_dir / LAST if (ckpt_dir / LAST).is_file() else None
+    callbacks: list = []
+    if config.get("run_id"):
+        from fusion.tracking import MlflowCallback, TrackingTarget
+
+        callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"]))
+    callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs))
+    Trainer(cfg, config["data_root"], callbacks).fit(ckpt_dir, resume_from)
+
+
+class _RayReport:
+    def __init__(self, every: int, epochs: int):
+        self.every, self.epochs = every, epochs
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        import ray.train
+
+        if epoch % self.every == 0 or epoch == self.epochs:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
+        else:
+            ray.train.report(metrics)
+
+
+def train_with_ray(
+    cfg: Config,
+    data_root: Path,
+    storage_path: Path,
+    run_name: str,
+    out_dir: Path,
+    tracking: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Path:
+    """Train through Ray; copy the final checkpoint folder (last.pt, best.pt) into `out_dir`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray()
+    rc = cfg.train.ray
+    use_gpu = rc.gpus_per_worker > 0
+    resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "data_root": str(Path(data_root).resolve()),
+            "run_id": run_id,
+            "tracking": tracking,
+        },
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=rc.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray run {run_name} finished without a checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        for name in (LAST, BEST):
+            if (Path(d) / name).is_file():
+                shutil.copy2(Path(d) / name, out_dir / name)
+    return out_dir

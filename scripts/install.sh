@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create .venv/ and install fusionflow with the locked dependency set.
+#
+# torch comes first and by machine: a CUDA build where an NVIDIA driver answers, the CPU
+# build elsewhere (a few hundred MB instead of several GB). Override with
+# TORCH_SPEC (default torch==2.13.0) and TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+VENV=.venv
+STAMP=$VENV/.fusionflow-installed
+
+# Re-running is cheap: skip when the lock and project metadata have not changed.
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+  "$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' \
+    || { echo "error: Python 3.11 or 3.12 required (PYTHON=$PYTHON is $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade "pip>=24"
+
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    "${PIP[@]}" install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "NVIDIA GPU found: installing the CUDA build of $TORCH_SPEC"
+    "${PIP[@]}" install "$TORCH_SPEC"
+  elif "${PIP[@]}" install -q --no-index "$TORCH_SPEC" 2>/dev/null; then
+    # a CPU wheel on a local find-links path (pip.conf) is preferred: no download at all
+    echo "installed $TORCH_SPEC from local wheels"
+  else
+    echo "no GPU: installing the CPU build of $TORCH_SPEC"
+    "${PIP[@]}" install "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+"${PIP[@]}" install -q -r requirements.lock
+"${PIP[@]}" install -q --no-deps -e .
+echo "$want" > "$STAMP"
+echo "fusionflow installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
