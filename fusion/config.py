@@ -55,7 +55,7 @@ class DataConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = Field(2, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     max_failures: int = Field(2, ge=0)
 

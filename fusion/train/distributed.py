@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion.config import Config
+from fusion.errors import ConfigError
 from fusion.train.loop import BEST, LAST
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from fusion.train.loop import Trainer
 
     cfg = Config.model_validate(config["cfg"])
+    # Ray pins OMP_NUM_THREADS to the worker's CPU share; make torch use exactly that share.
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.train.ray.cpus_per_worker)))
     ckpt_dir = Path(tempfile.mkdtemp(prefix="fusionflow-ckpt-"))
     resume_from = None
     restored = ray.train.get_checkpoint()
@@ -93,8 +98,16 @@ def train_with_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    init_ray()
+    available = init_ray()
     rc = cfg.train.ray
+    if rc.cpus_per_worker > available.get("CPU", 0):
+        raise ConfigError(
+            f"train.ray.cpus_per_worker={rc.cpus_per_worker} but the Ray cluster has {available.get('CPU', 0)} CPUs"
+        )
+    if rc.gpus_per_worker > available.get("GPU", 0):
+        raise ConfigError(
+            f"train.ray.gpus_per_worker={rc.gpus_per_worker} but the Ray cluster has {available.get('GPU', 0)} GPUs"
+        )
     use_gpu = rc.gpus_per_worker > 0
     resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Files that make a workspace: what a fresh clone holds for the pipeline (no outputs).
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "fusion/data/synth_multifocus.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_services(tmp_path_factory):
+    """Keep Prefect and MLflow state of the test session out of the user's home."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS")}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
+        os.environ.pop(k, None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A fresh workspace: the project's pipeline files, no data, no DVC repo, no runs."""
+    ws = tmp_path / "ws"
+    for rel in WORKSPACE_FILES:
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, ws / rel)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def embedded_raw(tmp_path_factory) -> Path:
+    from fusion.data.embedded import export_embedded
+
+    return export_embedded(tmp_path_factory.mktemp("raw") / "embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, embedded_raw) -> Path:
+    """Small synthetic multi-focus set (64 px) shared by model/trainer tests."""
+    from fusion.data.synth_multifocus import SynthParams, build
+
+    out = tmp_path_factory.mktemp("prepared") / "mf"
+    build(embedded_raw, out, SynthParams(max_side=64, pairs_per_image=1, test_images=3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"shared data not found at {SHARED / 'data'}")
+    return SHARED / "data"

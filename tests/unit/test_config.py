@@ -1,0 +1,76 @@
+"""Configuration: one source of truth, typos fail loudly and name the key."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fusion.config import load_config, parse_overrides
+from fusion.errors import ConfigError
+
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def ws(tmp_path):
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_profiles_override_train_and_keep_data(ws):
+    base, smoke = load_config(ws), load_config(ws, "smoke")
+    assert smoke.profile == "smoke" and base.profile == "default"
+    assert smoke.train.epochs < base.train.epochs
+    assert smoke.data == base.data  # data version never depends on the profile
+    assert base.train.lambda_l1 == 0.2 and base.train.lr == 1e-4  # the paper's values
+
+
+def test_overrides_are_parsed_as_yaml(ws):
+    cfg = load_config(ws, "tiny", ["train.lr=2e-3", "train.hflip=false", "evaluate.metrics=[EN, SD]"])
+    assert cfg.train.lr == 2e-3 and cfg.train.hflip is False and cfg.evaluate.metrics == ["EN", "SD"]
+
+
+def test_unknown_key_names_the_key(ws):
+    with pytest.raises(ConfigError, match=r"train\.leraning_rate: unknown parameter"):
+        load_config(ws, overrides=["train.leraning_rate=1"])
+
+
+def test_out_of_range_value_names_the_key(ws):
+    with pytest.raises(ConfigError, match=r"train\.lambda_l1"):
+        load_config(ws, overrides=["train.lambda_l1=1.5"])
+
+
+def test_unknown_variant_lists_valid_ones(ws):
+    with pytest.raises(ConfigError, match=r"train\.variant: unknown variant 'UFA2'.*NO-CA"):
+        load_config(ws, overrides=["train.variant=UFA2"])
+
+
+def test_unknown_profile_lists_valid_ones(ws):
+    with pytest.raises(ConfigError, match=r"profile 'smok' is not defined.*smoke"):
+        load_config(ws, "smok")
+
+
+def test_data_cannot_be_overridden_from_the_command_line(ws):
+    with pytest.raises(ConfigError, match="versioned by DVC"):
+        parse_overrides(["data.synth_multifocus.max_side=64"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.lr"])
+
+
+def test_bad_blur_interval_in_params_file(ws):
+    text = (ws / "params.yaml").read_text().replace("[[2, 3], [4, 5], [5, 7], [8, 10]]", "[[5, 3]]")
+    (ws / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"data\.synth_multifocus\.blur_intervals.*\[5, 3\]"):
+        load_config(ws)
+
+
+def test_missing_workspace_is_explained(tmp_path):
+    with pytest.raises(ConfigError, match="no params.yaml"):
+        load_config(tmp_path)
+
+
+def test_flat_params_for_tracking(ws):
+    flat = load_config(ws, "smoke").flat()
+    assert flat["train.lambda_l1"] == 0.2 and flat["profile"] == "smoke"
+    assert "train.ray.max_failures" in flat

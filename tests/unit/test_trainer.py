@@ -1,0 +1,84 @@
+"""Model behaviour under training: loss goes down, checkpoints resume exactly, load safely."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from fusion.config import load_config
+from fusion.errors import ConfigError, DataError
+from fusion.train.loop import BEST, LAST, Trainer, load_checkpoint, model_from_checkpoint
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    return lambda **o: load_config(tmp_path, "tiny", [f"{k}={v}" for k, v in o.items()])
+
+
+def _weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_resumed_training_matches_an_uninterrupted_run_bit_for_bit(cfg, tiny_prepared, tmp_path):
+    full = Trainer(cfg(**{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "full")
+    # "crash" after epoch 1, then a new process-equivalent Trainer resumes from last.pt
+    Trainer(cfg(**{"train.epochs": 1}), tiny_prepared).fit(tmp_path / "part")
+    resumed = Trainer(cfg(**{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "part", resume_from=tmp_path / "part" / LAST)
+    assert resumed.epoch == full.epoch == 3
+    assert resumed.global_step == full.global_step
+    a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "part" / LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train/epoch_loss"] for h in resumed.history] == [h["train/epoch_loss"] for h in full.history]
+
+
+def test_training_reduces_the_loss(cfg, tiny_prepared, tmp_path):
+    state = Trainer(cfg(**{"train.epochs": 4, "train.steps_per_epoch": 4, "train.lr": 2e-3}), tiny_prepared).fit(tmp_path)
+    losses = [h["train/epoch_loss"] for h in state.history]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
+
+
+def test_checkpoint_round_trip_gives_the_same_fusion(cfg, tiny_prepared, tmp_path):
+    trainer = Trainer(cfg(), tiny_prepared)
+    trainer.fit(tmp_path)
+    model, payload = model_from_checkpoint(tmp_path / LAST)
+    assert payload["num_parameters"] == sum(p.numel() for p in model.parameters())
+    x, y = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, y), trainer.model(x, y))
+
+
+def test_checkpoints_are_data_not_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "fusionflow-checkpoint/1", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(DataError, match="evil.pt: not a loadable fusionflow checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="trunc.pt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a fusionflow checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(DataError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resuming_a_different_variant_is_refused(cfg, tiny_prepared, tmp_path):
+    Trainer(cfg(**{"train.epochs": 1}), tiny_prepared).fit(tmp_path)
+    with pytest.raises(ConfigError, match="holds ufa/UFA, config asks for ufa/NO-SA"):
+        Trainer(cfg(**{"train.variant": "NO-SA"}), tiny_prepared).fit(tmp_path, resume_from=tmp_path / LAST)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(cfg, tiny_prepared):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device"):
+        Trainer(cfg(**{"train.device": "cuda"}), tiny_prepared)
