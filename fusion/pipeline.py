@@ -46,7 +46,7 @@ def synth_multifocus_stage(workspace: Path, cfg: Config) -> dict:
     p = cfg.data.synth_multifocus
     params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)),
                          p.mask_threshold, p.test_images, cfg.seed)
-    return build(workspace / p.raw, workspace / p.out, params)
+    return build(workspace / p.raw, workspace / p.out, params, source_label=p.raw)
 
 
 def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:

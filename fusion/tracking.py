@@ -8,6 +8,7 @@ into the same run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,9 +54,16 @@ def target(cfg: Config, workspace: Path) -> TrackingTarget:
 
 
 def client(t: TrackingTarget):
+    return _client(t.uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str):
+    # One client per store and process: opening a SQLite store checks its schema, which
+    # costs far more than logging a step.
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=t.uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(t: TrackingTarget) -> str:

@@ -124,8 +124,12 @@ def split_sources(names: list[str], test_images: int, seed: int) -> dict[str, li
     return {"train": sorted(set(names) - set(test)), "test": test}
 
 
-def build(raw: str | Path, out: str | Path, params: SynthParams) -> dict:
-    """Create `out/{train,test}/{near,far,gt,focus}/<id>.png` + `out/manifest.json`, atomically."""
+def build(raw: str | Path, out: str | Path, params: SynthParams, source_label: str | None = None) -> dict:
+    """Create `out/{train,test}/{near,far,gt,focus}/<id>.png` + `out/manifest.json`, atomically.
+
+    `source_label` names the raw folder in the manifest; it defaults to the folder's name so
+    that the output (and its DVC hash) does not depend on where the workspace lives.
+    """
     raw, out = Path(raw), Path(out)
     images_dir = raw / "images"
     if not images_dir.is_dir():
@@ -146,7 +150,7 @@ def build(raw: str | Path, out: str | Path, params: SynthParams) -> dict:
             "synthetic": True,
             "method": "UFA-Fuse Eq. 11: mean-filter blur, binary focus map, near/far pair, sharp image as ground truth",
             "params": {k: (list(map(list, v)) if k == "blur_intervals" else v) for k, v in params.__dict__.items()},
-            "source": str(raw),
+            "source": source_label or raw.name,
             "counts": {s: sum(e["split"] == s for e in entries) for s in splits},
             "pairs": entries,
         }

@@ -35,6 +35,11 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     out_md5 = lock["stages"]["synth_multifocus"]["outs"][0]["md5"]
     assert summary["data_hash"] == out_md5
+    # a fresh workspace rebuilds exactly the data version committed in the project's dvc.lock
+    from tests.conftest import REPO
+
+    committed = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]["synth_multifocus"]["outs"][0]["md5"]
+    assert out_md5 == committed
     assert summary["stages_ran"] == ["synth_multifocus"]
     assert any((workspace / ".dvc-remote").rglob("*")), "snapshot was not pushed"
 
@@ -102,3 +107,20 @@ def test_corrupt_raw_image_fails_the_data_stage_naming_the_file(workspace):
         prepare(workspace, cfg, push=False)
     out = workspace / cfg.data.synth_multifocus.out
     assert not out.exists() and not [p for p in out.parent.iterdir() if "partial" in p.name]
+
+
+def test_flow_logs_to_a_tracking_server_when_mlflow_tracking_uri_is_set(workspace, mlflow_server, monkeypatch, ray_cleanup):
+    from mlflow import MlflowClient
+
+    from flows.nightly import nightly
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    summary = nightly(profile="tiny", workspace=str(workspace), overrides=["train.epochs=1"])
+    assert summary["tracking_uri"] == mlflow_server
+    assert not (workspace / "mlflow" / "store").exists()  # nothing went to the embedded store
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["data.synthetic"] == "true"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2  # logged from the Ray worker
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/grid.png", "eval/table.md"}
+    assert summary["run_url"].startswith(mlflow_server)
