@@ -32,8 +32,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "NVIDIA GPU found: installing the CUDA build of $TORCH_SPEC"
     "${PIP[@]}" install "$TORCH_SPEC"
-  elif "${PIP[@]}" install -q --no-index "$TORCH_SPEC" 2>/dev/null; then
-    # a CPU wheel on a local find-links path (pip.conf) is preferred: no download at all
+  elif "${PIP[@]}" install -q --no-index --no-deps "$TORCH_SPEC" 2>/dev/null; then
+    # A CPU wheel on a local find-links path (pip.conf) wins: no download at all. Its
+    # dependencies (sympy, networkx, ...) are pinned in requirements.lock, installed next.
     echo "installed $TORCH_SPEC from local wheels"
   else
     echo "no GPU: installing the CPU build of $TORCH_SPEC"
@@ -43,5 +44,6 @@ fi
 
 "${PIP[@]}" install -q -r requirements.lock
 "${PIP[@]}" install -q --no-deps -e .
+"${PIP[@]}" check
 echo "$want" > "$STAMP"
 echo "fusionflow installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -23,6 +23,15 @@ def _isolated_services(tmp_path_factory):
     for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
         os.environ.pop(k, None)
     yield
+    # Stop Prefect's ephemeral API server while pytest's output capture is still open;
+    # left to atexit it logs into closed streams.
+    import sys
+
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

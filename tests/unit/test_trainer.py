@@ -82,3 +82,13 @@ def test_cuda_request_without_gpu_is_a_clear_error(cfg, tiny_prepared):
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device"):
         Trainer(cfg(**{"train.device": "cuda"}), tiny_prepared)
+
+
+@pytest.mark.gpu
+def test_cuda_mixed_precision_training_runs_and_checkpoints(cfg, tiny_prepared, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    state = Trainer(cfg(**{"train.device": "cuda", "train.amp": True, "train.epochs": 2}), tiny_prepared).fit(tmp_path)
+    assert state.epoch == 2 and all(h["train/epoch_loss"] == h["train/epoch_loss"] for h in state.history)
+    model, _ = model_from_checkpoint(tmp_path / LAST, "cuda")
+    assert next(model.parameters()).is_cuda
