@@ -150,6 +150,41 @@ def train(
 
 
 @app.command()
+def evaluate(
+    source_a: Annotated[Path, typer.Option("--source-a", help="Folder of first sources (e.g. infrared, near focus)")],
+    source_b: Annotated[Path, typer.Option("--source-b", help="Folder of second sources (e.g. visible, far focus)")],
+    fused: Annotated[Path, typer.Option("--fused", help="Folder of fused images; matched to sources by file name")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write per-pair values and means here")],
+    gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth images (adds SSIM_gt, PSNR_gt, L1_gt)")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Only these metrics (repeatable) [default: all that apply]")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+) -> None:
+    """Score already-fused images with every fusion metric (no model needed).
+
+    Metrics follow docs/metrics.md (gray via MATLAB rgb2gray, float64 on 0..255; MI is true
+    MI in bits, not the papers' 2 x EN).
+    """
+    from fusion.evaluate import score_folders
+    from fusion.io import write_json_atomic
+    from fusion.metrics import MetricInputError
+
+    try:
+        result = score_folders(source_a, source_b, fused, gt, metric, device)
+    except FusionError as exc:
+        _fail(exc)
+    except MetricInputError as exc:
+        _fail(FusionError(str(exc)))
+    write_json_atomic(json_out, result)
+    table = Table(title=f"{result['count']} fused images in {fused}")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for name, value in result["means"].items():
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+    Console().print(f"per-pair values: {json_out}")
+
+
+@app.command()
 def models() -> None:
     """List every registered model and its variants (paper names beside config identifiers)."""
     from fusion.models import MODELS, build_model, count_parameters

@@ -161,3 +161,45 @@ def save_grid(path: Path, samples: list[dict[str, np.ndarray]], fused_key: str, 
     grid = grid_image(samples, ["near", "far", fused_key, "gt"], ["near (synthetic)", "far (synthetic)", fused_label, "ground truth"])
     write_image(path, grid)
     return path
+
+
+def score_folders(
+    source_a: Path, source_b: Path, fused: Path, gt: Path | None = None, metric_names: list[str] | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Score already-fused images: pairs matched by file name across the folders.
+
+    Every fused image must have both sources (and a ground truth when `gt` is given), with
+    the same height and width; anything else is an error naming the files.
+    """
+    from fusion.io import list_images, read_image
+
+    folders = {"source-a": Path(source_a), "source-b": Path(source_b), "fused": Path(fused)}
+    if gt is not None:
+        folders["gt"] = Path(gt)
+    for label, folder in folders.items():
+        if not folder.is_dir():
+            raise DataError(f"--{label} {folder}: folder not found")
+    by_stem = {label: {p.stem: p for p in list_images(folder)} for label, folder in folders.items()}
+    names = sorted(by_stem["fused"])
+    if not names:
+        raise DataError(f"--fused {folders['fused']}: no images found")
+    for label in folders:
+        if label != "fused":
+            missing = [n for n in names if n not in by_stem[label]]
+            if missing:
+                raise DataError(f"--{label} {folders[label]}: no image for fused file(s) {missing[:10]}"
+                                f"{' ...' if len(missing) > 10 else ''}")
+    unfused = sorted(set(by_stem["source-a"]) - set(names))
+    pairs: dict[str, dict[str, float]] = {}
+    for name in names:
+        imgs = {label: read_image(by_stem[label][name]) for label in folders}
+        shapes = {label: im.shape[:2] for label, im in imgs.items()}
+        if len(set(shapes.values())) != 1:
+            raise DataError(f"{by_stem['fused'][name]}: size {shapes['fused']} differs from its sources {shapes}")
+        pairs[name] = fm.compute(imgs["source-a"], imgs["source-b"], imgs["fused"], gt=imgs.get("gt"),
+                                 names=metric_names, device=device)
+    metrics = list(next(iter(pairs.values())))
+    means = {m: float(np.mean([p[m] for p in pairs.values()])) for m in metrics}
+    return {"convention": "docs/metrics.md", "metrics": metrics, "means": means, "pairs": pairs,
+            "count": len(pairs), "sources_without_fused_image": unfused}
