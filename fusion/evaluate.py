@@ -191,12 +191,14 @@ def score_folders(
                 raise DataError(f"--{label} {folders[label]}: no image for fused file(s) {missing[:10]}"
                                 f"{' ...' if len(missing) > 10 else ''}")
     unfused = sorted(set(by_stem["source-a"]) - set(names))
-    pairs: dict[str, dict[str, float]] = {}
-    for name in names:
-        imgs = {label: read_image(by_stem[label][name]) for label in folders}
-        shapes = {label: im.shape[:2] for label, im in imgs.items()}
+    load = lambda name: {label: read_image(by_stem[label][name]) for label in folders}  # noqa: E731
+    for name in names:  # validate every pair before the (slow) scoring starts
+        shapes = {label: im.shape[:2] for label, im in load(name).items()}
         if len(set(shapes.values())) != 1:
             raise DataError(f"{by_stem['fused'][name]}: size {shapes['fused']} differs from its sources {shapes}")
+    pairs: dict[str, dict[str, float]] = {}
+    for name in names:
+        imgs = load(name)
         pairs[name] = fm.compute(imgs["source-a"], imgs["source-b"], imgs["fused"], gt=imgs.get("gt"),
                                  names=metric_names, device=device)
     metrics = list(next(iter(pairs.values())))
