@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,11 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fusion.errors import FusionError
-
-# Offline-friendly defaults (a user's explicit setting wins): no usage telemetry from the
-# ephemeral Prefect server, no anonymous analytics from DVC.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 app = typer.Typer(
     help="fusionflow: train, evaluate and ship deep image-fusion models "
