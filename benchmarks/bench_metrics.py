@@ -84,8 +84,8 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
 
     rows = [
         _row("pairs", n, "pairs", n),
-        _row("torch threads", torch.get_num_threads(), "threads", n),
-        _row(f"device {device}", os.cpu_count() or 0, "cpus", n),
+        _row(f"torch threads (device {device})", torch.get_num_threads(), "threads", n),
+        _row("cpu cores", os.cpu_count() or 0, "cores", n),
     ]
     for name in names:
         rows.append(_row(f"{name} numpy s/pair", t_np[name] / n, "s", n))

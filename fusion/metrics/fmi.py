@@ -100,7 +100,8 @@ def _window_fmi(xs: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
 
     fmi.m sums -x log2 x over all 81 cells of jpdf = w J + (1 - w) q p'. Here the dense
     product part is summed in closed form and only the <= 18 staircase cells of J (the
-    Frechet-bound PDF) are corrected individually: same value, about 5x less work.
+    Frechet-bound PDF) are corrected individually, so no 9 x 9 array is ever built; the
+    value agrees with the 81-cell sum to ~1e-13 (checked in the tests via _numpy_ref).
     """
     p, p_flat = _pdf(xs)  # p: source, q: fused
     q, q_flat = _pdf(fs)

@@ -14,6 +14,16 @@ from fusion.metrics import MetricInputError, compute, compute_batch, to_gray
 RNG = np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Single-threaded torch: on a shared 2-core machine waiting OpenMP threads make these
+    many small kernels far slower (see docs/metrics.md, Speed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _img(h=40, w=48, seed=0) -> np.ndarray:
     """A smooth gradient plus texture: non-trivial for every metric, uint8."""
     rng = np.random.default_rng(seed)
