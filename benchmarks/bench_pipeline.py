@@ -7,29 +7,21 @@ show what a nightly re-run with unchanged data costs.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "fusion/data/synth_multifocus.py")
-
-
-def _fresh_workspace(root: Path) -> Path:
-    for rel in WORKSPACE_FILES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, root / rel)
-    return root
 
 
 def run(quick: bool = False) -> list[dict]:
     from flows.nightly import nightly
+    from fusion.pipeline import new_workspace
 
     profile = "tiny" if quick else "smoke"
     rows = []
     with tempfile.TemporaryDirectory(prefix="fusionflow-bench-") as tmp:
-        ws = _fresh_workspace(Path(tmp))
+        ws = new_workspace(Path(tmp), REPO)
         for label in ("first run", "re-run, data unchanged"):
             start = time.perf_counter()
             summary = nightly(profile=profile, workspace=str(ws))

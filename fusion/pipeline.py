@@ -41,6 +41,24 @@ class RunInfo:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+def new_workspace(dest: Path, source: Path | None = None) -> Path:
+    """A fresh workspace at `dest`: params.yaml, dvc.yaml and the code files its stages
+    depend on (read from dvc.yaml, so the list cannot drift), no data and no runs."""
+    import shutil
+
+    import yaml
+
+    from fusion.config import PARAMS_FILE, project_root
+
+    source = source or project_root()
+    stages = (yaml.safe_load((source / "dvc.yaml").read_text()) or {}).get("stages", {})
+    code_deps = {d for st in stages.values() for d in st.get("deps", []) if (source / d).is_file()}
+    for rel in sorted({PARAMS_FILE, "dvc.yaml", *code_deps}):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, dest / rel)
+    return dest
+
+
 def synth_multifocus_stage(workspace: Path, cfg: Config) -> dict:
     """What the DVC stage `synth_multifocus` runs."""
     p = cfg.data.synth_multifocus

@@ -1,16 +1,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-
-# Files that make a workspace: what a fresh clone holds for the pipeline (no outputs).
-WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "fusion/data/synth_multifocus.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,11 +38,9 @@ def _isolated_services(tmp_path_factory):
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     """A fresh workspace: the project's pipeline files, no data, no DVC repo, no runs."""
-    ws = tmp_path / "ws"
-    for rel in WORKSPACE_FILES:
-        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, ws / rel)
-    return ws
+    from fusion.pipeline import new_workspace
+
+    return new_workspace(tmp_path / "ws", REPO)
 
 
 @pytest.fixture(scope="session")
