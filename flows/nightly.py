@@ -74,7 +74,7 @@ def nightly(
     create_markdown_artifact(
         key="nightly-summary",
         markdown=f"## {run.name}\n\nMLflow run: {url}\n\nData: SYNTHETIC multi-focus, md5 `{prepared.data_hash}`\n\n"
-        + markdown_table(result),
+        + markdown_table(result.means, result.metric_names, result.seconds_per_pair),
         description="Test metrics of the trained model beside the classical baselines",
     )
     return {

@@ -42,7 +42,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
     # Client libraries log every HTTP request at INFO; that drowns the pipeline's own lines.
-    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "mlflow.store.db.utils"):
+    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "mlflow.store.db.utils", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -143,39 +143,164 @@ def train(
         _fail(exc)
 
 
+def _progress(label: str):
+    """A rich progress bar on stderr, driven through a (done, total) callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
 @app.command()
 def evaluate(
-    source_a: Annotated[Path, typer.Option("--source-a", help="Folder of first sources (e.g. infrared, near focus)")],
-    source_b: Annotated[Path, typer.Option("--source-b", help="Folder of second sources (e.g. visible, far focus)")],
-    fused: Annotated[Path, typer.Option("--fused", help="Folder of fused images; matched to sources by file name")],
-    json_out: Annotated[Path, typer.Option("--json", help="Write per-pair values and means here")],
+    source_a: Annotated[Optional[Path], typer.Option("--source-a", help="Folder of first sources (e.g. infrared, near focus)")] = None,
+    source_b: Annotated[Optional[Path], typer.Option("--source-b", help="Folder of second sources (e.g. visible, far focus); matched to --source-a by file name")] = None,
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth images (adds SSIM_gt, PSNR_gt, L1_gt)")] = None,
+    prepared: Annotated[Optional[Path], typer.Option("--prepared", help="A prepared dataset (manifest.json + split/{near,far,gt}) instead of --source-a/-b")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of --prepared to evaluate")] = "test",
+    fused: Annotated[Optional[Path], typer.Option("--fused", help="Folder of already-fused images to score (no model needed)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID, runs:/RUN_ID/checkpoints/best.pt, models:/NAME@ALIAS)")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Classical baseline(s) to evaluate alongside (repeatable; 'all' for every one)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair values and means here")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write table.md, table.csv, per_pair.csv, summary.json and figure.png here")] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Only these metrics (repeatable) [default: all that apply]")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (model and metrics)")] = "cpu",
+    figure_pairs: Annotated[int, typer.Option("--figure-pairs", help="Test pairs shown in the comparison figure")] = 3,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --fused: score the fused images present instead of failing on missing ones")] = False,
 ) -> None:
-    """Score already-fused images with every fusion metric (no model needed).
+    """Score fusion results with every metric of docs/metrics.md, per pair and on average.
+
+    Two modes:
+
+    * fused images, no model: --source-a A --source-b B --fused F --json OUT.json
+      (pairs matched by file name; every source pair needs a fused image of the same size);
+
+    * a model and/or baselines: --model CKPT_OR_URI [--baseline all] with --source-a/--source-b
+      (or --prepared DIR), fusing every pair, timing the fusion, and writing a table of
+      means per method (best marked) and a side-by-side comparison figure to --out.
 
     Metrics follow docs/metrics.md (gray via MATLAB rgb2gray, float64 on 0..255; MI is true
     MI in bits, not the papers' 2 x EN).
     """
-    from fusion.evaluate import score_folders
+    from fusion import evaluate as ev
     from fusion.io import write_json_atomic
-    from fusion.metrics import MetricInputError
 
+    if json_out is None and out is None:
+        _fail(FusionError("give --json OUT.json and/or --out DIR: where the scores go"))
     try:
-        result = score_folders(source_a, source_b, fused, gt, metric, device)
+        if fused is not None:
+            if model or baseline or prepared:
+                raise FusionError("--fused scores existing images; it does not combine with --model, --baseline or --prepared")
+            if source_a is None or source_b is None:
+                raise FusionError("--fused needs --source-a and --source-b")
+            bar, progress = _progress("scoring")
+            with bar:
+                result = ev.score_folders(source_a, source_b, fused, gt, metric, device, allow_missing, progress)
+            if json_out:
+                write_json_atomic(json_out, result)
+            if out:
+                means = {fused.name: result["means"]}
+                write_json_atomic(out / "summary.json", result)
+                from fusion.io import write_bytes_atomic
+
+                write_bytes_atomic(out / "table.md", ev.markdown_table(means, result["metrics"]).encode())
+                write_bytes_atomic(out / "table.csv", ev.csv_table(means, result["metrics"]).encode())
+            _print_means({fused.name: result["means"]}, result["metrics"], f"{result['count']} fused images in {fused}")
+            if result["sources_without_fused_image"]:
+                console.print(f"[yellow]skipped {len(result['sources_without_fused_image'])} source pair(s) without a fused image[/]")
+            return
+        test_set = _test_set(source_a, source_b, gt, prepared, split)
+        methods, warm = {}, []
+        if model:
+            from fusion.inference import load_model, model_label
+
+            net, payload = load_model(model, device)
+            label = model_label(payload)
+            methods[label] = ev.model_method(net, device)
+            warm.append(label)
+        methods.update(ev.baseline_methods(baseline or []))
+        bar, progress = _progress(f"evaluating {len(methods)} method(s)")
+        with bar:
+            result, samples = ev.evaluate_methods(test_set, methods, metric, device=device, keep_images=figure_pairs,
+                                                  progress=progress, warm_up=warm)
     except FusionError as exc:
         _fail(exc)
-    except MetricInputError as exc:
-        _fail(FusionError(str(exc)))
-    write_json_atomic(json_out, result)
-    table = Table(title=f"{result['count']} fused images in {fused}")
+    if json_out:
+        write_json_atomic(json_out, result.to_json())
+    if out:
+        from fusion.report import evaluation_figure
+
+        paths = ev.write_reports(result, out)
+        labels = test_set.source_labels
+        figure = evaluation_figure(samples, labels, result.methods, out / "figure.png", title=test_set.name)
+        ev.save_samples(samples, out / "samples", labels)
+        console.print(f"reports: {', '.join(str(p) for p in (*paths.values(), figure))}")
+    _print_means(result.means, result.metric_names, f"{len(test_set)} pairs of {test_set.name}", result.seconds_per_pair)
+
+
+def _test_set(source_a, source_b, gt, prepared, split):
+    from fusion import evaluate as ev
+
+    if prepared is not None:
+        if source_a or source_b or gt:
+            raise FusionError("--prepared replaces --source-a/--source-b/--gt; give one or the other")
+        return ev.prepared_test_set(prepared, split)
+    if source_a is None or source_b is None:
+        raise FusionError("give the test set: --source-a DIR --source-b DIR [--gt DIR], or --prepared DIR")
+    return ev.folder_test_set(source_a, source_b, gt)
+
+
+def _print_means(means: dict, names: list[str], title: str, seconds: dict | None = None) -> None:
+    from fusion.evaluate import best_by_metric
+
+    best = best_by_metric(means, names)
+    table = Table(title=title)
     table.add_column("metric")
-    table.add_column("mean", justify="right")
-    for name, value in result["means"].items():
-        table.add_row(name, f"{value:.4f}")
+    for m in means:
+        table.add_column(m, justify="right")
+    for n in names:
+        table.add_row(n, *(f"[bold]{means[m][n]:.4f}[/]" if m in best[n] and len(means) > 1 else f"{means[m][n]:.4f}" for m in means))
+    if seconds:
+        table.add_row("s/pair", *(f"{seconds[m]:.4f}" for m in means))
     Console().print(table)
-    Console().print(f"per-pair values: {json_out}")
+
+
+@app.command()
+def report(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="MLflow run ids to compare")] = None,
+    parent: Annotated[Optional[str], typer.Option("--parent", help="Compare every child run of this run (a sweep)")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="Compare runs of this MLflow experiment")] = None,
+    filter_string: Annotated[str, typer.Option("--filter", help="MLflow filter, e.g. \"tags.model = 'ufa'\"")] = "",
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, report.csv and comparison.png")] = Path("reports/latest"),
+    log_to: Annotated[Optional[str], typer.Option("--log-to", help="Log the report to this run (default: the --parent run, else a new report run)")] = None,
+    figure_pairs: Annotated[int, typer.Option("--figure-pairs", help="Test pairs in the comparison figure")] = 3,
+    workspace: Workspace = None,
+) -> None:
+    """A paper-style table across runs: metric means per method, best value in bold.
+
+    Reads each run's evaluation (eval/summary.json) and sample images from MLflow
+    (MLFLOW_TRACKING_URI, or the workspace's embedded store), writes Markdown, CSV and a
+    comparison figure, and logs them to MLflow.
+    """
+    from fusion import tracking
+    from fusion.config import load_config, resolve_workspace
+    from fusion.report import runs_report, select_runs
+
+    try:
+        if not (run_ids or parent or experiment):
+            raise FusionError("choose the runs: RUN_ID ..., --parent RUN_ID or --experiment NAME [--filter ...]")
+        ws = resolve_workspace(workspace)
+        target = tracking.target(load_config(ws), ws)
+        client = tracking.client(target)
+        runs = select_runs(client, experiment, run_ids or [], parent, filter_string)
+        result = runs_report(client, runs, out, log_to=log_to or parent, figure_pairs=figure_pairs)
+    except FusionError as exc:
+        _fail(exc)
+    _print_means(result.means, result.names, f"{len(runs)} runs on {result.test_set}", result.seconds)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"report: {', '.join(str(p) for p in result.paths.values())}; logged to MLflow run {result.report_run_id}")
 
 
 @app.command()

@@ -81,9 +81,30 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    metrics: list[str] = ["EN", "SD", "AG", "SSIM_gt", "PSNR_gt"]
-    baselines: list[str] = ["average", "choose_max_gradient"]
+    # ["all"] = every metric of docs/metrics.md that applies to the test set
+    metrics: list[str] = ["all"]
+    baselines: list[str] = ["all"]
     grid_pairs: int = Field(3, ge=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from fusion.metrics import METRICS
+
+        unknown = [n for n in v if n not in METRICS and n != "all"]
+        if unknown or not v or ("all" in v and len(v) > 1):
+            raise ValueError(f"unknown or mixed metric names {unknown or v}; valid: ['all'] or names from {list(METRICS)}")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: list[str]) -> list[str]:
+        from fusion.baselines import BASELINES
+
+        unknown = [n for n in v if n not in BASELINES and n != "all"]
+        if unknown or ("all" in v and len(v) > 1):
+            raise ValueError(f"unknown or mixed baseline names {unknown or v}; valid: ['all'], [] or names from {list(BASELINES)}")
+        return v
 
 
 class TrackingConfig(_Strict):

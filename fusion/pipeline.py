@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,24 +133,42 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
 
 
 def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
-    from fusion.evaluate import evaluate as score, save_grid, write_reports
+    """Score the trained model and the baselines on the test split with every configured
+    metric; log the tables, per-pair values, sample images and the comparison figure."""
+    from fusion.evaluate import baseline_methods, evaluate_methods, model_method, prepared_test_set, save_samples, write_reports
+    from fusion.inference import model_label
+    from fusion.report import evaluation_figure
     from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
 
     device = pick_device(cfg.train.device)
     ckpt = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
-    model, _ = model_from_checkpoint(ckpt, device)
-    label = "UFA-Fuse" if cfg.train.model == "ufa" else cfg.train.model
-    result, samples = score(prepared.root, cfg.evaluate.metrics, cfg.evaluate.baselines, model=model,
-                            model_label=label, device=device, keep_images=cfg.evaluate.grid_pairs)
+    model, payload = model_from_checkpoint(ckpt, device)
+    label = model_label(payload)
+    test_set = prepared_test_set(prepared.root, "test")
+    methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
+    result, samples = evaluate_methods(test_set, methods, cfg.evaluate.metrics, device=device,
+                                       keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
     eval_dir = run.dir / "eval"
     paths = write_reports(result, eval_dir)
-    grid = save_grid(eval_dir / "grid.png", samples, label, f"fused ({label})")
-    for p in (*paths.values(), grid):
+    figure = evaluation_figure(samples, ["near (synthetic)", "far (synthetic)"], result.methods, eval_dir / "grid.png",
+                               title=f"{test_set.name}: SYNTHETIC multi-focus test pairs", caption_metric=_caption_metric(result),
+                               rows=result.rows)
+    for p in (*paths.values(), figure):
         tracking.log_artifact(run.target, run.run_id, p, "eval")
+    sample_dir = eval_dir / "samples"
+    save_samples(samples, sample_dir, ["near (synthetic)", "far (synthetic)"])
+    tracking.log_artifacts(run.target, run.run_id, sample_dir, "eval/samples")
     final = {}
     for method, values in result.means.items():
         prefix = "test" if method == label else f"baseline/{method}"
-        final.update({f"{prefix}/{k}": v for k, v in values.items()})
+        final.update({f"{prefix}/{k}": v for k, v in values.items() if math.isfinite(v)})
         final[f"{prefix}/seconds_per_pair"] = result.seconds_per_pair[method]
     tracking.log_metrics(run.target, run.run_id, final)
     return result
+
+
+def _caption_metric(result) -> str | None:
+    for name in ("SSIM_gt", "Qabf", "SSIM"):
+        if name in result.metric_names:
+            return name
+    return None

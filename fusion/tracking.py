@@ -143,6 +143,10 @@ def log_artifact(t: TrackingTarget, run_id: str, path: Path, artifact_path: str 
     client(t).log_artifact(run_id, str(path), artifact_path)
 
 
+def log_artifacts(t: TrackingTarget, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+    client(t).log_artifacts(run_id, str(folder), artifact_path)
+
+
 def end_run(t: TrackingTarget, run_id: str, status: str = "FINISHED") -> None:
     client(t).set_terminated(run_id, status)
 

@@ -70,8 +70,13 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
 
     artifacts = {a.path for folder in ("checkpoints", "eval", "data", "config") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"checkpoints/last.pt", "checkpoints/best.pt", "eval/grid.png", "eval/table.md",
-            "eval/per_pair.csv", "data/dvc.lock", "config/resolved.json"} <= artifacts
+    assert {"checkpoints/last.pt", "checkpoints/best.pt", "eval/grid.png", "eval/table.md", "eval/table.csv",
+            "eval/summary.json", "eval/per_pair.csv", "eval/samples", "data/dvc.lock", "config/resolved.json"} <= artifacts
+    # the run's evaluation feeds a cross-run report (the sweep issue's parent runs use this)
+    from fusion.report import runs_report
+
+    report = runs_report(client, [run], workspace / "report", log_to=run.info.run_id)
+    assert list(report.means) == [run.info.run_name, "average", "choose_max_gradient"] and "figure" in report.paths
     local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(workspace / "dl"))
     from fusion.train.loop import model_from_checkpoint
 

@@ -1,0 +1,137 @@
+"""Run a trained model on images: load it from a checkpoint or an MLflow URI, fuse any colour.
+
+Colour follows the field's convention: a model trained on gray images fuses the Y channel
+of YCrCb and the chroma is put back from the colour sources; a model trained on RGB gets
+gray sources repeated to three channels. The output is gray only when every source is.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from fusion.data.dataset import to_image, to_tensor
+from fusion.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+_MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "http://", "https://", "file://")
+
+
+def _checkpoint_in(folder: Path) -> Path:
+    for sub in (folder, folder / "checkpoints"):
+        for name in CHECKPOINT_NAMES:
+            if (sub / name).is_file():
+                return sub / name
+    raise DataError(f"{folder}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder or its checkpoints/")
+
+
+def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Path:
+    """A local checkpoint file for `spec`: a .pt file, a run folder, or an MLflow artifact URI.
+
+    `runs:/RUN_ID` alone means that run's best checkpoint (checkpoints/best.pt, else last.pt);
+    any other MLflow URI (runs:/RUN_ID/path, models:/name@alias, mlflow-artifacts:/...) is
+    downloaded with MLflow's client from the tracking server in MLFLOW_TRACKING_URI.
+    """
+    text = str(spec)
+    if not text.startswith(_MLFLOW_SCHEMES):
+        path = Path(text)
+        if path.is_file():
+            return path
+        if path.is_dir():
+            return _checkpoint_in(path)
+        raise DataError(f"--model {text}: no such checkpoint file or folder (or use an MLflow URI such as runs:/RUN_ID)")
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    dest = Path(download_dir or tempfile.mkdtemp(prefix="fusionflow-model-"))
+    candidates = [text]
+    if text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
+        candidates = [f"{text.rstrip('/')}/checkpoints/{name}" for name in CHECKPOINT_NAMES]
+    errors = []
+    for uri in candidates:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        except (MlflowException, OSError) as exc:
+            errors.append(f"{uri}: {str(exc).splitlines()[0]}")
+            continue
+        return local if local.is_file() else _checkpoint_in(local)
+    raise DataError(f"--model {text}: cannot download a checkpoint ({'; '.join(errors)})")
+
+
+def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on `device`, checkpoint payload). Checkpoints load as data only."""
+    from fusion.train.loop import model_from_checkpoint
+
+    path = resolve_checkpoint(spec)
+    model, payload = model_from_checkpoint(path, device)
+    payload = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "torch_rng")}
+    payload["path"] = str(path)
+    return model, payload
+
+
+def model_label(payload: dict) -> str:
+    from fusion.models import MODELS
+
+    spec = MODELS.get(payload.get("model", ""))
+    name = {"ufa": "UFA-Fuse", "cadnif": "CADNIF", "crossfuse": "CrossFuse"}.get(payload.get("model"), payload.get("model", "model"))
+    variant = payload.get("variant")
+    paper = spec.variants.get(variant, variant) if spec else variant
+    return f"{name} ({paper})" if paper else name
+
+
+def _is_colour(img: np.ndarray) -> bool:
+    if img.ndim == 2:
+        return False
+    return not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+
+
+def fuse_chroma(ycrcb: Sequence[np.ndarray]) -> np.ndarray:
+    """Cr, Cb of the fused image: each source's chroma weighted by its distance from neutral
+    (128). A gray source has neutral chroma and weight 0, so an IR + colour-VIS pair keeps
+    the visible image's colours; where every source is neutral the result is neutral."""
+    chroma = np.stack([y[..., 1:].astype(np.float64) for y in ycrcb])  # K x H x W x 2
+    weight = np.abs(chroma - 128.0)
+    total = weight.sum(axis=0)
+    mixed = np.where(total > 0, (chroma * weight).sum(axis=0) / np.where(total > 0, total, 1.0), 128.0)
+    return np.clip(np.floor(mixed + 0.5), 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | torch.device = "cpu") -> np.ndarray:
+    """Fuse uint8 source images (H x W or H x W x 3 RGB, same size) with `model`.
+
+    Raises DataError when the model returns NaN or inf (a diverged checkpoint), rather
+    than letting the uint8 conversion hide it.
+    """
+    device = torch.device(device)
+    shapes = {s.shape[:2] for s in sources}
+    if len(shapes) != 1:
+        raise DataError(f"sources differ in size: {[s.shape[:2] for s in sources]}")
+    in_channels = getattr(model, "in_channels", 3)
+    colour = [s.ndim == 3 and _is_colour(s) for s in sources]
+    if in_channels == 1:
+        ycrcb = [cv2.cvtColor(s if s.ndim == 3 else np.repeat(s[..., None], 3, 2), cv2.COLOR_RGB2YCrCb) for s in sources]
+        planes = [y[..., 0] for y in ycrcb]
+    else:
+        planes = [s if s.ndim == 3 else np.repeat(s[..., None], 3, 2) for s in sources]
+    out = model(*[to_tensor(p)[None].to(device) for p in planes])[0]
+    if not torch.isfinite(out).all():
+        raise DataError("the model's output contains NaN or inf (diverged or corrupt checkpoint?)")
+    fused = to_image(out)
+    if in_channels == 1:
+        if not any(colour):
+            return fused if fused.ndim == 2 else fused[..., 0]
+        y = fused if fused.ndim == 2 else fused[..., 0]
+        return cv2.cvtColor(np.dstack([y, fuse_chroma(ycrcb)]), cv2.COLOR_YCrCb2RGB)
+    if not any(colour) and fused.ndim == 3:
+        return cv2.cvtColor(fused, cv2.COLOR_RGB2GRAY)
+    return fused
