@@ -90,15 +90,9 @@ def run(
 
 def print_summary(summary: dict) -> None:
     out = Console()
-    table = Table(title=f"Test split (SYNTHETIC multi-focus, data md5 {summary['data_hash'][:12]})")
-    table.add_column("method")
-    for m in summary["metrics"]:
-        table.add_column(m, justify="right")
-    table.add_column("s/pair", justify="right")
-    for method in summary["methods"]:
-        vals = summary["means"][method]
-        table.add_row(method, *(f"{vals[m]:.4f}" for m in summary["metrics"]), f"{summary['seconds_per_pair'][method]:.4f}")
-    out.print(table)
+    _print_means(summary["means"], summary["metrics"],
+                 f"Test split (SYNTHETIC multi-focus, data md5 {summary['data_hash'][:12]}); best in bold",
+                 summary["seconds_per_pair"])
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
     out.print(f"[bold]run[/] {summary['run_name']} ({summary['run_id']})  [dim]{stages}[/]")
     out.print(f"[bold]files[/] {summary['run_dir']}")
@@ -171,17 +165,11 @@ def evaluate(
 ) -> None:
     """Score fusion results with every metric of docs/metrics.md, per pair and on average.
 
-    Two modes:
+    Fused images, no model: --source-a A --source-b B --fused F --json OUT.json (pairs matched by file name; every source pair needs a fused image of the same size).
 
-    * fused images, no model: --source-a A --source-b B --fused F --json OUT.json
-      (pairs matched by file name; every source pair needs a fused image of the same size);
+    A model and/or baselines: --model CKPT_OR_URI and/or --baseline all, on --source-a/--source-b (or --prepared DIR): fuses every pair, times the fusion, and writes a table of means per method (best in bold) and a side-by-side comparison figure to --out.
 
-    * a model and/or baselines: --model CKPT_OR_URI [--baseline all] with --source-a/--source-b
-      (or --prepared DIR), fusing every pair, timing the fusion, and writing a table of
-      means per method (best marked) and a side-by-side comparison figure to --out.
-
-    Metrics follow docs/metrics.md (gray via MATLAB rgb2gray, float64 on 0..255; MI is true
-    MI in bits, not the papers' 2 x EN).
+    Metrics: gray via MATLAB rgb2gray, float64 on 0..255; MI is true MI in bits, not the papers' 2 x EN.
     """
     from fusion import evaluate as ev
     from fusion.io import write_json_atomic
@@ -279,9 +267,7 @@ def report(
 ) -> None:
     """A paper-style table across runs: metric means per method, best value in bold.
 
-    Reads each run's evaluation (eval/summary.json) and sample images from MLflow
-    (MLFLOW_TRACKING_URI, or the workspace's embedded store), writes Markdown, CSV and a
-    comparison figure, and logs them to MLflow.
+    Reads each run's evaluation (eval/summary.json) and sample images from MLflow (MLFLOW_TRACKING_URI, or the workspace's embedded store), writes Markdown, CSV and a comparison figure, and logs them to MLflow.
     """
     from fusion import tracking
     from fusion.config import load_config, resolve_workspace
