@@ -49,3 +49,5 @@ def count_parameters(model: nn.Module) -> int:
 
 # Import for the side effect of registration.
 from fusion.models import ufa  # noqa: E402,F401
+from fusion.models import cadnif  # noqa: E402,F401
+from fusion.models import crossfuse  # noqa: E402,F401

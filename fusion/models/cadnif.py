@@ -1,0 +1,274 @@
+"""CADNIF: cross attention-guided dense network for image fusion (Shen et al.), unsupervised.
+
+One network for IR-VIS, medical (MRI-PET), multi-focus and multi-exposure fusion of gray
+images (C = 1; colour is fused on Y upstream). Layer sizes follow the authors' trained graph
+(docs/models.md); the paper (Figs. 1-4, Eqs. 1-4) gives the structure:
+
+- inputs mapped to [-1, 1]; each stream stacks three gray planes (see `stacking`);
+- shallow 1x1 convs (BN + LeakyReLU 0.2): both streams 6->16 ("pair" features, c0), each
+  stream 3->16;
+- 5 cross-attention blocks, densely connected (Eqs. 1-3): per stream a gate
+  sigmoid(conv3x3(ReLU(conv3x3([x, c])))), block output BN(conv3x3([x_ir*a_ir, x_vi*a_vi, c]));
+  between blocks a 3x3 conv (LeakyReLU) over [block output, c0, previous convs], inputs
+  32/48/64/80 channels; the last block's output and the convs make the 96-channel output;
+- auxiliary branch (Eq. 4): two non-local (embedded Gaussian) cross self-attention blocks of
+  1x1 convs, queries from one stream and keys/values from the other, 16 + 16 channels;
+- merging network: 1x1 to 64, dilated (rate 2) residual dense block (three 3x3 convs,
+  growth 16, 1x1 back to 64, concatenated with its input as the residual), 1x1 to 64;
+- global residual: concat with c0, then 3x3 (BN, LeakyReLU) and 3x3 to one channel, tanh,
+  mapped back to [0, 1].
+
+All convolutions are 'same' padded (dilated ones by 2), so any H x W works without padding.
+The non-local branch attends over all H*W positions; `scaled_dot_product_attention` keeps its
+memory linear, but its time is quadratic, so very large images are best fused in windows
+(the released code fuses 132x132 windows and keeps the central 120x120).
+
+More than two inputs (multi-exposure sequences): the model is trained on pairs, so K inputs
+are fused pairwise from left to right, F = f(...f(f(x1, x2), x3)..., xK).
+
+Ablations (Table 6) remove exactly what they name:
+  OD-Net         plain dense net (5 densely connected 3x3 convs) on the pair features only:
+                 no stream convs, no attention, no auxiliary branch, no DRDB, no global residual;
+  CA-Net         + the five cross-attention blocks and the stream convs;
+  CA-DRDB-Net    + the dilated residual dense block (and its 1x1 out);
+  CA-DRDB-AU-Net + the auxiliary branch;
+  CA-DRDB-AU-GRL-Net (proposed) + the global residual.
+
+`released=True` builds the trained graph's behaviour where it differs from the paper: streams
+stacked as [ir, ir, vi] / [vi, vi, ir] (the paper stacks "three gray images of the same
+source", which is also what the released test script feeds) and LeakyReLU(0.2) instead of the
+paper's ReLU inside the DRDB. The parameter count is the same either way.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fusion.models import ModelSpec, register
+
+VARIANTS = {
+    "OD-Net": "OD-Net",
+    "CA-Net": "CA-Net",
+    "CA-DRDB-Net": "CA-DRDB-Net",
+    "CA-DRDB-AU-Net": "CA-DRDB-AU-Net",
+    "CA-DRDB-AU-GRL-Net": "CA-DRDB-AU-GRL-Net (proposed)",
+}
+DEFAULT_VARIANT = "CA-DRDB-AU-GRL-Net"
+
+# variant -> (cross attention, DRDB, auxiliary branch, global residual)
+COMPONENTS = {
+    "OD-Net": (False, False, False, False),
+    "CA-Net": (True, False, False, False),
+    "CA-DRDB-Net": (True, True, False, False),
+    "CA-DRDB-AU-Net": (True, True, True, False),
+    "CA-DRDB-AU-GRL-Net": (True, True, True, True),
+}
+
+_SLOPE = 0.2
+
+
+def _conv_bn_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.LeakyReLU(_SLOPE))
+
+
+def _conv_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.LeakyReLU(_SLOPE))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Eqs. 1-3 / Fig. 2b-c: one spatial gate per stream, conditioned on the shared features c."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+
+        def gate() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(2 * width, width, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.Sigmoid(),
+            )
+
+        self.gate_a = gate()
+        self.gate_b = gate()
+        self.out = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.BatchNorm2d(width))
+
+    def gates(self, x_a: torch.Tensor, x_b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gate_a(torch.cat([x_a, c], 1)), self.gate_b(torch.cat([x_b, c], 1))
+
+    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        a, b = self.gates(x_a, x_b, c)
+        return self.out(torch.cat([x_a * a, x_b * b, c], 1))
+
+
+class CrossNonLocal(nn.Module):
+    """Eq. 4: y_i = sum_j softmax_j(theta(q_i) . phi(kv_j)) g(kv_j); output q + BN(W y)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.theta = nn.Conv2d(width, width, 1)
+        self.phi = nn.Conv2d(width, width, 1)
+        self.g = nn.Conv2d(width, width, 1)
+        self.w = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width))
+
+    @staticmethod
+    def _seq(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2).unsqueeze(1)  # B, 1, HW, C
+
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x_q.shape
+        # Embedded Gaussian non-local: no 1/sqrt(d) scaling; SDPA avoids materialising HW x HW.
+        y = F.scaled_dot_product_attention(
+            self._seq(self.theta(x_q)), self._seq(self.phi(x_kv)), self._seq(self.g(x_kv)), scale=1.0
+        )
+        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return x_q + self.w(y)
+
+
+class DilatedResidualDenseBlock(nn.Module):
+    """AHDRNet's DRDB as CADNIF uses it: the residual is a concatenation, so 64 in -> 128 out."""
+
+    def __init__(
+        self, width: int = 64, growth: int = 16, layers: int = 3, dilation: int = 2,
+        act: Callable[[], nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width + i * growth, growth, 3, padding=dilation, dilation=dilation), act())
+            for i in range(layers)
+        )
+        self.fuse = nn.Sequential(nn.Conv2d(width + layers * growth, width, 1), act())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for conv in self.convs:
+            feats.append(conv(torch.cat(feats, 1)))
+        return torch.cat([x, self.fuse(torch.cat(feats, 1))], 1)
+
+
+class CADNIF(nn.Module):
+    def __init__(
+        self,
+        variant: str = DEFAULT_VARIANT,
+        released: bool = False,
+        width: int = 16,
+        merge_width: int = 64,
+        num_blocks: int = 5,
+        in_channels: int = 1,
+    ):
+        super().__init__()
+        if variant not in COMPONENTS:
+            raise ValueError(f"unknown CADNIF variant {variant!r}; valid: {list(COMPONENTS)}")
+        if in_channels != 1:
+            raise ValueError("CADNIF fuses gray images (C = 1); fuse colour on the Y channel")
+        self.variant = variant
+        self.released = released
+        self.attention, self.use_drdb, self.use_aux, self.global_residual = COMPONENTS[variant]
+        self.stacking = "cross" if released else "same"
+
+        self.shallow_pair = _conv_bn_lrelu(6, width, 1)
+        if self.attention:
+            self.shallow_a = _conv_bn_lrelu(3, width, 1)
+            self.shallow_b = _conv_bn_lrelu(3, width, 1)
+            self.blocks = nn.ModuleList(CrossAttentionBlock(width) for _ in range(num_blocks))
+            # conv k sees [block k output, c0, conv 1..k-1]: 32/48/64/80 channels
+            self.dense_convs = nn.ModuleList(
+                _conv_lrelu((k + 2) * width, width, 3) for k in range(num_blocks - 1)
+            )
+        else:
+            # OD-Net: the same dense growth without the blocks, conv k sees [c0, conv 1..k-1]
+            self.dense_convs = nn.ModuleList(_conv_lrelu((k + 1) * width, width, 3) for k in range(num_blocks))
+        dense_out = (num_blocks + 1) * width
+        if self.use_aux:
+            self.aux = nn.ModuleList([CrossNonLocal(width), CrossNonLocal(width)])
+        merge_in = dense_out + (2 * width if self.use_aux else 0)
+        self.merge_in = _conv_lrelu(merge_in, merge_width, 1)
+        if self.use_drdb:
+            act = partial(nn.LeakyReLU, _SLOPE) if released else nn.ReLU
+            self.drdb = DilatedResidualDenseBlock(merge_width, growth=width, act=act)
+            self.merge_out = _conv_lrelu(2 * merge_width, merge_width, 1)
+        tail_in = merge_width + (width if self.global_residual else 0)
+        self.tail = nn.Sequential(
+            _conv_bn_lrelu(tail_in, merge_width, 3),
+            nn.Conv2d(merge_width, 1, 3, padding=1),
+            nn.Tanh(),
+        )
+
+    def _streams(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stacking == "cross":
+            return torch.cat([a, a, b], 1), torch.cat([b, b, a], 1)
+        return torch.cat([a, a, a], 1), torch.cat([b, b, b], 1)
+
+    def _dense(self, c0: torch.Tensor, x_a: torch.Tensor | None, x_b: torch.Tensor | None) -> torch.Tensor:
+        if not self.attention:
+            feats = [c0]
+            for conv in self.dense_convs:
+                feats.append(conv(torch.cat(feats, 1)))
+            return torch.cat(feats, 1)
+        convs, last = [c0], c0
+        for k, block in enumerate(self.blocks):
+            att = block(x_a, x_b, last)
+            if k == len(self.blocks) - 1:
+                return torch.cat([att, *convs], 1)
+            last = self.dense_convs[k](torch.cat([att, *convs], 1))
+            convs.append(last)
+        raise AssertionError("unreachable")
+
+    def fuse_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a, b: B x 1 x H x W in [0, 1] -> fused B x 1 x H x W in [0, 1]."""
+        a, b = a * 2 - 1, b * 2 - 1
+        s_a, s_b = self._streams(a, b)
+        c0 = self.shallow_pair(torch.cat([s_a, s_b], 1))
+        x_a = x_b = None
+        if self.attention:
+            x_a, x_b = self.shallow_a(s_a), self.shallow_b(s_b)
+        feats = self._dense(c0, x_a, x_b)
+        if self.use_aux:
+            feats = torch.cat([feats, self.aux[0](x_a, x_b), self.aux[1](x_b, x_a)], 1)
+        m = self.merge_in(feats)
+        if self.use_drdb:
+            m = self.merge_out(self.drdb(m))
+        if self.global_residual:
+            m = torch.cat([m, c0], 1)
+        return (self.tail(m) + 1) / 2
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: K >= 2 tensors B x 1 x H x W in [0, 1]; K > 2 are fused pairwise, left to right."""
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        if len(inputs) < 2:
+            raise ValueError(f"CADNIF needs at least 2 inputs, got {len(inputs)}")
+        if any(x.shape[1] != 1 for x in inputs):
+            raise ValueError("CADNIF fuses gray images (C = 1); fuse colour on the Y channel")
+        fused = self.fuse_pair(inputs[0], inputs[1])
+        for x in inputs[2:]:
+            fused = self.fuse_pair(fused, x)
+        return fused
+
+
+def build_cadnif(variant: str = DEFAULT_VARIANT, **options) -> CADNIF:
+    return CADNIF(variant=variant, **options)
+
+
+register(
+    ModelSpec(
+        name="cadnif",
+        builder=build_cadnif,
+        variants=VARIANTS,
+        task="ir-vis,medical,multi-focus,multi-exposure",
+        paper="CADNIF (Shen et al.), cross attention-guided dense network, unsupervised unified fusion",
+        notes={
+            "released": "trained-graph behaviour: [ir, ir, vi]/[vi, vi, ir] stacking, LeakyReLU in the DRDB; "
+            "loss 100 x [MSE + 3 x Laplacian MSE] (losses.CADNIFLoss)",
+            "inputs": "gray; K > 2 inputs fused pairwise left to right",
+            "training": "132x132 windows, loss on the central 120x120 (CADNIFLoss crop_border=6)",
+        },
+    )
+)
+
+__all__ = ["CADNIF", "CrossAttentionBlock", "CrossNonLocal", "DilatedResidualDenseBlock", "build_cadnif"]
