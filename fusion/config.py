@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -60,13 +60,32 @@ class RayConfig(_Strict):
     max_failures: int = Field(2, ge=0)
 
 
+class SourceSpec(_Strict):
+    """A dataset in a published layout, read by path (see fusion/data/sources.py)."""
+
+    layout: str
+    path: str
+    test_fraction: float = Field(0.25, gt=0, lt=1)   # held out by group (scene, case, sequence)
+    options: dict[str, Any] = {}
+
+
 class TrainConfig(_Strict):
     model: str = "ufa"
     variant: str = "UFA"
     released: bool = False
+    # the fusion task: picks CADNIF's Eq. 7 loss weights; "multi-focus" for the embedded data
+    task: Literal["multi-focus", "ir-vis", "medical", "multi-exposure"] = "multi-focus"
+    # null: the prepared (DVC) dataset; otherwise unsupervised training on source pairs
+    source: Optional[SourceSpec] = None
+    # CrossFuse: auto = autoencoder without init_from, fusion with it (joint for one-stage)
+    stage: Literal["auto", "autoencoder", "fusion", "joint"] = "auto"
+    # checkpoint (file, run folder or MLflow URI) whose stage-1 encoders start the fusion stage
+    init_from: Optional[str] = None
+    loss_crop_border: int = Field(6, ge=0)   # CADNIF: loss on the central window (132 -> 120)
     lambda_l1: float = Field(0.2, ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     lr_step_epochs: int = Field(200, ge=1)
     epochs: int = Field(300, ge=1)
     steps_per_epoch: int = Field(0, ge=0)

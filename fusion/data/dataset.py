@@ -94,7 +94,7 @@ class RandomCropPairs(Dataset):
     def __getitem__(self, i: int) -> dict:
         index, fy, fx, flip = self._plan[i]
         images = {k: _pad_to(v, self.crop) for k, v in self._images(index).items()}
-        h, w = images["gt"].shape[:2]
+        h, w = next(iter(images.values())).shape[:2]
         c = self.crop
         y, x = int(fy * (h - c + 1)), int(fx * (w - c + 1))
         out = {}

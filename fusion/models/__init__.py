@@ -20,6 +20,7 @@ class ModelSpec:
     task: str                         # the task the model is trained for by default
     paper: str
     notes: dict[str, str] = field(default_factory=dict)
+    supervised: bool = False          # trained against a ground truth (else on the sources alone)
 
 
 MODELS: dict[str, ModelSpec] = {}

@@ -70,6 +70,24 @@ COMPONENTS = {
 }
 
 _SLOPE = 0.2
+TILE, TILE_BORDER = 132, 6  # released code: 132x132 windows, central 120x120 kept
+
+
+def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
+          tile: int, border: int) -> torch.Tensor:
+    """fn over overlapping tiles: each tile sees `border` pixels of context on every side
+    (reflected at the image edges) and contributes only its centre."""
+    h, w = a.shape[-2:]
+    step = tile - 2 * border
+    pad = (border, border + (-w) % step, border, border + (-h) % step)
+    mode = "reflect" if min(h, w) > border + max(pad) else "replicate"
+    a, b = F.pad(a, pad, mode=mode), F.pad(b, pad, mode=mode)
+    out = a.new_empty(a.shape[0], 1, a.shape[-2] - 2 * border, a.shape[-1] - 2 * border)
+    for y in range(0, out.shape[-2], step):
+        for x in range(0, out.shape[-1], step):
+            part = fn(a[..., y:y + tile, x:x + tile], b[..., y:y + tile, x:x + tile])
+            out[..., y:y + step, x:x + step] = part[..., border:border + step, border:border + step]
+    return out[..., :h, :w]
 
 
 def _conv_bn_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -167,6 +185,7 @@ class CADNIF(nn.Module):
         if in_channels != 1:
             raise ValueError("CADNIF fuses gray images (C = 1); fuse colour on the Y channel")
         self.variant = variant
+        self.in_channels = in_channels  # read by fusion.inference and the trainer
         self.released = released
         self.attention, self.use_drdb, self.use_aux, self.global_residual = COMPONENTS[variant]
         self.stacking = "cross" if released else "same"
@@ -220,6 +239,16 @@ class CADNIF(nn.Module):
         raise AssertionError("unreachable")
 
     def fuse_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """In eval mode images larger than a training window are fused in 132x132 windows
+        keeping the central 120x120, as the released test pipeline does: the non-local branch
+        is quadratic in pixels (a 128x128 input already costs ~2.6 GB and seconds on a CPU)
+        and was only ever trained on 132x132 context."""
+        h, w = a.shape[-2:]
+        if self.training or not self.use_aux or (h <= TILE and w <= TILE):
+            return self._fuse_pair(a, b)
+        return tiled(self._fuse_pair, a, b, TILE, TILE_BORDER)
+
+    def _fuse_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a, b: B x 1 x H x W in [0, 1] -> fused B x 1 x H x W in [0, 1]."""
         a, b = a * 2 - 1, b * 2 - 1
         s_a, s_b = self._streams(a, b)

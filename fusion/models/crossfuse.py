@@ -426,6 +426,7 @@ class CrossFuse(nn.Module):
             raise ValueError("CrossFuse fuses gray images (C = 1); fuse colour on the Y channel")
         cfg = VARIANT_CONFIG[variant]
         self.variant = variant
+        self.in_channels = in_channels  # read by fusion.inference and the trainer
         self.released = released
         self.config = cfg
         self.two_stage = cfg.two_stage

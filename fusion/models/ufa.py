@@ -118,6 +118,7 @@ register(
         task="multifocus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
         notes={"released": "authors' released graph, 455,111 parameters (RGB)"},
+        supervised=True,
     )
 )
 

@@ -24,16 +24,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from fusion.config import Config
-from fusion.data.dataset import PairedFolder, RandomCropPairs
+from fusion.data.dataset import RandomCropPairs
+from fusion.data.training import training_data
 from fusion.errors import ConfigError, DataError
 from fusion.losses import build_loss
-from fusion.models import build_model, count_parameters
+from fusion.models import MODELS, build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fusionflow-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"
-VAL_PAIRS = 4  # full-size test pairs scored after each epoch; enough to rank checkpoints
+VAL_PAIRS = 4  # test pairs scored after each epoch; enough to rank checkpoints
+VAL_SIDE = 256  # largest validation crop: CADNIF's non-local branch is quadratic in pixels
 
 
 class Callback(Protocol):
@@ -103,24 +105,80 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     return model.to(device).eval(), payload
 
 
+def adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """B x C x H x W in [0, 1] to the model's channel count: RGB -> Y of YCrCb, gray -> repeated."""
+    if t.shape[1] == channels:
+        return t
+    if t.shape[1] == 3 and channels == 1:
+        return (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]).clamp_(0, 1)
+    if t.shape[1] == 1 and channels == 3:
+        return t.expand(-1, 3, -1, -1)
+    raise DataError(f"cannot feed {t.shape[1]}-channel images to a {channels}-channel model")
+
+
+def resolve_stage(model: torch.nn.Module, tcfg) -> str:
+    """Which part of the model this run trains: "single" for one-stage models, else a
+    CrossFuse stage (autoencoder, fusion, joint)."""
+    stages = getattr(model, "stages", None)
+    if stages is None:
+        if tcfg.stage != "auto" or tcfg.init_from:
+            raise ConfigError(f"train.stage / train.init_from apply to two-stage models (crossfuse), not {tcfg.model}")
+        return "single"
+    stage = tcfg.stage
+    if stage == "auto":
+        stage = stages[0] if len(stages) == 1 else ("fusion" if tcfg.init_from else "autoencoder")
+    if stage not in stages:
+        raise ConfigError(f"train.stage={stage}: {tcfg.model} {tcfg.variant} trains {list(stages)}")
+    if stage == "fusion" and not tcfg.init_from:
+        raise ConfigError("train.stage=fusion needs train.init_from: the stage-1 checkpoint "
+                          "(a .pt file, a run folder or runs:/RUN_ID)")
+    if stage != "fusion" and tcfg.init_from:
+        raise ConfigError(f"train.init_from is only read by the fusion stage, not {stage}")
+    return stage
+
+
 class Trainer:
-    def __init__(self, cfg: Config, data_root: str | Path, callbacks: list[Callback] | None = None):
+    def __init__(self, cfg: Config, data_root: str | Path | None, callbacks: list[Callback] | None = None):
         self.cfg = cfg
         self.tcfg = cfg.train
-        self.data_root = Path(data_root)
+        self.data_root = Path(data_root) if data_root is not None else None
         self.callbacks = list(callbacks or [])
         seed_everything(cfg.seed)
         self.device = pick_device(self.tcfg.device)
-        self.train_set = PairedFolder(self.data_root, "train")
-        self.val_set = PairedFolder(self.data_root, "test")
+        self.spec = MODELS[self.tcfg.model]
+        self.train_set, self.val_set, self.roles = training_data(cfg, self.data_root)
+        if self.spec.supervised and self.roles.gt is None:
+            raise ConfigError(f"train.source: {self.tcfg.model} is supervised and these source pairs have no ground "
+                              "truth; train it on the prepared synthetic multi-focus set (train.source: null)")
         self.model = build_model(self.tcfg.model, self.tcfg.variant, **model_options(cfg)).to(self.device)
+        self.channels = getattr(self.model, "in_channels", 3)
+        self.stage = resolve_stage(self.model, self.tcfg)
+        self.init = self._init_encoders(self.tcfg.init_from) if self.stage == "fusion" else {}
+        params = self.model.parameters_for(self.stage) if self.stage != "single" else self.model.parameters()
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=self.tcfg.lr)
+        self.optimizer = opt_cls(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.tcfg.lr_step_epochs, gamma=0.1)
-        self.loss_fn = build_loss(self.tcfg.model, self.tcfg)
+        self.loss_fn = build_loss("crossfuse_ae" if self.stage == "autoencoder" else self.tcfg.model, self.tcfg)
         self.use_amp = self.tcfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = TrainState()
+
+    def _init_encoders(self, spec: str) -> dict[str, str]:
+        """Stage 2 starts from the stage-1 auto-encoders of `spec`, then freezes them."""
+        from fusion.inference import resolve_checkpoint
+        from fusion.io import sha256_file
+
+        path = resolve_checkpoint(spec)
+        payload = load_checkpoint(path)
+        if payload["model"] != self.tcfg.model or payload.get("stage") != "autoencoder":
+            raise ConfigError(f"train.init_from={spec}: holds {payload['model']} stage {payload.get('stage', 'single')}, "
+                              f"not a {self.tcfg.model} stage-1 (autoencoder) checkpoint")
+        prefix = "encoders."
+        encoders = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+        self.model.encoders.load_state_dict(encoders)
+        self.model.freeze_encoders()
+        log.info("fusion stage starts from the stage-1 encoders of %s", spec)
+        return {"init_from": str(spec), "init_sha256": sha256_file(path), "init_variant": payload["variant"]}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -135,6 +193,9 @@ class Trainer:
             "model": self.tcfg.model,
             "variant": self.tcfg.variant,
             "model_options": model_options(self.cfg),
+            "stage": self.stage,
+            "task": self.tcfg.task,
+            **self.init,
             "num_parameters": count_parameters(self.model),
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -150,10 +211,10 @@ class Trainer:
 
     def resume(self, checkpoint: str | Path) -> None:
         payload = load_checkpoint(checkpoint, map_location=self.device)
-        if (payload["model"], payload["variant"]) != (self.tcfg.model, self.tcfg.variant):
+        held = (payload["model"], payload["variant"], payload.get("stage", "single"))
+        if held != (self.tcfg.model, self.tcfg.variant, self.stage):
             raise ConfigError(
-                f"{checkpoint}: holds {payload['model']}/{payload['variant']}, "
-                f"config asks for {self.tcfg.model}/{self.tcfg.variant}"
+                f"{checkpoint}: holds {'/'.join(held)}, config asks for {self.tcfg.model}/{self.tcfg.variant}/{self.stage}"
             )
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -177,10 +238,9 @@ class Trainer:
         sums: dict[str, float] = {}
         start = time.perf_counter()
         for batch in loader:
-            near, far, gt = (batch[k].to(self.device, non_blocking=True) for k in ("near", "far", "gt"))
+            sources, gt = self._inputs(batch)
             with self._autocast():
-                pred = self.model(near, far)
-                losses = self.loss_fn(pred.float(), gt)
+                losses = self.losses(sources, gt)
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(
                     f"loss became {losses['loss'].item()} at step {self.state.global_step} "
@@ -202,6 +262,19 @@ class Trainer:
         out["train/epoch_seconds"] = time.perf_counter() - start
         return out
 
+    def _inputs(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        move = lambda t: adapt_channels(t.to(self.device, non_blocking=True), self.channels)  # noqa: E731
+        return [move(batch[r]) for r in self.roles.sources], (move(batch[self.roles.gt]) if self.roles.gt else None)
+
+    def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if self.stage == "autoencoder":  # CrossFuse stage 1: each modality reconstructs itself
+            from fusion.models.crossfuse import MODALITIES
+
+            parts = [self.loss_fn(self.model.autoencode(x, m).float(), x) for x, m in zip(sources, MODALITIES)]
+            return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+        pred = self.model(*sources).float()
+        return self.loss_fn(pred, gt) if self.spec.supervised else self.loss_fn(pred, *sources)
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.model.eval()
@@ -209,8 +282,9 @@ class Trainer:
         n = min(VAL_PAIRS, len(self.val_set))
         for i in range(n):
             item = self.val_set[i]
-            near, far, gt = (item[k][None].to(self.device) for k in ("near", "far", "gt"))
-            losses = self.loss_fn(self.model(near, far).float(), gt)
+            side = min(VAL_SIDE, max(self.tcfg.crop, 64))  # the scale the model trains at
+            batch = {k: _centre_crop(v, side)[None] for k, v in item.items() if k != "id"}
+            losses = self.losses(*self._inputs(batch))
             for key, value in losses.items():
                 totals[f"val/{key}"] = totals.get(f"val/{key}", 0.0) + float(value)
         return {k: v / n for k, v in totals.items()}
@@ -240,3 +314,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_end(self.state.epoch, metrics, checkpoint_dir)
         return self.state
+
+
+def _centre_crop(t: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return t[..., y:y + side, x:x + side]

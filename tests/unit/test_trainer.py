@@ -73,7 +73,7 @@ def test_checkpoints_are_data_not_code(tmp_path):
 
 def test_resuming_a_different_variant_is_refused(cfg, tiny_prepared, tmp_path):
     Trainer(cfg(**{"train.epochs": 1}), tiny_prepared).fit(tmp_path)
-    with pytest.raises(ConfigError, match="holds ufa/UFA, config asks for ufa/NO-SA"):
+    with pytest.raises(ConfigError, match="holds ufa/UFA/single, config asks for ufa/NO-SA/single"):
         Trainer(cfg(**{"train.variant": "NO-SA"}), tiny_prepared).fit(tmp_path, resume_from=tmp_path / LAST)
 
 

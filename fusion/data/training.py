@@ -1,0 +1,87 @@
+"""What a training run reads: the prepared (DVC) dataset, or source pairs in a published layout.
+
+Both give the trainer the same shape of data: datasets whose `load(i)` returns named uint8
+images of one size, plus `Roles` saying which names are the sources (in the model's input
+order) and which, if any, is the ground truth. Supervised models (UFA-Fuse) need a ground
+truth; the unsupervised ones (CADNIF, CrossFuse) train on the sources alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from fusion.data.dataset import PairedFolder, to_tensor
+from fusion.errors import ConfigError, DataError
+from fusion.io import read_image
+
+
+@dataclass(frozen=True)
+class Roles:
+    sources: tuple[str, ...]
+    gt: str | None
+    labels: tuple[str, ...]            # human names of the sources, for figures and tables
+
+
+PREPARED_ROLES = Roles(("near", "far"), "gt", ("near (synthetic)", "far (synthetic)"))
+
+
+class SourcePairs(Dataset):
+    """Source pairs (fusion.data.sources records) as `{"s0": img, "s1": img}` by index.
+
+    Sequences of more than two exposures train on their darkest and brightest frames: the
+    models are trained on pairs, and those two carry the most complementary information.
+    """
+
+    def __init__(self, pairs: list, key: str):
+        if not pairs:
+            raise DataError(f"{key}: no source pairs")
+        self.pairs = list(pairs)
+        self.ids = [p.id for p in self.pairs]
+        self.root = key  # cache key of RandomCropPairs: unique per dataset and split
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def files(self, index: int) -> list[Path]:
+        paths = [Path(p) for p in self.pairs[index].paths]
+        return paths if len(paths) <= 2 else [paths[0], paths[-1]]
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        images = {f"s{k}": read_image(path) for k, path in enumerate(self.files(index))}
+        shapes = {str(p): im.shape[:2] for p, im in zip(self.files(index), images.values())}
+        if len(set(shapes.values())) != 1:
+            raise DataError(f"pair {self.ids[index]}: sources differ in size {shapes}")
+        return images
+
+    def __getitem__(self, index: int) -> dict:
+        return {"id": self.ids[index], **{k: to_tensor(v) for k, v in self.load(index).items()}}
+
+
+def source_roles(pairs: list) -> Roles:
+    mods = tuple(getattr(pairs[0], "modalities", None) or ("source 1", "source 2"))
+    labels = (mods[0], mods[-1]) if len(mods) > 2 else mods
+    return Roles(("s0", "s1"), None, tuple(labels))
+
+
+def training_data(cfg, data_root: Path | None) -> tuple[Dataset, Dataset, Roles]:
+    """(train, validation/test, roles) for `cfg.train`: train.source if set, else the prepared set."""
+    spec = cfg.train.source
+    if spec is None:
+        if data_root is None:
+            raise ConfigError("no training data: prepare the dataset first, or set train.source")
+        return PairedFolder(data_root, "train"), PairedFolder(data_root, "test"), PREPARED_ROLES
+    train, test = load_source_split(spec, cfg.seed)
+    return (SourcePairs(train, f"{spec.layout}:{spec.path}:train"), SourcePairs(test, f"{spec.layout}:{spec.path}:test"),
+            source_roles(train))
+
+
+def load_source_split(spec, seed: int) -> tuple[list, list]:
+    """Pairs of `spec` split train/test by group (scene, case, sequence): no group in both."""
+    from fusion.data import sources
+
+    pairs = sources.load_source({"layout": spec.layout, "path": spec.path, **spec.options})
+    return sources.split_by_group(pairs, spec.test_fraction, seed)
