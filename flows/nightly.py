@@ -71,10 +71,11 @@ def nightly(
     from fusion.evaluate import markdown_table
 
     url = tracking.run_url(run.target, run.run_id)
+    table = (markdown_table(result.means, result.metric_names, result.seconds_per_pair) if result is not None
+             else "Stage-1 (auto-encoder) run: nothing to evaluate.")
     create_markdown_artifact(
         key="nightly-summary",
-        markdown=f"## {run.name}\n\nMLflow run: {url}\n\nData: SYNTHETIC multi-focus, md5 `{prepared.data_hash}`\n\n"
-        + markdown_table(result.means, result.metric_names, result.seconds_per_pair),
+        markdown=f"## {run.name}\n\nMLflow run: {url}\n\nData md5 `{prepared.data_hash}`\n\n" + table,
         description="Test metrics of the trained model beside the classical baselines",
     )
     return {
@@ -86,10 +87,10 @@ def nightly(
         "ui_command": tracking.ui_command(run.target),
         "data_hash": prepared.data_hash,
         "stages_ran": prepared.stages_ran,
-        "methods": result.methods,
-        "metrics": result.metric_names,
-        "means": result.means,
-        "seconds_per_pair": result.seconds_per_pair,
+        "methods": result.methods if result else [],
+        "metrics": result.metric_names if result else [],
+        "means": result.means if result else {},
+        "seconds_per_pair": result.seconds_per_pair if result else {},
         "stage_seconds": stage_seconds,
     }
 

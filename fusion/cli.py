@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare datasets (the DVC stages call these).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors stay one greppable line
 
 Workspace = Annotated[
     Optional[Path],
@@ -91,7 +91,7 @@ def run(
 def print_summary(summary: dict) -> None:
     out = Console()
     _print_means(summary["means"], summary["metrics"],
-                 f"Test split (SYNTHETIC multi-focus, data md5 {summary['data_hash'][:12]}); best in bold",
+                 f"Test split (data md5 {summary['data_hash'][:12]}); best in bold",
                  summary["seconds_per_pair"])
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
     out.print(f"[bold]run[/] {summary['run_name']} ({summary['run_id']})  [dim]{stages}[/]")
@@ -287,6 +287,40 @@ def report(
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     console.print(f"report: {', '.join(str(p) for p in result.paths.values())}; logged to MLflow run {result.report_run_id}")
+
+
+@app.command()
+def fuse(
+    images: Annotated[list[Path], typer.Argument(help="Two or more source images of the same size (IR + visible, near + far focus, exposures, MRI + CT/PET/SPECT)")],
+    model: Annotated[str, typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID, models:/NAME@ALIAS)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fused image (PNG)")],
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
+) -> None:
+    """Fuse two or more images with a trained model and write the result.
+
+    Any size; gray or colour (gray models fuse Y of YCrCb and restore the chroma of the colour sources). More images than the model takes are fused pairwise, left to right. Checkpoints are loaded as data only (weights_only), never as code.
+    """
+    import time
+
+    from fusion.inference import fuse as run_fuse, load_model, model_label
+    from fusion.io import read_image, write_image
+    from fusion.train.loop import pick_device
+
+    try:
+        if len(images) < 2:
+            raise FusionError(f"give at least 2 images to fuse, got {len(images)}")
+        if out.suffix.lower() != ".png":
+            raise FusionError(f"--out {out}: write a .png (lossless); other formats would alter the fused values")
+        dev = pick_device(device)
+        net, payload = load_model(model, dev)
+        sources = [read_image(p) for p in images]
+        start = time.perf_counter()
+        fused = run_fuse(net, sources, dev)
+        seconds = time.perf_counter() - start
+        write_image(out, fused)
+    except FusionError as exc:
+        _fail(exc)
+    Console().print(f"{model_label(payload)} fused {len(images)} images on {dev} in {seconds:.2f} s -> {out}")
 
 
 @app.command()

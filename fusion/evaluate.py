@@ -89,6 +89,17 @@ def prepared_test_set(root: Path, split: str = "test") -> TestSet:
     return TestSet(f"{Path(root).name}/{split}", list(data.ids), ["near", "far"], files, True)
 
 
+def pairs_test_set(pairs: list, name: str) -> TestSet:
+    """Source-pair records (fusion.data.sources) as a test set without ground truth; of a
+    longer exposure sequence the darkest and brightest frames, as in training."""
+    if not pairs:
+        raise DataError(f"{name}: no test pairs")
+    mods = list(getattr(pairs[0], "modalities", None) or ("source-a", "source-b"))
+    labels = [mods[0], mods[-1]] if mods[0] != mods[-1] else ["source-a", "source-b"]
+    files = {p.id: dict(zip(labels, [Path(p.paths[0]), Path(p.paths[-1])])) for p in pairs}
+    return TestSet(name, [p.id for p in pairs], labels, files, False)
+
+
 def _names(items: list[str], limit: int = 10) -> str:
     return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 

@@ -73,9 +73,24 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
     path = resolve_checkpoint(spec)
     model, payload = model_from_checkpoint(path, device)
+    model = prepare_for_inference(model)
+    if payload.get("stage") == "autoencoder":
+        raise DataError(f"--model {spec}: a CrossFuse stage-1 (auto-encoder) checkpoint does not fuse; train the "
+                        f"fusion stage from it (train.init_from={spec}) and use that checkpoint")
     payload = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "torch_rng")}
     payload["path"] = str(path)
     return model, payload
+
+
+def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and the channels-last memory layout for models that declare it faster
+    (pure convolution stacks such as UFA-Fuse: oneDNN's direct kernels skip a reorder per
+    layer; measured in benchmarks/bench_models.py)."""
+    model.eval()
+    if getattr(model, "prefers_channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+        model.fusionflow_channels_last = True
+    return model
 
 
 def model_label(payload: dict) -> str:
@@ -105,17 +120,31 @@ def fuse_chroma(ycrcb: Sequence[np.ndarray]) -> np.ndarray:
     return np.clip(np.floor(mixed + 0.5), 0, 255).astype(np.uint8)
 
 
-@torch.no_grad()
+def _max_inputs(model: torch.nn.Module) -> int:
+    return getattr(model, "num_inputs", 2)
+
+
+@torch.inference_mode()
 def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | torch.device = "cpu") -> np.ndarray:
     """Fuse uint8 source images (H x W or H x W x 3 RGB, same size) with `model`.
 
-    Raises DataError when the model returns NaN or inf (a diverged checkpoint), rather
-    than letting the uint8 conversion hide it.
+    More sources than the model takes (a multi-exposure sequence) are fused pairwise from
+    left to right: F = f(...f(f(x1, x2), x3)..., xK); the papers' models are all trained
+    on pairs. Raises DataError when the model returns NaN or inf (a diverged checkpoint),
+    rather than letting the uint8 conversion hide it.
     """
     device = torch.device(device)
+    if len(sources) < 2:
+        raise DataError(f"fusion needs at least 2 source images, got {len(sources)}")
     shapes = {s.shape[:2] for s in sources}
     if len(shapes) != 1:
         raise DataError(f"sources differ in size: {[s.shape[:2] for s in sources]}")
+    k = _max_inputs(model)
+    if len(sources) > k:
+        fused = fuse(model, sources[:k], device)
+        for s in sources[k:]:
+            fused = fuse(model, [fused, s], device)
+        return fused
     in_channels = getattr(model, "in_channels", 3)
     colour = [s.ndim == 3 and _is_colour(s) for s in sources]
     if in_channels == 1:
@@ -123,7 +152,8 @@ def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | to
         planes = [y[..., 0] for y in ycrcb]
     else:
         planes = [s if s.ndim == 3 else np.repeat(s[..., None], 3, 2) for s in sources]
-    out = model(*[to_tensor(p)[None].to(device) for p in planes])[0]
+    fmt = torch.channels_last if getattr(model, "fusionflow_channels_last", False) else torch.contiguous_format
+    out = model(*[to_tensor(p)[None].to(device).contiguous(memory_format=fmt) for p in planes])[0]
     if not torch.isfinite(out).all():
         raise DataError("the model's output contains NaN or inf (diverged or corrupt checkpoint?)")
     fused = to_image(out)

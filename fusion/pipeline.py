@@ -97,15 +97,15 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
         "data.raw_md5": prepared.raw_hash,
         "data.dvc_md5": prepared.data_hash,
         "data.path": str(prepared.root.relative_to(workspace)),
-        "data.synthetic": "true",
-        "data.description": "SYNTHETIC multi-focus pairs (UFA-Fuse Eq. 11) from scikit-image photographs",
+        **_data_tags(cfg),
         "profile": cfg.profile,
         "model": cfg.train.model,
         "variant": cfg.train.variant,
         "seed": str(cfg.seed),
         "mlflow.note.content": (
-            f"{cfg.train.model} {cfg.train.variant}, profile {cfg.profile}, trained on SYNTHETIC multi-focus "
-            f"pairs (data md5 {prepared.data_hash})."
+            f"{cfg.train.model} {cfg.train.variant}, profile {cfg.profile}, trained on "
+            f"{'SYNTHETIC multi-focus pairs' if cfg.train.source is None else cfg.train.source.layout + ' pairs'} "
+            f"(data md5 {prepared.data_hash})."
         ),
     }
     run_id = tracking.start_run(target, name, cfg, tags)
@@ -113,6 +113,15 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
     if lock.is_file():
         tracking.log_artifact(target, run_id, lock, "data")
     return RunInfo(name, workspace / RUNS_DIR / name, target, run_id)
+
+
+def _data_tags(cfg: Config) -> dict[str, str]:
+    spec = cfg.train.source
+    if spec is None:
+        return {"data.synthetic": "true",
+                "data.description": "SYNTHETIC multi-focus pairs (UFA-Fuse Eq. 11) from scikit-image photographs"}
+    return {"data.synthetic": "false", "data.source": f"{spec.layout}:{spec.path}",
+            "data.description": f"{cfg.train.task} source pairs, layout {spec.layout}, read from {spec.path}"}
 
 
 def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
@@ -136,27 +145,31 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     """Score the trained model and the baselines on the test split with every configured
     metric; log the tables, per-pair values, sample images and the comparison figure."""
     from fusion.evaluate import baseline_methods, evaluate_methods, model_method, prepared_test_set, save_samples, write_reports
-    from fusion.inference import model_label
+    from fusion.inference import model_label, prepare_for_inference
     from fusion.report import evaluation_figure
     from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
 
     device = pick_device(cfg.train.device)
     ckpt = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
     model, payload = model_from_checkpoint(ckpt, device)
+    if payload.get("stage") == "autoencoder":
+        log.info("CrossFuse stage 1 trains auto-encoders, which do not fuse: nothing to evaluate; "
+                 "train the fusion stage with train.init_from=runs:/%s", run.run_id)
+        return None
+    model = prepare_for_inference(model)
     label = model_label(payload)
-    test_set = prepared_test_set(prepared.root, "test")
+    test_set, labels, title = _test_set(cfg, prepared)
     methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
     result, samples = evaluate_methods(test_set, methods, cfg.evaluate.metrics, device=device,
                                        keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
     eval_dir = run.dir / "eval"
     paths = write_reports(result, eval_dir)
-    figure = evaluation_figure(samples, ["near (synthetic)", "far (synthetic)"], result.methods, eval_dir / "grid.png",
-                               title=f"{test_set.name}: SYNTHETIC multi-focus test pairs", caption_metric=_caption_metric(result),
-                               rows=result.rows)
+    figure = evaluation_figure(samples, labels, result.methods, eval_dir / "grid.png", title=title,
+                               caption_metric=_caption_metric(result), rows=result.rows)
     for p in (*paths.values(), figure):
         tracking.log_artifact(run.target, run.run_id, p, "eval")
     sample_dir = eval_dir / "samples"
-    save_samples(samples, sample_dir, ["near (synthetic)", "far (synthetic)"])
+    save_samples(samples, sample_dir, labels)
     tracking.log_artifacts(run.target, run.run_id, sample_dir, "eval/samples")
     final = {}
     for method, values in result.means.items():
@@ -165,6 +178,20 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
         final[f"{prefix}/seconds_per_pair"] = result.seconds_per_pair[method]
     tracking.log_metrics(run.target, run.run_id, final)
     return result
+
+
+def _test_set(cfg: Config, prepared: Prepared):
+    """The held-out pairs of what the run trained on: the prepared split, or train.source's."""
+    from fusion.data.training import load_source_split
+    from fusion.evaluate import pairs_test_set, prepared_test_set
+
+    spec = cfg.train.source
+    if spec is None:
+        test_set = prepared_test_set(prepared.root, "test")
+        return test_set, ["near (synthetic)", "far (synthetic)"], f"{test_set.name}: SYNTHETIC multi-focus test pairs"
+    _, test = load_source_split(spec, cfg.seed)
+    test_set = pairs_test_set(test, f"{spec.layout}:{Path(spec.path).name}/test")
+    return test_set, test_set.source_labels, f"{test_set.name}: held-out {cfg.train.task} pairs"
 
 
 def _caption_metric(result) -> str | None:

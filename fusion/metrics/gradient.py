@@ -7,6 +7,7 @@ import math
 import torch
 
 from fusion.metrics._context import Batch, safe_div
+from fusion.metrics._filters import atan_, exp_
 
 
 def SF(batch: Batch) -> torch.Tensor:
@@ -65,7 +66,7 @@ def sobel_strength_angle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     gx, gy = sobel(x)
     g = torch.sqrt(gx * gx + gy * gy)
     zero = gx == 0
-    angle = torch.where(zero, torch.full_like(gx, math.pi / 2), torch.atan(gy / torch.where(zero, torch.ones_like(gx), gx)))
+    angle = atan_(gy / gx.masked_fill(zero, 1.0)).masked_fill_(zero, math.pi / 2)
     return g, angle
 
 
@@ -74,11 +75,12 @@ def _edge_preservation(ga, aa, gf, af) -> torch.Tensor:
     # instead (scale-dependent; the reference values keep it): a <= 1.3e-5 relative
     # difference on TNO, see docs/metrics.md.
     big = torch.maximum(ga, gf)
-    g_rel = safe_div(torch.minimum(ga, gf), big, 1.0)
+    g_rel = torch.minimum(ga, gf).div_(big.masked_fill(big == 0, 1.0)).masked_fill_(big == 0, 1.0)
     a_rel = 1.0 - torch.abs(aa - af) / (math.pi / 2)
-    qg = _TG / (1.0 + torch.exp(_KG * (g_rel - _DG)))
-    qa = _TA / (1.0 + torch.exp(_KA * (a_rel - _DA)))
-    return qg * qa
+    # Q_g Q_a = T_g T_a / ((1 + exp(K_g (g - D_g))) (1 + exp(K_a (a - D_a)))).
+    eg = exp_(g_rel.sub_(_DG).mul_(_KG)).add_(1.0)
+    ea = exp_(a_rel.sub_(_DA).mul_(_KA)).add_(1.0)
+    return (_TG * _TA) / eg.mul_(ea)
 
 
 def Qabf(batch: Batch) -> torch.Tensor:

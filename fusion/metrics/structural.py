@@ -11,28 +11,49 @@ _C1 = (0.01 * 255.0) ** 2
 _C2 = (0.03 * 255.0) ** 2
 
 
+def _sliding(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
+    """op (torch.maximum / torch.minimum) over `size` consecutive samples along dim ('valid'),
+    by doubling: windows of 2, 4, 8, ... then two overlapping ones (op is idempotent)."""
+    n = x.shape[dim] - size + 1
+    width = 1
+    while 2 * width <= size:
+        m = x.shape[dim] - width
+        x = op(x.narrow(dim, 0, m), x.narrow(dim, width, m))
+        width *= 2
+    if width < size:
+        x = op(x.narrow(dim, 0, n), x.narrow(dim, size - width, n))
+    return x.narrow(dim, 0, n)
+
+
 def flat_windows(x: torch.Tensor, size: int) -> torch.Tensor:
     """True where the size x size window ('valid' positions) of x is constant.
 
-    Separable max/min over unfolded views: ~10x faster than float64 max_pool2d on CPU.
+    Separable sliding max and min by doubling (~2 log2(size) element-wise ops per image).
     """
-    hi = x.unfold(2, size, 1).amax(-1).unfold(1, size, 1).amax(-1)
-    lo = x.unfold(2, size, 1).amin(-1).unfold(1, size, 1).amin(-1)
+    hi = _sliding(_sliding(x, size, 2, torch.maximum), size, 1, torch.maximum)
+    lo = _sliding(_sliding(x, size, 2, torch.minimum), size, 1, torch.minimum)
     return hi == lo
 
 
 def local_stats(x: torch.Tensor, y: torch.Tensor, size: int, sigma: float):
-    """Gaussian-window means, variances and covariance ('valid' region, as ssim_index.m).
+    """Gaussian-window means, variances and covariance ('valid' region, as ssim_index.m) of
+    S stacked batches x (S*N images) against one batch y (N images).
 
     E[x^2] - E[x]^2 leaves rounding noise (~1e-11 on 0..255) where a window is flat; Qc's
     constants are 2e-16, so that noise would decide its value. Flat windows get exactly 0.
+    y's own maps are filtered once however many x share it.
     """
-    mx, my, exx, eyy, exy = gaussian_valid(torch.cat([x, y, x * x, y * y, x * y]), size, sigma).chunk(5)
+    reps = x.shape[0] // y.shape[0]
+    ys = y.repeat(reps, 1, 1)
+    n = x.shape[0]
+    maps = gaussian_valid(torch.cat([x, x * x, x * ys, y, y * y]), size, sigma)
+    mx, exx, exy = maps[:n], maps[n : 2 * n], maps[2 * n : 3 * n]
+    my, eyy = (m.repeat(reps, 1, 1) for m in maps[3 * n :].chunk(2))
     sxx = exx - mx * mx
     syy = eyy - my * my
     sxy = exy - mx * my
     if sxx.numel():
-        fx, fy = flat_windows(x, size), flat_windows(y, size)
+        fx, fy = flat_windows(x, size), flat_windows(y, size).repeat(reps, 1, 1)
         zero = torch.zeros_like(sxx)
         sxx = torch.where(fx, zero, sxx)
         syy = torch.where(fy, zero, syy)
@@ -57,7 +78,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def SSIM(batch: Batch) -> torch.Tensor:
-    sa, sb = ssim(torch.cat([batch.a, batch.b]), torch.cat([batch.f, batch.f])).chunk(2)
+    sa, sb = ssim(torch.cat([batch.a, batch.b]), batch.f).chunk(2)
     return (sa + sb) / 2.0
 
 
@@ -71,7 +92,7 @@ def Qc(batch: Batch) -> torch.Tensor:
     Where the weight falls below 0 the local value is 0, above 1 it is 1 (as the toolbox).
     Where sigma_AF + sigma_BF = 0 (F flat there) the weight is 0.5 instead of 0/0.
     """
-    maps, cov = ssim_map(torch.cat([batch.a, batch.b]), torch.cat([batch.f, batch.f]), 7, 1.5, _QC_C, _QC_C)
+    maps, cov = ssim_map(torch.cat([batch.a, batch.b]), batch.f, 7, 1.5, _QC_C, _QC_C)
     (ssim_a, ssim_b), (s_af, s_bf) = maps.chunk(2), cov.chunk(2)
     w = safe_div(s_af, s_af + s_bf, 0.5)
     sim = w * ssim_a + (1.0 - w) * ssim_b

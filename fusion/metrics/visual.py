@@ -55,7 +55,7 @@ def vif(refs: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         k = gaussian_1d(size, size / 5.0, refs.device)
         if scale > 1:
             # Blur and keep every other sample (MATLAB x(1:2:end, 1:2:end)).
-            both = sep_filter_valid(torch.cat([refs, dist]), k)[:, ::2, ::2]
+            both = sep_filter_valid(torch.cat([refs, dist]), k, step=2)
             refs, dist = both[:n], both[n:]
         n_s, d_s = _scale_terms(refs, dist, k)
         num, den = num + n_s, den + d_s

@@ -292,3 +292,49 @@ def test_torch_matches_numpy_on_degenerate_images():
         for n, v in want.items():
             tol = 1e-4 if n == "Qabf" else 1e-6
             assert got[n] == pytest.approx(v, rel=tol, abs=1e-12), (n, got[n], v)
+
+
+# ------------------------------------------- FMI per-window core == numpy twin
+def _fmi_cases():
+    rng = np.random.default_rng(7)
+    step = np.zeros((12, 14))
+    step[:, 7:] = 200.0
+    small = rng.integers(0, 4, (12, 14)).astype(np.float64)  # few levels: ties in the CDFs
+    yield "random", rng.integers(0, 256, (17, 19)).astype(np.float64), rng.integers(0, 256, (17, 19)).astype(np.float64)
+    yield "few levels", small, rng.integers(0, 4, (12, 14)).astype(np.float64)
+    yield "negatively correlated", small, 3.0 - small + (rng.random((12, 14)) < 0.2)
+    yield "equal", small, small.copy()
+    yield "flat vs step", np.full((12, 14), 9.0), step
+    yield "step vs its transpose region", step, np.maximum(step, small * 60)
+    yield "3x3", rng.integers(0, 256, (3, 3)).astype(np.float64), rng.integers(0, 256, (3, 3)).astype(np.float64)
+    yield "3x3 flat", np.full((3, 3), 5.0), np.full((3, 3), 200.0)
+    one_hot = np.zeros((9, 9))
+    one_hot[::3, ::3] = 50.0  # windows with a single non-zero pixel: one-hot PDFs, zero spread
+    yield "one-hot", one_hot, np.roll(one_hot, 1, axis=1)
+    yield "floats", rng.normal(size=(15, 16)), rng.normal(size=(15, 16))
+    yield "floats with ties", np.round(rng.normal(size=(15, 16)), 1), np.round(rng.normal(size=(15, 16)), 1)
+
+
+@pytest.mark.parametrize("band", [1, 7, 1 << 13])
+def test_fmi_windows_match_numpy_twin(band, monkeypatch):
+    """The banded, staircase-based torch core against fmi.m's 81-cell sum (numpy), per window,
+    on adversarial inputs (flat windows, ties, one-hot PDFs, c < 0, equal windows, 3x3)."""
+    from fusion.metrics import _numpy_ref, fmi
+
+    monkeypatch.setattr(fmi, "_CPU_WINDOWS", band)
+    for label, x, f in _fmi_cases():
+        want = _numpy_ref._fmi_map(x, f)
+        got_x, got_f = fmi.fmi_maps([torch.from_numpy(x)[None], torch.from_numpy(f)[None]], torch.from_numpy(f)[None])
+        np.testing.assert_allclose(got_x[0].numpy(), want, rtol=0, atol=1e-12, err_msg=label)
+        np.testing.assert_allclose(got_f[0].numpy(), np.ones_like(want), rtol=0, atol=0, err_msg=label)
+
+
+def test_fmi_dct_feature_matches_scipy():
+    from scipy.fft import dctn
+
+    from fusion.metrics import fmi
+
+    x = np.random.default_rng(3).normal(size=(2, 13, 22)) * 50
+    got = fmi.dct2(torch.from_numpy(x)).numpy()
+    want = np.stack([dctn(im, norm="ortho") for im in x])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
