@@ -52,6 +52,9 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
+    from fusion.tracking import current_uri
+
+    uri_store = current_uri()
     dest = Path(download_dir or tempfile.mkdtemp(prefix="fusionflow-model-"))
     candidates = [text]
     if text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
@@ -59,12 +62,12 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
     errors = []
     for uri in candidates:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=uri_store))
         except (MlflowException, OSError) as exc:
             errors.append(f"{uri}: {str(exc).splitlines()[0]}")
             continue
         return local if local.is_file() else _checkpoint_in(local)
-    raise DataError(f"--model {text}: cannot download a checkpoint ({'; '.join(errors)})")
+    raise DataError(f"--model {text}: cannot download a checkpoint from {uri_store} ({'; '.join(errors)})")
 
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -102,6 +102,8 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
         "model": cfg.train.model,
         "variant": cfg.train.variant,
         "seed": str(cfg.seed),
+        "train.stage": cfg.train.stage,
+        **({"init_from": cfg.train.init_from} if cfg.train.init_from else {}),
         "mlflow.note.content": (
             f"{cfg.train.model} {cfg.train.variant}, profile {cfg.profile}, trained on "
             f"{'SYNTHETIC multi-focus pairs' if cfg.train.source is None else cfg.train.source.layout + ' pairs'} "
@@ -160,7 +162,7 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     label = model_label(payload)
     test_set, labels, title = _test_set(cfg, prepared)
     methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
-    result, samples = evaluate_methods(test_set, methods, cfg.evaluate.metrics, device=device,
+    result, samples = evaluate_methods(test_set, methods, _applicable(cfg.evaluate.metrics, test_set.has_gt), device=device,
                                        keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
     eval_dir = run.dir / "eval"
     paths = write_reports(result, eval_dir)
@@ -192,6 +194,13 @@ def _test_set(cfg: Config, prepared: Prepared):
     _, test = load_source_split(spec, cfg.seed)
     test_set = pairs_test_set(test, f"{spec.layout}:{Path(spec.path).name}/test")
     return test_set, test_set.source_labels, f"{test_set.name}: held-out {cfg.train.task} pairs"
+
+
+def _applicable(names: list[str], has_gt: bool) -> list[str]:
+    """The configured metrics this test set supports: *_gt metrics need a ground truth."""
+    from fusion.metrics import METRICS
+
+    return [n for n in names if n == "all" or has_gt or not METRICS[n].needs_gt]
 
 
 def _caption_metric(result) -> str | None:

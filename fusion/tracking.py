@@ -53,6 +53,18 @@ def target(cfg: Config, workspace: Path) -> TrackingTarget:
     return TrackingTarget(db, cfg.tracking.experiment, artifacts.as_uri())
 
 
+def current_uri(workspace: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else the embedded store of the workspace (this checkout by default):
+    where `runs:/...` and `models:/...` URIs given on the command line are looked up."""
+    uri = os.environ.get(TRACKING_ENV)
+    if uri:
+        return uri
+    from fusion.config import load_config, resolve_workspace
+
+    ws = resolve_workspace(workspace)
+    return target(load_config(ws), ws).uri
+
+
 def client(t: TrackingTarget):
     return _client(t.uri)
 

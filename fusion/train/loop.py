@@ -151,6 +151,9 @@ class Trainer:
             raise ConfigError(f"train.source: {self.tcfg.model} is supervised and these source pairs have no ground "
                               "truth; train it on the prepared synthetic multi-focus set (train.source: null)")
         self.model = build_model(self.tcfg.model, self.tcfg.variant, **model_options(cfg)).to(self.device)
+        # Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)
+        self.memory_format = torch.channels_last if getattr(self.model, "prefers_channels_last", False) else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.channels = getattr(self.model, "in_channels", 3)
         self.stage = resolve_stage(self.model, self.tcfg)
         self.init = self._init_encoders(self.tcfg.init_from) if self.stage == "fusion" else {}
@@ -263,7 +266,10 @@ class Trainer:
         return out
 
     def _inputs(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        move = lambda t: adapt_channels(t.to(self.device, non_blocking=True), self.channels)  # noqa: E731
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = adapt_channels(t.to(self.device, non_blocking=True), self.channels)
+            return t.contiguous(memory_format=self.memory_format)
+
         return [move(batch[r]) for r in self.roles.sources], (move(batch[self.roles.gt]) if self.roles.gt else None)
 
     def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:
