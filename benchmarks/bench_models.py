@@ -143,7 +143,6 @@ def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
     from fusion.inference import fuse, prepare_for_inference
     from fusion.losses import build_loss
     from fusion.models import MODELS, build_model, count_parameters
-    from fusion.train.loop import adapt_channels  # noqa: F401 - same channel rules as training
 
     rows = [_row("torch threads", torch.get_num_threads(), "threads"),
             _row("device", 1.0 if torch.cuda.is_available() else 0.0, "cuda available")]
@@ -175,7 +174,7 @@ def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
             if stage == "fusion":
                 train_model.freeze_encoders()
             seconds = _trainer_step_time(train_model, build_loss(loss_name, _TrainCfg()), crop, batch, 1 if quick else 2,
-                                         spec.supervised, channels_last=False)
+                                         spec.supervised, channels_last=getattr(train_model, "prefers_channels_last", False))
             rows.append(_row(f"{label}: training ({stage} stage) pairs/s at batch {batch}, {crop}x{crop}", batch / seconds, "pairs/s"))
             infer = prepare_for_inference(model)
             srcs = pair if getattr(model, "in_channels", 3) == 1 else [np.repeat(p[..., None], 3, 2) for p in pair]

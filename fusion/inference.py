@@ -89,8 +89,10 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, and the channels-last memory layout for models that declare it faster
     (pure convolution stacks such as UFA-Fuse: oneDNN's direct kernels skip a reorder per
     layer; measured in benchmarks/bench_models.py)."""
+    from fusion.train.loop import memory_format
+
     model.eval()
-    if getattr(model, "prefers_channels_last", False):
+    if memory_format(model) == torch.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.fusionflow_channels_last = True
     return model

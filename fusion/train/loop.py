@@ -102,7 +102,13 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     payload = load_checkpoint(path, map_location=device)
     model = build_model(payload["model"], payload["variant"], **payload["model_options"])
     model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
+    # the layout it trained in: channels-last and NCHW kernels round differently
+    return model.to(device, memory_format=memory_format(model)).eval(), payload
+
+
+def memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)."""
+    return torch.channels_last if getattr(model, "prefers_channels_last", False) else torch.contiguous_format
 
 
 def adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -151,8 +157,7 @@ class Trainer:
             raise ConfigError(f"train.source: {self.tcfg.model} is supervised and these source pairs have no ground "
                               "truth; train it on the prepared synthetic multi-focus set (train.source: null)")
         self.model = build_model(self.tcfg.model, self.tcfg.variant, **model_options(cfg)).to(self.device)
-        # Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)
-        self.memory_format = torch.channels_last if getattr(self.model, "prefers_channels_last", False) else torch.contiguous_format
+        self.memory_format = memory_format(self.model)
         self.model = self.model.to(memory_format=self.memory_format)
         self.channels = getattr(self.model, "in_channels", 3)
         self.stage = resolve_stage(self.model, self.tcfg)
