@@ -215,16 +215,7 @@ def evaluate_methods(
 def score(sources: Sequence[np.ndarray], fused: np.ndarray, gt: np.ndarray | None, names: Sequence[str],
           device: str | torch.device = "cpu", where: str = "") -> dict[str, float]:
     """Every metric of one fused image; MetricInputError/NaN become DataError naming `where`."""
-    if len(sources) != 2:
-        raise DataError(f"{where}: the metrics compare two sources with the fused image, got {len(sources)} sources")
-    try:
-        values = fm.compute(sources[0], sources[1], fused, gt=gt, names=list(names), device=device)
-    except fm.MetricInputError as exc:
-        raise DataError(f"{where}: {exc}") from exc
-    bad = [n for n, v in values.items() if math.isnan(v)]
-    if bad:  # never a silent NaN in a table
-        raise DataError(f"{where}: metric(s) {bad} are NaN")
-    return values
+    return score_batch(sources, [fused], gt, names, device, [where or "fused image"])[0]
 
 
 def score_batch(sources: Sequence[np.ndarray], fused: Sequence[np.ndarray], gt: np.ndarray | None, names: Sequence[str],

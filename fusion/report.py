@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fusion.baselines import BASELINES
 from fusion.errors import DataError
 from fusion.evaluate import csv_table, markdown_table
 from fusion.io import read_image, write_bytes_atomic
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_ARTIFACT = "eval/summary.json"
 SAMPLES_ARTIFACT = "eval/samples"
+_BASELINE_NAMES = frozenset(BASELINES)  # method names of baselines in evaluation summaries
 
 
 def comparison_figure(
@@ -304,8 +306,3 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> 
 def _metric_key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "/._- " else "_" for ch in name)
 
-
-# Baseline names as evaluation summaries list them.
-from fusion.baselines import BASELINES as _BASELINES  # noqa: E402
-
-_BASELINE_NAMES = frozenset(_BASELINES)
