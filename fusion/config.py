@@ -260,6 +260,11 @@ def load_config(
         tree["profile"] = profile
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     tree = _merge(tree, extra)
+    source = (tree.get("train") or {}).get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str) and not Path(source["path"]).expanduser().is_absolute():
+        # Relative to the workspace, never the current directory: Ray workers and Prefect
+        # runs start elsewhere, and the recorded config must name one place.
+        source["path"] = str((ws / Path(source["path"]).expanduser()).resolve())
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

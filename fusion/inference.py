@@ -8,6 +8,7 @@ gray sources repeated to three channels. The output is gray only when every sour
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,7 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
     from fusion.tracking import current_uri
 
     uri_store = current_uri()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per command, not a tqdm bar
     dest = Path(download_dir or tempfile.mkdtemp(prefix="fusionflow-model-"))
     candidates = [text]
     if text.startswith("runs:/") and text.rstrip("/").count("/") == 1:

@@ -74,3 +74,16 @@ def test_flat_params_for_tracking(ws):
     flat = load_config(ws, "smoke").flat()
     assert flat["train.lambda_l1"] == 0.2 and flat["profile"] == "smoke"
     assert "train.ray.max_failures" in flat
+
+
+def test_relative_source_paths_are_relative_to_the_workspace(tmp_path):
+    import shutil
+
+    from fusion.config import load_config
+    from tests.conftest import REPO
+
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    cfg = load_config(tmp_path, "tiny", ["train.source.layout=tno", "train.source.path=../data/TNO"])
+    assert cfg.train.source.path == str((tmp_path.parent / "data" / "TNO").resolve())
+    cfg = load_config(tmp_path, "tiny", ["train.source.layout=tno", "train.source.path=/abs/TNO"])
+    assert cfg.train.source.path == "/abs/TNO"
