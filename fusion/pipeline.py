@@ -146,7 +146,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
 def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     """Score the trained model and the baselines on the test split with every configured
     metric; log the tables, per-pair values, sample images and the comparison figure."""
-    from fusion.evaluate import baseline_methods, evaluate_methods, model_method, prepared_test_set, save_samples, write_reports
+    from fusion.evaluate import baseline_methods, evaluate_methods, model_method, save_samples, write_reports
     from fusion.inference import model_label, prepare_for_inference
     from fusion.report import evaluation_figure
     from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
