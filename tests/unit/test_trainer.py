@@ -92,3 +92,21 @@ def test_cuda_mixed_precision_training_runs_and_checkpoints(cfg, tiny_prepared, 
     assert state.epoch == 2 and all(h["train/epoch_loss"] == h["train/epoch_loss"] for h in state.history)
     model, _ = model_from_checkpoint(tmp_path / LAST, "cuda")
     assert next(model.parameters()).is_cuda
+
+
+def test_decoded_image_cache_stays_within_its_budget():
+    import numpy as np
+
+    from fusion.data.dataset import _ImageCache
+
+    cache = _ImageCache(budget_bytes=3 * 100)
+    loads = []
+    item = lambda i: (loads.append(i), {"a": np.zeros(100, np.uint8)})[1]  # noqa: E731
+    for i in range(5):
+        cache.get(i, lambda i=i: item(i))
+    assert cache.used <= 300 and list(cache._items) == [2, 3, 4]
+    cache.get(4, lambda: item(4))  # hit: no reload
+    cache.get(0, lambda: item(0))  # evicted earlier: reloaded
+    assert loads == [0, 1, 2, 3, 4, 0]
+    big = _ImageCache(budget_bytes=10)
+    assert big.get("x", lambda: {"a": np.zeros(100, np.uint8)})["a"].size == 100 and big.used == 0
