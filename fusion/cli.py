@@ -366,6 +366,47 @@ def data_synth_multifocus(workspace: Workspace = None) -> None:
     Console().print(f"synthetic multi-focus pairs: {json.dumps(manifest['counts'])}")
 
 
+@data_app.command("patches")
+def data_patches(
+    out: Annotated[Path, typer.Option("--out", help="Patch folder to write (shards + manifest.json), relative to the workspace, e.g. prepared/patches/tno")],
+    window: Annotated[int, typer.Option("--window", help="Window side (CADNIF's released code: 132)")] = 132,
+    stride: Annotated[int, typer.Option("--stride", help="Window stride (released code: 14)")] = 14,
+    flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Add a horizontal flip of every window")] = False,
+    rotations: Annotated[bool, typer.Option("--rotations/--no-rotations", help="Add 90/180/270 degree rotations")] = False,
+    gray: Annotated[bool, typer.Option("--gray/--colour", help="Y of YCrCb (the unsupervised models) or RGB planes")] = True,
+    max_per_pair: Annotated[int, typer.Option("--max-per-pair", help="Seeded sample of at most this many windows per pair (0 = all)")] = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Windows per shard file")] = 4096,
+    workers: Annotated[int, typer.Option("--workers", help="Processes (0 = every core)")] = 0,
+    profile: Profile = "default",
+    overrides: Overrides = None,
+    workspace: Workspace = None,
+) -> None:
+    """Cut aligned training windows from train.source's training split into shards (patch augmentation).
+
+    The same windows (and flips/rotations) are cut from every source of a pair. Train on them with --set train.patches=OUT beside the same train.source: the run refuses patches cut from another source or split.
+    """
+    from fusion.config import load_config, resolve_workspace
+    from fusion.data.patches import PatchParams, build_patches
+    from fusion.data.training import load_source_split, source_provenance
+
+    try:
+        ws = resolve_workspace(workspace)
+        cfg = load_config(ws, profile, overrides)
+        spec = cfg.train.source
+        if spec is None:
+            raise FusionError("set the source to cut from: --set train.source.layout=tno --set train.source.path=DIR")
+        train, _ = load_source_split(spec, cfg.seed)
+        out = out if out.is_absolute() else ws / out  # where train.patches=OUT will look
+        params = PatchParams(window, stride, gray, flips, rotations, shard_size, max_per_pair, cfg.seed)
+        bar, progress = _progress(f"cutting {len(train)} pairs")
+        with bar:
+            manifest = build_patches(train, out, params, workers, source_provenance(spec, cfg.seed), progress)
+    except FusionError as exc:
+        _fail(exc)
+    Console().print(f"{manifest['count']} windows of {window}x{window} from {len(train)} training pairs "
+                    f"in {len(manifest['shards'])} shard(s) -> {out}")
+
+
 @data_app.command("prepare")
 def data_prepare(
     workspace: Workspace = None,

@@ -77,6 +77,9 @@ class TrainConfig(_Strict):
     task: Literal["multi-focus", "ir-vis", "medical", "multi-exposure"] = "multi-focus"
     # null: the prepared (DVC) dataset; otherwise unsupervised training on source pairs
     source: Optional[SourceSpec] = None
+    # a patch folder cut from train.source's training split (`fusion data patches`); its
+    # held-out split still validates and evaluates the run
+    patches: Optional[str] = None
     # CrossFuse: auto = autoencoder without init_from, fusion with it (joint for one-stage)
     stage: Literal["auto", "autoencoder", "fusion", "joint"] = "auto"
     # checkpoint (file, run folder or MLflow URI) whose stage-1 encoders start the fusion stage
@@ -250,7 +253,7 @@ def load_config(
     ws = resolve_workspace(workspace)
     tree = read_params(ws)
     profiles = tree.pop("profiles", {}) or {}
-    if profile:
+    if profile and profile != "default":  # "default": params.yaml as written, no profile
         if profile not in profiles:
             raise ConfigError(f"profile {profile!r} is not defined in {ws / PARAMS_FILE}; valid: {sorted(profiles)}")
         chosen = profiles[profile] or {}
@@ -260,15 +263,23 @@ def load_config(
         tree["profile"] = profile
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     tree = _merge(tree, extra)
-    source = (tree.get("train") or {}).get("source")
-    if isinstance(source, dict) and isinstance(source.get("path"), str) and not Path(source["path"]).expanduser().is_absolute():
-        # Relative to the workspace, never the current directory: Ray workers and Prefect
-        # runs start elsewhere, and the recorded config must name one place.
-        source["path"] = str((ws / Path(source["path"]).expanduser()).resolve())
+    # Paths relative to the workspace, never the current directory: Ray workers and Prefect
+    # runs start elsewhere, and the recorded config must name one place.
+    train = tree.get("train") or {}
+    source = train.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        source["path"] = _in_workspace(ws, source["path"])
+    if isinstance(train.get("patches"), str):
+        train["patches"] = _in_workspace(ws, train["patches"])
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, ws / PARAMS_FILE)) from None
+
+
+def _in_workspace(ws: Path, path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (ws / p).resolve())
 
 
 def _describe(exc: ValidationError, source: Path) -> str:

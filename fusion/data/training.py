@@ -71,12 +71,35 @@ def training_data(cfg, data_root: Path | None) -> tuple[Dataset, Dataset, Roles]
     """(train, validation/test, roles) for `cfg.train`: train.source if set, else the prepared set."""
     spec = cfg.train.source
     if spec is None:
+        if cfg.train.patches:
+            raise ConfigError("train.patches needs train.source: its held-out split validates and evaluates the run")
         if data_root is None:
             raise ConfigError("no training data: prepare the dataset first, or set train.source")
         return PairedFolder(data_root, "train"), PairedFolder(data_root, "test"), PREPARED_ROLES
     train, test = load_source_split(spec, cfg.seed)
-    return (SourcePairs(train, f"{spec.layout}:{spec.path}:train"), SourcePairs(test, f"{spec.layout}:{spec.path}:test"),
-            source_roles(train))
+    val = SourcePairs(test, f"{spec.layout}:{spec.path}:test")
+    if cfg.train.patches:
+        return patch_set(cfg.train.patches, source_provenance(spec, cfg.seed)), val, source_roles(test)
+    return SourcePairs(train, f"{spec.layout}:{spec.path}:train"), val, source_roles(train)
+
+
+def source_provenance(spec, seed: int) -> dict:
+    """What a patch folder must have been cut from to train beside this source's test split."""
+    return {"layout": spec.layout, "path": spec.path, "split": "train", "test_fraction": spec.test_fraction,
+            "seed": seed, "options": dict(spec.options)}
+
+
+def patch_set(path: str, expected: dict):
+    """The patch folder, refused when it was cut from another source or split: its windows
+    could then come from the very pairs that validate the run."""
+    from fusion.data.patches import PatchShards
+
+    shards = PatchShards(path)
+    got = shards.manifest.get("provenance", {})
+    if got != expected:
+        raise ConfigError(f"train.patches={path}: cut from {got or 'an unrecorded source'}, but train.source is "
+                          f"{expected}; rebuild it with `fusion data patches` for this source")
+    return shards
 
 
 def load_source_split(spec, seed: int) -> tuple[list, list]:
