@@ -19,6 +19,7 @@ import torch
 
 from fusion.data.dataset import to_image, to_tensor
 from fusion.errors import DataError
+from fusion.train.loop import memory_format
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[to
     from fusion.train.loop import model_from_checkpoint
 
     path = resolve_checkpoint(spec)
-    model, payload = model_from_checkpoint(path, device)
-    model = prepare_for_inference(model)
+    model, payload = model_from_checkpoint(path, device)  # eval mode, in the layout it trained in
     if payload.get("stage") == "autoencoder":
         raise DataError(f"--model {spec}: a CrossFuse stage-1 (auto-encoder) checkpoint does not fuse; train the "
                         f"fusion stage from it (train.init_from={spec}) and use that checkpoint")
@@ -88,16 +88,10 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
 
 def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, and the channels-last memory layout for models that declare it faster
-    (pure convolution stacks such as UFA-Fuse: oneDNN's direct kernels skip a reorder per
-    layer; measured in benchmarks/bench_models.py)."""
-    from fusion.train.loop import memory_format
-
-    model.eval()
-    if memory_format(model) == torch.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        model.fusionflow_channels_last = True
-    return model
+    """A freshly built model in eval mode and the layout it runs fastest in (channels-last for
+    pure convolution stacks such as UFA-Fuse; measured in benchmarks/bench_models.py), as
+    model_from_checkpoint returns a loaded one."""
+    return model.eval().to(memory_format=memory_format(model))
 
 
 def model_label(payload: dict) -> str:
@@ -159,7 +153,7 @@ def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | to
         planes = [y[..., 0] for y in ycrcb]
     else:
         planes = [s if s.ndim == 3 else np.repeat(s[..., None], 3, 2) for s in sources]
-    fmt = torch.channels_last if getattr(model, "fusionflow_channels_last", False) else torch.contiguous_format
+    fmt = memory_format(model)  # inputs in the model's layout: no reorder before the first conv
     out = model(*[to_tensor(p)[None].to(device).contiguous(memory_format=fmt) for p in planes])[0]
     if not torch.isfinite(out).all():
         raise DataError("the model's output contains NaN or inf (diverged or corrupt checkpoint?)")

@@ -147,7 +147,7 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     """Score the trained model and the baselines on the test split with every configured
     metric; log the tables, per-pair values, sample images and the comparison figure."""
     from fusion.evaluate import baseline_methods, evaluate_methods, model_method, save_samples, write_reports
-    from fusion.inference import model_label, prepare_for_inference
+    from fusion.inference import model_label
     from fusion.report import evaluation_figure
     from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
 
@@ -158,7 +158,6 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
         log.info("CrossFuse stage 1 trains auto-encoders, which do not fuse: nothing to evaluate; "
                  "train the fusion stage with train.init_from=runs:/%s", run.run_id)
         return None
-    model = prepare_for_inference(model)
     label = model_label(payload)
     test_set, labels, title = _test_set(cfg, prepared)
     methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}

@@ -73,7 +73,7 @@ class UFAFuse(nn.Module):
         if num_inputs < 2:
             raise ValueError(f"num_inputs must be >= 2, got {num_inputs}")
         self.variant = variant
-        self.prefers_channels_last = True  # pure conv stack: see fusion.inference.prepare_for_inference
+        self.prefers_channels_last = True  # pure conv stack: see fusion.train.loop.memory_format
         self.num_inputs = num_inputs
         self.in_channels = in_channels
         self.features = nn.Sequential(
