@@ -157,7 +157,7 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID, runs:/RUN_ID/checkpoints/best.pt, models:/NAME@ALIAS)")] = None,
     baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Classical baseline(s) to evaluate alongside (repeatable; 'all' for every one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair values and means here")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write table.md, table.csv, per_pair.csv, summary.json and figure.png here")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write table.md, table.csv, per_pair.csv, summary.json and figure.png here (with --fused: table.md, table.csv, summary.json)")] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Only these metrics (repeatable) [default: all that apply]")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (model and metrics)")] = "cpu",
     figure_pairs: Annotated[int, typer.Option("--figure-pairs", help="Test pairs shown in the comparison figure")] = 3,
