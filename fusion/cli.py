@@ -352,23 +352,99 @@ def data_embedded(workspace: Workspace = None) -> None:
     Console().print(f"wrote {out}")
 
 
-@data_app.command("synth-multifocus")
-def data_synth_multifocus(workspace: Workspace = None) -> None:
-    """Build the SYNTHETIC multi-focus train/test pairs (UFA-Fuse Eq. 11) from data.synth_multifocus in params.yaml."""
-    from fusion import pipeline
+Workers = Annotated[int, typer.Option("--workers", help="Processes (0 = every core, 1 = this process only)")]
+
+
+def _stage(label: str, fn, *args):
+    """Run one preparation stage with a progress bar; returns its manifest."""
     from fusion.config import load_config, resolve_workspace
 
     try:
-        ws = resolve_workspace(workspace)
-        manifest = pipeline.synth_multifocus_stage(ws, load_config(ws))
+        ws = resolve_workspace(args[0])
+        bar, progress = _progress(label)
+        with bar:
+            return fn(ws, load_config(ws), *args[1:], progress=progress)
     except FusionError as exc:
         _fail(exc)
+
+
+@data_app.command("synth-multifocus")
+def data_synth_multifocus(workspace: Workspace = None, workers: Workers = 0) -> None:
+    """Build the SYNTHETIC multi-focus train/test pairs (UFA-Fuse Eq. 11) from data.synth_multifocus in params.yaml
+    (the embedded photographs, or a DUTS source of the `sources` registry)."""
+    from fusion.data import stages
+
+    manifest = _stage("synthesising", stages.synth_multifocus, workspace, workers)
     Console().print(f"synthetic multi-focus pairs: {json.dumps(manifest['counts'])}")
+
+
+@data_app.command("kaist-pairs")
+def data_kaist_pairs(
+    name: Annotated[str, typer.Argument(help="Entry of data.kaist_pairs in params.yaml")],
+    workspace: Workspace = None, workers: Workers = 0,
+) -> None:
+    """Sample aligned lwir/visible KAIST pairs (seeded, every frame_stride-th frame), gray, resized -> prepared/kaist_pairs/NAME."""
+    from fusion.data import stages
+
+    manifest = _stage(f"KAIST pairs {name}", stages.kaist_pairs, workspace, name, workers)
+    Console().print(f"{manifest['count']} KAIST pairs -> prepared/kaist_pairs/{name}"
+                    + (f" ({len(manifest['skipped'])} bad input(s) skipped, see bad_inputs.txt)" if manifest["skipped"] else ""))
+
+
+@data_app.command("test-set")
+def data_test_set(
+    name: Annotated[str, typer.Argument(help="Entry of data.test_sets in params.yaml")],
+    workspace: Workspace = None, workers: Workers = 0,
+) -> None:
+    """Copy a source's evaluation pairs (colour kept) into prepared/test_sets/NAME/<modality>/ with a manifest."""
+    from fusion.data import stages
+
+    manifest = _stage(f"test set {name}", stages.test_set, workspace, name, workers)
+    mods = manifest["modalities"]
+    Console().print(f"{manifest['count']} {manifest['task']} pairs -> prepared/test_sets/{name}/{{{','.join(mods)}}}; "
+                    f"score with: fusion evaluate --source-a prepared/test_sets/{name}/{mods[0]} "
+                    f"--source-b prepared/test_sets/{name}/{[m for m in mods if m != 'gt'][-1]} ...")
+
+
+@data_app.command("sources")
+def data_sources(
+    workspace: Workspace = None,
+    check: Annotated[bool, typer.Option("--check", help="Decode every image and report every bad file")] = False,
+) -> None:
+    """List the `sources` registry of params.yaml: layout, path, pairs found (and, with --check, bad files)."""
+    from fusion.config import load_config, resolve_workspace, source_spec
+    from fusion.data import sources
+
+    try:
+        ws = resolve_workspace(workspace)
+        cfg = load_config(ws)
+    except FusionError as exc:
+        _fail(exc)
+    table = Table(title=f"sources registry ({ws / 'params.yaml'})")
+    for col in ("name", "layout", "path", "records", "status"):
+        table.add_column(col)
+    failed = False
+    for name in sorted(cfg.sources):
+        spec = source_spec(cfg, name, ws)
+        try:
+            recs = sources.load_source(name, {"layout": spec.layout, "path": spec.path, **spec.options})
+            status = "ok"
+            if check:
+                sources.check_pairs(recs)
+                status = "ok (all decoded)"
+            count = str(len(recs))
+        except FusionError as exc:
+            failed, count, status = True, "-", str(exc)
+        table.add_row(name, spec.layout, str(cfg.sources[name]["path"]), count, status)
+    Console().print(table if cfg.sources else "no sources registered: add them under `sources:` in params.yaml")
+    if failed:
+        raise typer.Exit(2)
 
 
 @data_app.command("patches")
 def data_patches(
-    out: Annotated[Path, typer.Option("--out", help="Patch folder to write (shards + manifest.json), relative to the workspace, e.g. prepared/patches/tno")],
+    name: Annotated[Optional[str], typer.Argument(help="Entry of data.patches in params.yaml (the DVC stage); or omit it and give --out")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Patch folder to write (shards + manifest.json), relative to the workspace, e.g. prepared/patches/tno")] = None,
     window: Annotated[int, typer.Option("--window", help="Window side (CADNIF's released code: 132)")] = 132,
     stride: Annotated[int, typer.Option("--stride", help="Window stride (released code: 14)")] = 14,
     flips: Annotated[bool, typer.Option("--flips/--no-flips", help="Add a horizontal flip of every window")] = False,
@@ -384,11 +460,23 @@ def data_patches(
     """Cut aligned training windows from train.source's training split into shards (patch augmentation).
 
     The same windows (and flips/rotations) are cut from every source of a pair. Train on them with --set train.patches=OUT beside the same train.source: the run refuses patches cut from another source or split.
+
+    With NAME, the DVC stage: data.patches.NAME of params.yaml -> prepared/patches/NAME (train with train.source=<its source> and train.patches=prepared/patches/NAME).
     """
     from fusion.config import load_config, resolve_workspace
     from fusion.data.patches import PatchParams, build_patches
     from fusion.data.training import load_source_split, source_provenance
 
+    if name is not None:
+        from fusion.data import stages
+
+        if out is not None:
+            _fail(FusionError("give NAME (a data.patches stage) or --out, not both"))
+        manifest = _stage(f"patches {name}", stages.patches, workspace, name, workers)
+        Console().print(f"{manifest['count']} windows in {len(manifest['shards'])} shard(s) -> prepared/patches/{name}")
+        return
+    if out is None:
+        _fail(FusionError("give NAME (a data.patches stage of params.yaml) or --out DIR"))
     try:
         ws = resolve_workspace(workspace)
         cfg = load_config(ws, profile, overrides)

@@ -30,13 +30,25 @@ class EmbeddedData(_Strict):
 
 
 class SynthMultifocus(_Strict):
-    raw: str = "data/embedded"
+    # a `sources` entry of layout photos (the embedded default) or duts (image + saliency mask)
+    source: str = "embedded"
+    skip_bad: bool = False     # drop bad inputs and write bad_inputs.txt instead of stopping
     out: str = "prepared/multifocus_synthetic"
     max_side: int = Field(256, ge=32, le=8192)
     pairs_per_image: int = Field(2, ge=1, le=64)
     blur_intervals: list[tuple[int, int]] = [(2, 3), (4, 5), (5, 7), (8, 10)]
     mask_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     test_images: int = Field(4, ge=1)
+    # relative frequency of each blur interval; null = uniform (the paper)
+    blur_weights: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> "SynthMultifocus":
+        w = self.blur_weights
+        if w is not None and (len(w) != len(self.blur_intervals) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(f"blur_weights {w}: one non-negative weight per blur interval "
+                             f"({len(self.blur_intervals)}), not all zero")
+        return self
 
     @field_validator("blur_intervals")
     @classmethod
@@ -49,9 +61,45 @@ class SynthMultifocus(_Strict):
         return v
 
 
+class _Stage(_Strict):
+    """A DVC stage reading one dataset of the `sources` registry (by name)."""
+
+    source: str
+    skip_bad: bool = False     # drop bad inputs and write bad_inputs.txt instead of stopping
+
+
+class KaistPairs(_Stage):
+    """Aligned lwir/visible training pairs sampled from a KAIST source (CrossFuse trains on 256x256 gray)."""
+
+    pairs: int = Field(1000, ge=0)        # 0 = every frame left after the stride
+    frame_stride: int = Field(1, ge=1)    # every n-th frame of a sequence: neighbours are near-duplicates
+    size: int = Field(256, ge=16, le=4096)
+
+
+class PatchStage(_Stage):
+    """Patch augmentation of a source's training split (fusion/data/patches.py)."""
+
+    window: int = Field(132, ge=8)
+    stride: int = Field(14, ge=1)
+    gray: bool = True
+    flips: bool = False
+    rotations: bool = False
+    max_per_pair: int = Field(0, ge=0)
+    shard_size: int = Field(4096, ge=1)
+
+
+class TestSetStage(_Stage):
+    """Evaluation pairs of a source, colour kept: every pair, or its held-out split."""
+
+    split: Literal["all", "test"] = "all"
+
+
 class DataConfig(_Strict):
     embedded: EmbeddedData = EmbeddedData()
     synth_multifocus: SynthMultifocus = SynthMultifocus()
+    kaist_pairs: dict[str, KaistPairs] = {}
+    patches: dict[str, PatchStage] = {}
+    test_sets: dict[str, TestSetStage] = {}
 
 
 class RayConfig(_Strict):
@@ -67,6 +115,7 @@ class SourceSpec(_Strict):
     path: str
     test_fraction: float = Field(0.25, gt=0, lt=1)   # held out by group (scene, case, sequence)
     options: dict[str, Any] = {}
+    name: Optional[str] = None     # the `sources` registry entry it came from, if any
 
 
 class TrainConfig(_Strict):
@@ -138,6 +187,9 @@ class TrackingConfig(_Strict):
 class Config(_Strict):
     seed: int = 0
     profile: str = "default"
+    # dataset registry: name -> {layout, path, [test_fraction], loader options}; paths are
+    # kept as written (relative = to the workspace), see source_spec()
+    sources: dict[str, dict[str, Any]] = {}
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -146,8 +198,25 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _known_names(self) -> "Config":
         # Deferred imports: the registries import torch, config must stay cheap to load.
+        from fusion.data.sources import LAYOUT_TASKS, validate_spec
         from fusion.models import MODELS
 
+        for name, entry in self.sources.items():
+            validate_spec(name, {k: v for k, v in entry.items() if k != "test_fraction"})
+            if "test_fraction" in entry:
+                SourceSpec(layout=entry["layout"], path=str(entry["path"]), test_fraction=entry["test_fraction"])
+        stages = [("synth_multifocus", "", self.data.synth_multifocus.source, ("duts", "photos"))]
+        stages += [("kaist_pairs", k, v.source, ("kaist",)) for k, v in self.data.kaist_pairs.items()]
+        stages += [(sec, k, v.source, None) for sec in ("patches", "test_sets") for k, v in getattr(self.data, sec).items()]
+        for section, key, source, layout in stages:
+            where = f"data.{section}{'.' + key if key else ''}.source"
+            if source not in self.sources:
+                raise ValueError(f"{where}: {source!r} is not in the `sources` registry; registered: {sorted(self.sources) or 'none'}")
+            got = self.sources[source]["layout"]
+            if layout and got not in layout:
+                raise ValueError(f"{where}: {source!r} has layout {got}; this stage reads layout {' or '.join(layout)}")
+            if layout is None and LAYOUT_TASKS.get(got, "") is None and "task" not in self.sources[source]:
+                raise ValueError(f"{where}: {source!r} (layout {got}) holds no fusion pairs")
         if self.train.model not in MODELS:
             raise ValueError(f"train.model: unknown model {self.train.model!r}; valid: {sorted(MODELS)}")
         variants = MODELS[self.train.model].variants
@@ -224,9 +293,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=2e-4")
         key, raw = item.split("=", 1)
-        if key.split(".")[0] == "data":
+        if key.split(".")[0] in ("data", "sources"):
             raise ConfigError(
-                f"--set {key}: data parameters are versioned by DVC; edit them in {PARAMS_FILE} instead"
+                f"--set {key}: data parameters and the sources registry are versioned by DVC; "
+                f"edit them in {PARAMS_FILE} instead"
             )
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     return tree
@@ -267,6 +337,12 @@ def load_config(
     # runs start elsewhere, and the recorded config must name one place.
     train = tree.get("train") or {}
     source = train.get("source")
+    if isinstance(source, str):  # a name from the `sources` registry
+        registry = tree.get("sources") or {}
+        if source not in registry or not isinstance(registry[source], dict):
+            raise ConfigError(f"train.source: {source!r} is not in the `sources` registry of {ws / PARAMS_FILE}; "
+                              f"registered: {sorted(registry) or 'none'} (or give {{layout: ..., path: ...}})")
+        source = train["source"] = registry_spec(source, registry[source])
     if isinstance(source, dict) and isinstance(source.get("path"), str):
         source["path"] = _in_workspace(ws, source["path"])
     if isinstance(train.get("patches"), str):
@@ -275,6 +351,21 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, ws / PARAMS_FILE)) from None
+
+
+def registry_spec(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A `sources` registry entry as a train.source mapping (SourceSpec fields)."""
+    entry = dict(entry)
+    spec = {"layout": entry.pop("layout", None), "path": entry.pop("path", None), "name": name}
+    if "test_fraction" in entry:
+        spec["test_fraction"] = entry.pop("test_fraction")
+    return {**spec, "options": entry}
+
+
+def source_spec(cfg: Config, name: str, ws: Path) -> SourceSpec:
+    """Registry entry `name` with its path resolved against the workspace."""
+    spec = registry_spec(name, cfg.sources[name])
+    return SourceSpec.model_validate({**spec, "path": _in_workspace(ws, str(spec["path"]))})
 
 
 def _in_workspace(ws: Path, path: str) -> str:

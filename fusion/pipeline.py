@@ -16,7 +16,6 @@ from pathlib import Path
 from fusion import tracking, versioning
 from fusion.config import Config
 from fusion.data import embedded
-from fusion.data.synth_multifocus import SynthParams, build
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +52,12 @@ def new_workspace(dest: Path, source: Path | None = None) -> Path:
 
     source = source or project_root()
     stages = (yaml.safe_load((source / "dvc.yaml").read_text()) or {}).get("stages", {})
-    code_deps = {d for st in stages.values() for d in st.get("deps", []) if (source / d).is_file()}
+    deps = [d for st in stages.values() for d in (st.get("do") or st).get("deps", [])]  # foreach stages: under `do`
+    code_deps = {d for d in deps if (source / d).is_file()}
     for rel in sorted({PARAMS_FILE, "dvc.yaml", *code_deps}):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / rel, dest / rel)
     return dest
-
-
-def synth_multifocus_stage(workspace: Path, cfg: Config) -> dict:
-    """What the DVC stage `synth_multifocus` runs."""
-    p = cfg.data.synth_multifocus
-    params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)),
-                         p.mask_threshold, p.test_images, cfg.seed)
-    return build(workspace / p.raw, workspace / p.out, params, source_label=p.raw)
 
 
 def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:

@@ -114,21 +114,26 @@ def _cut_group(job) -> tuple[int, dict | None, list[str]]:
 
 
 def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int = 0, provenance: dict | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+                  progress: Callable[[int, int], None] | None = None, skipped: Sequence = (),
+                  root: Path | None = None) -> dict:
     """Cut every pair into windows and write shards + manifest to `out` (atomically).
 
     pairs: records with `id`, `paths` (and optional `gt`), e.g. from fusion.data.sources.
     Shards hold runs of consecutive pairs (about `shard_size` windows each, judged from the
     first pair), so their content depends on the inputs and parameters only, not on the
     number of worker processes (0 = all cores). Every unreadable or mismatched pair is
-    reported at once, and nothing is written.
+    reported at once, and nothing is written. `skipped`: bad inputs already left out
+    (skip_bad), reported beside the shards; `root`: record source paths relative to it.
     """
+    from fusion.data.manifest import relative, write_bad_inputs
+
     import math
     import os
 
     params.validate()
     if not pairs:
         raise DataError(f"{out}: no source pairs to cut patches from")
+    rel = (lambda x: relative(x, root)) if root is not None else str
     paths = [[str(x) for x in p.paths] + ([str(p.gt)] if getattr(p, "gt", None) else []) for p in pairs]
     first = len(cut_pair(paths[0], params, 0)) if not params.max_per_pair else params.max_per_pair * _copies(params)
     per_shard = max(1, math.ceil(params.shard_size / max(1, first)))
@@ -160,11 +165,14 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
             raise DataError(f"no {params.window}x{params.window} window fits in any source image; lower patches.window")
         manifest = {
             "format": FORMAT, "params": asdict(params), "count": total, "planes": planes.pop(),
-            "sources": [{"id": p.id, "paths": [str(x) for x in p.paths], "gt": str(p.gt) if getattr(p, "gt", None) else None}
+            "sources": [{"id": p.id, "paths": [rel(x) for x in p.paths], "gt": rel(p.gt) if getattr(p, "gt", None) else None}
                         for p in pairs],
             "has_gt": all(getattr(p, "gt", None) for p in pairs), "provenance": provenance or {},
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
+        bad = write_bad_inputs(tmp, skipped, f"patches of {root or 'the sources'}")
+        if bad:
+            manifest["skipped"] = bad
         write_bytes_atomic(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     log.info("%d windows of %dx%d from %d pairs in %d shard(s) -> %s", total, params.window, params.window,
              len(pairs), len(shards), out)

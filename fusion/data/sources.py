@@ -31,6 +31,9 @@ harvard        medical         root/{CT,PET,SPECT}-MRI/{MRI,<X>}/<case><3-digit 
                                id; option subsets=[CT-MRI, ...]
 duts           (synthesis)     root/[DUTS-TR/]DUTS-TR-Image/*.jpg + DUTS-TR-Mask/*.png ->
                                MaskedImage(image, mask); split=TR|TE
+photos         (synthesis)     root/images/<stem>.<ext> [+ root/masks/<stem>.png|.npz] ->
+                               MaskedImage(image, mask or None: saliency is computed); the
+                               embedded default dataset
 folders        any (task=)     root/<folders[0]>/, root/<folders[1]>/ ... same stems; generic
 =============  ==============  ===============================================================
 
@@ -111,11 +114,12 @@ class SourcePair:
 
 @dataclass(frozen=True)
 class MaskedImage:
-    """A photograph and its saliency mask (DUTS), input of the multi-focus synthesis."""
+    """A photograph and its saliency mask (DUTS, or a disparity map as .npz), input of the
+    multi-focus synthesis; mask None: the synthesis computes a saliency map."""
 
     id: str
     image: Path
-    mask: Path
+    mask: Path | None
     group: str
 
 
@@ -477,6 +481,20 @@ def load_duts(root: str | Path, *, split: str = "TR", skip_bad: bool = False) ->
     return _finish(root, items, problems, skip_bad, "DUTS image/mask pairs")
 
 
+def load_photos(root: str | Path, *, skip_bad: bool = False) -> Sources:
+    root = _root(root)
+    img_dir = _find_folder(root, ["images"], "image")
+    problems: list[Problem] = []
+    images = _by_stem(img_dir, problems)
+    masks: dict[str, Path] = {}
+    if (root / "masks").is_dir():
+        masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in (".png", ".npz")}
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(Problem(masks[stem], f"mask has no image {img_dir}/{stem}.*"))
+    items = [MaskedImage(stem, images[stem], masks.get(stem), stem) for stem in sorted(images)]
+    return _finish(root, items, problems, skip_bad, "photographs")
+
+
 LAYOUTS: dict[str, Callable[..., Sources]] = {
     "tno": load_tno,
     "roadscene": load_roadscene,
@@ -488,6 +506,7 @@ LAYOUTS: dict[str, Callable[..., Sources]] = {
     "u2fusion-mef": load_u2fusion_mef,
     "harvard": load_harvard,
     "duts": load_duts,
+    "photos": load_photos,
     "folders": load_folders,
 }
 
@@ -495,7 +514,7 @@ LAYOUTS: dict[str, Callable[..., Sources]] = {
 LAYOUT_TASKS: dict[str, str | None] = {
     "tno": "ir-vis", "roadscene": "ir-vis", "msrs": "ir-vis", "kaist": "ir-vis",
     "lytro": "multi-focus", "mffw": "multi-focus", "mef-scenes": "multi-exposure",
-    "u2fusion-mef": "multi-exposure", "harvard": "medical", "duts": None, "folders": None,
+    "u2fusion-mef": "multi-exposure", "harvard": "medical", "duts": None, "photos": None, "folders": None,
 }
 
 
@@ -634,7 +653,8 @@ def _size(d: _Decoded) -> str:
 def _check_record(rec, decode: Callable[[Path], _Decoded | str]) -> list[Problem]:
     problems: list[Problem] = []
     if isinstance(rec, MaskedImage):
-        roles = [(rec.image, "image"), (rec.mask, "mask")]
+        # a .npz disparity map is an array, not an image: the synthesis reads and checks it
+        roles = [(rec.image, "image")] + ([(rec.mask, "mask")] if rec.mask and rec.mask.suffix != ".npz" else [])
     else:
         roles = list(zip(rec.paths, rec.modalities)) + ([(rec.gt, "gt")] if rec.gt is not None else [])
     decoded = []

@@ -6,10 +6,13 @@
     far   = I_b * I_f + I_s * (1 - I_f)
     gt    = I_s
 
-The mask comes from `masks/<stem>.png|.npz` beside the images when there is one (a DUTS
-saliency mask, or the embedded scene's disparity map), otherwise from spectral-residual
-saliency of the image itself (Hou & Zhang 2007), so any folder of photographs works.
+Inputs: a folder `raw/images/` with optional `raw/masks/<stem>.png|.npz` (the embedded
+scene's disparity map), or DUTS image + saliency-mask records (`build_records`). Without a
+mask, spectral-residual saliency of the image itself (Hou & Zhang 2007) stands in, so any
+folder of photographs works. A mask with nothing on one side (all zero) is bad input.
 Train and test splits hold different source photographs: no scene leaks into the test.
+Images are synthesised on every core, each from its own seeded generator, so the output
+does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
+from fusion.data.manifest import write_bad_inputs, write_manifest
+from fusion.data.parallel import Progress, map_ordered
 from fusion.errors import ConfigError, DataError
-from fusion.io import atomic_directory, list_images, read_image, write_image, write_json_atomic
+from fusion.io import atomic_directory, read_image, write_image
 
 KINDS = ("near", "far", "gt", "focus")
 
@@ -35,6 +41,13 @@ class SynthParams:
     mask_threshold: float = 0.5
     test_images: int = 4
     seed: int = 0
+    blur_weights: tuple[float, ...] | None = None   # relative frequency per interval; None = uniform
+
+
+class SynthInput(NamedTuple):
+    stem: str
+    image: Path
+    mask: Path | None       # None: spectral-residual saliency of the image
 
 
 def resize_max_side(img: np.ndarray, max_side: int) -> np.ndarray:
@@ -108,8 +121,10 @@ def synthesize_pair(sharp: np.ndarray, focus: np.ndarray, kernel: int) -> dict[s
     return {"near": as_u8(near), "far": as_u8(far), "gt": sharp, "focus": (focus * 255).astype(np.uint8)}
 
 
-def draw_kernel(rng: np.random.Generator, intervals: tuple[tuple[int, int], ...]) -> tuple[int, tuple[int, int]]:
-    lo, hi = intervals[int(rng.integers(len(intervals)))]
+def draw_kernel(rng: np.random.Generator, intervals: tuple[tuple[int, int], ...],
+                weights: tuple[float, ...] | None = None) -> tuple[int, tuple[int, int]]:
+    p = None if weights is None else np.asarray(weights, float) / float(sum(weights))
+    lo, hi = intervals[int(rng.choice(len(intervals), p=p)) if p is not None else int(rng.integers(len(intervals)))]
     return int(rng.integers(lo, hi + 1)), (lo, hi)
 
 
@@ -124,55 +139,71 @@ def split_sources(names: list[str], test_images: int, seed: int) -> dict[str, li
     return {"train": sorted(set(names) - set(test)), "test": test}
 
 
-def build(raw: str | Path, out: str | Path, params: SynthParams, source_label: str | None = None) -> dict:
-    """Create `out/{train,test}/{near,far,gt,focus}/<id>.png` + `out/manifest.json`, atomically.
+def build(raw: str | Path, out: str | Path, params: SynthParams, source_label: str | None = None,
+          workers: int = 1, progress: Progress | None = None) -> dict:
+    """Create `out/{train,test}/{near,far,gt,focus}/<id>.png` + `out/manifest.json`, atomically,
+    from a folder of photographs (`raw/images`, optional `raw/masks`).
 
     `source_label` names the raw folder in the manifest; it defaults to the folder's name so
     that the output (and its DVC hash) does not depend on where the workspace lives.
     """
-    raw, out = Path(raw), Path(out)
-    images_dir = raw / "images"
-    if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: source image folder not found (run `fusion data embedded` or point data.synth_multifocus.raw at your photographs)")
-    sources = list_images(images_dir)
-    if not sources:
-        raise DataError(f"{images_dir}: no images (.png/.jpg/...) found")
-    by_stem = {p.stem: p for p in sources}
-    splits = split_sources(sorted(by_stem), params.test_images, params.seed)
+    from fusion.data.sources import load_photos
 
-    entries: list[dict] = []
+    raw = Path(raw)
+    inputs = [SynthInput(r.id, r.image, r.mask) for r in load_photos(raw)]
+    return build_records(inputs, out, params, source_label or raw.name, workers=workers, progress=progress)
+
+
+def build_records(inputs: Sequence[SynthInput], out: str | Path, params: SynthParams, source: str | dict,
+                  skipped: Sequence = (), workers: int = 1, progress: Progress | None = None) -> dict:
+    """The synthesis of `inputs` (e.g. DUTS image + mask records) into `out`, atomically.
+    `skipped`: bad inputs left out under skip_bad, reported beside the data."""
+    out = Path(out)
+    by_stem = {i.stem: i for i in inputs}
+    if len(by_stem) != len(inputs):
+        raise DataError(f"{out}: two source photographs share a file stem; their pairs would overwrite each other")
+    splits = split_sources(sorted(by_stem), params.test_images, params.seed)
     with atomic_directory(out) as tmp:
-        for split, stems in splits.items():
-            for stem in stems:
-                entries += _synthesize_image(by_stem[stem], raw / "masks", tmp / split, split, params)
+        jobs = [(by_stem[stem], tmp / split, split, params) for split, stems in splits.items() for stem in stems]
+        entries = [e for per_image in map_ordered(_synthesize_job, jobs, workers, progress) for e in per_image]
         manifest = {
             "dataset": "multifocus_synthetic",
             "synthetic": True,
             "method": "UFA-Fuse Eq. 11: mean-filter blur, binary focus map, near/far pair, sharp image as ground truth",
             "params": {k: (list(map(list, v)) if k == "blur_intervals" else v) for k, v in params.__dict__.items()},
-            "source": source_label or raw.name,
+            "source": source,
             "counts": {s: sum(e["split"] == s for e in entries) for s in splits},
             "pairs": entries,
         }
-        write_json_atomic(tmp / "manifest.json", manifest)
+        bad = write_bad_inputs(tmp, skipped, "synthetic multi-focus inputs")
+        if bad:
+            manifest["skipped"] = bad
+        write_manifest(tmp, manifest)
     return manifest
 
 
-def _synthesize_image(path: Path, masks_dir: Path, dest: Path, split: str, params: SynthParams) -> list[dict]:
-    sharp = resize_max_side(read_image(path), params.max_side)
-    mask_file = next((masks_dir / f"{path.stem}{s}" for s in (".npz", ".png") if (masks_dir / f"{path.stem}{s}").is_file()), None)
-    mask = load_mask(mask_file, sharp.shape[:2]) if mask_file else spectral_residual_saliency(sharp)
+def _synthesize_job(job) -> list[dict]:
+    return _synthesize_image(*job)
+
+
+def _synthesize_image(item: SynthInput, dest: Path, split: str, params: SynthParams) -> list[dict]:
+    sharp = resize_max_side(read_image(item.image), params.max_side)
+    mask = load_mask(item.mask, sharp.shape[:2]) if item.mask else spectral_residual_saliency(sharp)
     focus = focus_map(mask, params.mask_threshold)
+    if focus.min() == focus.max():
+        what = f"mask {item.mask}" if item.mask else f"saliency of {item.image}"
+        raise DataError(f"{what}: {'all zero' if focus.max() == 0 else 'all one'} after thresholding, "
+                        f"so the pair would have no in-focus {'region' if focus.max() == 0 else 'background'}")
     out = []
     for j in range(params.pairs_per_image):
         # One generator per (seed, image, pair): adding an image never changes the others.
-        rng = np.random.default_rng([params.seed, int(hashlib.sha256(path.stem.encode()).hexdigest()[:15], 16), j])
-        kernel, interval = draw_kernel(rng, params.blur_intervals)
-        pid = f"{path.stem}_{j}"
+        rng = np.random.default_rng([params.seed, int(hashlib.sha256(item.stem.encode()).hexdigest()[:15], 16), j])
+        kernel, interval = draw_kernel(rng, params.blur_intervals, params.blur_weights)
+        pid = f"{item.stem}_{j}"
         hashes = {kind: write_image(dest / kind / f"{pid}.png", img) for kind, img in synthesize_pair(sharp, focus, kernel).items()}
         out.append({
-            "id": pid, "split": split, "source_image": path.name,
-            "mask": mask_file.name if mask_file else "spectral-residual saliency",
+            "id": pid, "split": split, "source_image": item.image.name,
+            "mask": item.mask.name if item.mask else "spectral-residual saliency",
             "blur_kernel": kernel, "blur_interval": list(interval),
             "focus_fraction": round(float(focus.mean()), 6),
             "size": list(sharp.shape[:2]), "sha256": hashes, "synthetic": True,

@@ -84,8 +84,13 @@ def training_data(cfg, data_root: Path | None) -> tuple[Dataset, Dataset, Roles]
 
 
 def source_provenance(spec, seed: int) -> dict:
-    """What a patch folder must have been cut from to train beside this source's test split."""
-    return {"layout": spec.layout, "path": spec.path, "split": "train", "test_fraction": spec.test_fraction,
+    """What a patch folder must have been cut from to train beside this source's test split.
+
+    A registry source is named rather than located: the `sources.<name>` entry (a DVC
+    parameter of the stage) pins its path, and the record stays the same wherever the
+    workspace lives."""
+    where = {"source": spec.name} if spec.name else {"path": spec.path}
+    return {"layout": spec.layout, **where, "split": "train", "test_fraction": spec.test_fraction,
             "seed": seed, "options": dict(spec.options)}
 
 

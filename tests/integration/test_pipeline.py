@@ -108,7 +108,7 @@ def test_corrupt_raw_image_fails_the_data_stage_naming_the_file(workspace):
     cfg = load_config(workspace, "tiny")
     raw = export_embedded(workspace / cfg.data.embedded.out)
     (raw / "images" / "rocket.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    with pytest.raises(FusionError, match="rocket.jpg: cannot decode image"):
+    with pytest.raises(FusionError, match="rocket.jpg: truncated JPEG"):
         prepare(workspace, cfg, push=False)
     out = workspace / cfg.data.synth_multifocus.out
     assert not out.exists() and not [p for p in out.parent.iterdir() if "partial" in p.name]

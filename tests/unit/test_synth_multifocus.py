@@ -96,10 +96,13 @@ def test_corrupt_source_image_names_the_file_and_leaves_previous_output(embedded
 
 
 def test_missing_source_folder_and_empty_folder_are_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="source image folder not found"):
+    with pytest.raises(DataError, match="nope: source folder not found"):
         build(tmp_path / "nope", tmp_path / "out", SynthParams())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no image folder; looked for images/"):
+        build(tmp_path / "empty", tmp_path / "out", SynthParams())
     (tmp_path / "empty" / "images").mkdir(parents=True)
-    with pytest.raises(DataError, match="no images"):
+    with pytest.raises(DataError, match=r"images: folder is empty \(no \.png"):
         build(tmp_path / "empty", tmp_path / "out", SynthParams())
     assert not (tmp_path / "out").exists()
 
