@@ -495,6 +495,27 @@ def data_patches(
                     f"in {len(manifest['shards'])} shard(s) -> {out}")
 
 
+@data_app.command("materialize")
+def data_materialize(
+    path: Annotated[str, typer.Argument(help="A DVC-tracked folder, e.g. prepared/test_sets/tno or prepared/multifocus_synthetic")],
+    rev: Annotated[str, typer.Option("--rev", help="Git revision (commit, tag, branch) whose data version to fetch")],
+    out: Annotated[Path, typer.Option("--out", help="New folder to write it to (never the checkout itself)")],
+    workspace: Workspace = None,
+) -> None:
+    """Materialise a past version of prepared data from its git revision (DVC cache or remote), beside the checkout."""
+    from fusion import versioning
+    from fusion.config import resolve_workspace
+    from fusion.data.manifest import data_version
+
+    try:
+        ws = resolve_workspace(workspace)
+        dest = versioning.materialize(ws, rev, path, out.resolve())
+        version = data_version(dest) if (dest / "manifest.json").is_file() else "no manifest"
+    except FusionError as exc:
+        _fail(exc)
+    Console().print(f"{path}@{rev} -> {dest} (data version {version})")
+
+
 @data_app.command("prepare")
 def data_prepare(
     workspace: Workspace = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from fusion import tracking, versioning
 from fusion.config import Config
 from fusion.data import embedded
+from fusion.data.manifest import data_version
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Prepared:
     stages_ran: list[str]
     stages_skipped: list[str]
     counts: dict[str, int]
+    version: str = "unknown"   # sha256 of the prepared set's manifest (fusion.data.manifest)
 
 
 @dataclass
@@ -74,7 +76,8 @@ def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:
     out = cfg.data.synth_multifocus.out
     hashes = versioning.output_hashes(workspace)
     manifest = json.loads((workspace / out / "manifest.json").read_text())
-    return Prepared(workspace / out, raw_hash, hashes.get(out, "unknown"), result.ran, result.skipped, manifest["counts"])
+    return Prepared(workspace / out, raw_hash, hashes.get(out, "unknown"), result.ran, result.skipped, manifest["counts"],
+                    data_version(workspace / out))
 
 
 def run_name(cfg: Config) -> str:
@@ -88,6 +91,8 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
         **tracking.git_state(),
         "data.raw_md5": prepared.raw_hash,
         "data.dvc_md5": prepared.data_hash,
+        "data.version": prepared.version,
+        **({"data.patches_version": data_version(cfg.train.patches)} if cfg.train.patches else {}),
         "data.path": str(prepared.root.relative_to(workspace)),
         **_data_tags(cfg),
         "profile": cfg.profile,

@@ -104,3 +104,38 @@ def output_hashes(workspace: Path) -> dict[str, str]:
 
 def push(workspace: Path) -> None:
     dvc(workspace, "push")
+
+
+def materialize(workspace: Path, rev: str, path: str, dest: Path) -> Path:
+    """Copy `path` (a DVC-tracked folder such as prepared/test_sets/tno) as it was at git
+    revision `rev` into `dest`, from the DVC cache or remote; the checkout is untouched.
+
+    Built under a temporary name and renamed, like every prepared folder: a failed fetch
+    leaves nothing at `dest`.
+    """
+    from dvc.api import DVCFileSystem
+    from dvc.scm import RevError
+
+    from fusion.io import atomic_directory
+
+    if dest.exists():
+        raise DataError(f"{dest}: already exists; materialise into a new folder")
+    try:
+        fs = DVCFileSystem(str(workspace), rev=rev)
+    except RevError as exc:
+        raise DvcError(f"{workspace}: git revision {rev!r} not found ({exc})") from None
+    if not fs.exists(path):
+        raise DataError(f"{path}: not tracked by DVC at revision {rev} of {workspace}")
+    try:
+        with atomic_directory(dest) as tmp:
+            fs.get(path, str(tmp), recursive=True)
+            # fs.get of a folder into an existing folder nests it under its own name
+            inner = tmp / Path(path).name
+            if inner.is_dir() and not (tmp / "manifest.json").exists():
+                for child in inner.iterdir():
+                    child.rename(tmp / child.name)
+                inner.rmdir()
+    except (FileNotFoundError, OSError) as exc:
+        raise DvcError(f"{path}@{rev}: its data is in neither the DVC cache nor the remote ({exc}); "
+                       f"`dvc push` it from the machine that built it") from None
+    return dest
