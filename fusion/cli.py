@@ -495,6 +495,44 @@ def data_patches(
                     f"in {len(manifest['shards'])} shard(s) -> {out}")
 
 
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[Optional[str], typer.Argument(help="Dataset name from the catalogue (omit to list them)")] = None,
+    dest: Annotated[Optional[Path], typer.Option("--dest", help="Folder to create (replaced only once the new copy is complete)")] = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the download, where the catalogue has none")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help="No checksum known: pin the sha256 of what arrives in DEST/fetch.lock.json")] = False,
+    catalogue: Annotated[Optional[Path], typer.Option("--catalogue", help="Catalogue YAML (e.g. a team mirror) instead of the built-in one")] = None,
+) -> None:
+    """Download a public dataset, verify its sha256, unpack it atomically, and print its `sources:` entry."""
+    from fusion.data.fetch import fetch, load_catalogue
+
+    try:
+        entries = load_catalogue(catalogue)
+        if name is None:
+            table = Table(title="fetchable datasets")
+            for col in ("name", "layout", "sha256 known", "description"):
+                table.add_column(col)
+            for e in entries.values():
+                table.add_row(e.name, e.layout or "-", "yes" if e.sha256 else "no (--sha256/--trust)", e.description)
+            Console().print(table)
+            return
+        if name not in entries:
+            raise FusionError(f"{name}: not in the catalogue; available: {', '.join(sorted(entries))}")
+        if dest is None:
+            raise FusionError("--dest DIR: where to unpack the dataset (outside the repository; it is read in place)")
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(f"fetching {name}", total=None)
+            record = fetch(entries[name], dest.resolve(), sha256, trust, lambda done, total: bar.update(task, completed=done, total=total))
+    except FusionError as exc:
+        _fail(exc)
+    root = dest.resolve() / record["subdir"] if record["subdir"] else dest.resolve()
+    Console().print(f"{name}: sha256 {record['sha256']} ({'verified' if record['verified'] else 'pinned, not verified'}) -> {dest}")
+    if record["layout"]:
+        Console().print(f"register it in params.yaml:\n  sources:\n    {name.replace('-', '_')}: {{layout: {record['layout']}, path: {root}}}")
+
+
 @data_app.command("materialize")
 def data_materialize(
     path: Annotated[str, typer.Argument(help="A DVC-tracked folder, e.g. prepared/test_sets/tno or prepared/multifocus_synthetic")],
