@@ -115,7 +115,7 @@ def environment_tags() -> dict[str, str]:
 
 
 def start_run(t: TrackingTarget, run_name: str, cfg: Config, tags: dict[str, str]) -> str:
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client(t)
     run = c.create_run(experiment_id(t), run_name=run_name, tags={**tags, **environment_tags()})

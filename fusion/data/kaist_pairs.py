@@ -19,7 +19,7 @@ import numpy as np
 
 from fusion.data.manifest import relative, write_bad_inputs, write_manifest
 from fusion.data.parallel import Progress, map_ordered
-from fusion.data.sources import SourcePair, Sources, check_pairs
+from fusion.data.sources import SourcePair, Sources, checked
 from fusion.errors import ConfigError, DataError
 from fusion.io import atomic_directory, write_image
 
@@ -90,11 +90,7 @@ def build_kaist_pairs(frames: Sources, out: Path, params: KaistParams, *, source
                       workers: int = 0, progress: Progress | None = None) -> dict:
     """Sample, check, convert and write the pairs + manifest to `out`, atomically."""
     chosen = sample_frames(frames, params)
-    if skip_bad:
-        good, report = check_pairs(Sources(chosen, frames.problems, frames.root), skip_bad=True)
-    else:
-        check_pairs(Sources(chosen, frames.problems, frames.root))
-        good, report = chosen, []
+    good, report = checked(Sources(chosen, frames.problems, frames.root), skip_bad)
     if not good:
         raise DataError(f"{frames.root}: every sampled KAIST frame is bad:\n{report}")
     root = frames.root or Path(good[0].paths[0]).parents[3]

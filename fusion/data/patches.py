@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from fusion.data.manifest import relative, write_bad_inputs
+from fusion.data.parallel import map_ordered
 from fusion.errors import ConfigError, DataError
 from fusion.io import atomic_directory, read_image, sha256_file, write_bytes_atomic
 
@@ -125,11 +127,6 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
     reported at once, and nothing is written. `skipped`: bad inputs already left out
     (skip_bad), reported beside the shards; `root`: record source paths relative to it.
     """
-    from fusion.data.manifest import relative, write_bad_inputs
-
-    import math
-    import os
-
     params.validate()
     if not pairs:
         raise DataError(f"{out}: no source pairs to cut patches from")
@@ -138,22 +135,12 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
     first = len(cut_pair(paths[0], params, 0)) if not params.max_per_pair else params.max_per_pair * _copies(params)
     per_shard = max(1, math.ceil(params.shard_size / max(1, first)))
     groups = [list(enumerate(paths))[i:i + per_shard] for i in range(0, len(paths), per_shard)]
-    workers = min(workers or os.cpu_count() or 1, len(groups))
     with atomic_directory(out) as tmp:
         jobs = [(i, g, params, str(tmp)) for i, g in enumerate(groups)]
-        results: dict[int, dict | None] = {}
-        problems: list[str] = []
-        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-        try:
-            done_iter = pool.map(_cut_group, jobs) if pool else map(_cut_group, jobs)
-            for done, (i, shard, errs) in enumerate(done_iter, 1):
-                results[i] = shard
-                problems += errs
-                if progress:
-                    progress(min(len(pairs), done * per_shard), len(pairs))
-        finally:
-            if pool:
-                pool.shutdown()
+        step = (lambda done, _: progress(min(len(pairs), done * per_shard), len(pairs))) if progress else None
+        done = map_ordered(_cut_group, jobs, workers, step, chunksize=1)
+        results = {i: shard for i, shard, _ in done}
+        problems = [e for _, _, errs in done for e in errs]
         if problems:
             raise DataError(f"{len(problems)} pair(s) could not be cut:\n  " + "\n  ".join(problems))
         shards = [results[i] for i in range(len(jobs)) if results[i]["count"]]

@@ -709,6 +709,15 @@ def check_pairs(pairs: Sequence, *, skip_bad: bool = False):
     return report
 
 
+def checked(pairs: Sequence, skip_bad: bool) -> tuple[list, Report]:
+    """(usable pairs, report of what was left out): every bad file raises one DataError
+    unless skip_bad, which drops the pairs concerned and reports them instead."""
+    if skip_bad:
+        return check_pairs(pairs, skip_bad=True)
+    check_pairs(pairs)
+    return pairs, Report()
+
+
 # --------------------------------------------------------------------------- splits
 
 

@@ -49,18 +49,14 @@ def _load(cfg: Config, ws: Path, name: str, skip_bad: bool):
 
 
 def synth_multifocus(ws: Path, cfg: Config, workers: int = 0, progress: Progress | None = None) -> dict:
-    from fusion.data.sources import check_pairs
+    from fusion.data.sources import checked
     from fusion.data.synth_multifocus import SynthInput, SynthParams, build_records
 
     p = cfg.data.synth_multifocus
     params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)), p.mask_threshold,
                          p.test_images, cfg.seed, tuple(p.blur_weights) if p.blur_weights else None)
     records, _ = _load(cfg, ws, p.source, p.skip_bad)
-    if p.skip_bad:
-        records, report = check_pairs(records, skip_bad=True)
-    else:
-        check_pairs(records)
-        report = []
+    records, report = checked(records, p.skip_bad)
     inputs = [SynthInput(r.id, r.image, r.mask) for r in records]
     return build_records(inputs, ws / p.out, params, _source_record(cfg, p.source), skipped=report,
                          workers=workers, progress=progress)
@@ -93,16 +89,13 @@ def patches(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progre
     """Windows of the source's training split: the run that trains on them with
     train.source=<the same registry name> validates on the held-out rest."""
     from fusion.data.patches import PatchParams, build_patches
-    from fusion.data.sources import Sources, check_pairs, split_by_group
+    from fusion.data.sources import Sources, checked, split_by_group
     from fusion.data.training import source_provenance
 
     e = _entry(cfg, "patches", name)
     pairs, spec = _load(cfg, ws, e.source, e.skip_bad)
     train, _ = split_by_group(pairs, spec.test_fraction, cfg.seed)
-    train = Sources(train, pairs.problems, pairs.root)
-    report = []
-    if e.skip_bad:
-        train, report = check_pairs(train, skip_bad=True)
+    train, report = (checked(Sources(train, pairs.problems, pairs.root), True) if e.skip_bad else (train, []))
     params = PatchParams(e.window, e.stride, e.gray, e.flips, e.rotations, e.shard_size, e.max_per_pair, cfg.seed)
     return build_patches(train, output_dir(ws, "patches", name), params, workers, source_provenance(spec, cfg.seed),
                          progress, skipped=report, root=pairs.root)

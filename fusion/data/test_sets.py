@@ -15,7 +15,7 @@ from typing import Sequence
 
 from fusion.data.manifest import relative, write_bad_inputs, write_manifest
 from fusion.data.parallel import Progress, map_ordered
-from fusion.data.sources import Sources, check_pairs, split_by_group
+from fusion.data.sources import Sources, checked, split_by_group
 from fusion.errors import DataError
 from fusion.io import atomic_directory, write_bytes_atomic
 
@@ -52,12 +52,7 @@ def _copy(job) -> list[str]:
 
 def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: dict, skip_bad: bool = False,
                    workers: int = 0, progress: Progress | None = None) -> dict:
-    chosen = Sources(choose(pairs, params), pairs.problems, pairs.root)
-    if skip_bad:
-        chosen, report = check_pairs(chosen, skip_bad=True)
-    else:
-        check_pairs(chosen)
-        report = []
+    chosen, report = checked(Sources(choose(pairs, params), pairs.problems, pairs.root), skip_bad)
     if not chosen:
         raise DataError(f"{pairs.root}: no usable pairs for a test set")
     root = pairs.root or Path(chosen[0].paths[0]).parent

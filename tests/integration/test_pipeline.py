@@ -3,8 +3,6 @@ with its own DVC repo and MLflow store and a real local Ray instance."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import io
 import json
 import subprocess
 import sys
