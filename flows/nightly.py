@@ -1,22 +1,117 @@
-"""The nightly pipeline as one Prefect flow: prepare -> train -> evaluate -> report.
+"""The nightly pipeline as Prefect flows: prepare -> train -> evaluate -> promote -> report.
 
-Runs on Prefect's ephemeral local API by default and against a server when
-PREFECT_API_URL is set. Each stage is a task calling the same library function the CLI
-calls (fusion.pipeline); Prefect adds state, retries and the UI, nothing else.
+Each stage is also a flow of its own, so a user can run one alone:
+
+    prepare(profile, overrides, workspace)        dvc add + repro + push (a no-op when nothing changed)
+    train(profile, overrides, workspace, use_ray) MLflow run + training through Ray -> run id
+    evaluate(run_id, workspace)                   the run's model and the baselines on its test set
+    promote(run_id, workspace)                    registry version; @champion only if it beats the champion
+
+`nightly` chains them and publishes a summary (Prefect artifact with links + MLflow). Runs
+on Prefect's ephemeral local API by default and against a server when PREFECT_API_URL is
+set; flows/deploy.py schedules it. Every stage calls the same library function as the
+CLI (fusion.pipeline): Prefect adds state, retries, caching and the UI, nothing else.
+
+Retries: transient failures (a lost Ray node, a tracking-server hiccup, a network error)
+are retried with back-off (`nightly.retries`, `nightly.retry_delay_seconds`);
+deterministic ones (fusionflow's ConfigError/DataError: bad config, bad data) fail at
+once with their message. Caching: training is keyed on the workspace, tracking store,
+data version, resolved configuration and the code (git commit, plus the diff when the
+tree is dirty), evaluation on the run and
+its evaluation settings, so re-running a failed nightly does not redo finished stages.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import time
+import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fusion import pipeline, tracking
 from fusion.config import Config, load_config, resolve_workspace
+from fusion.errors import FusionError
+
+WEBHOOK_ENV = "FUSIONFLOW_NOTIFY_WEBHOOK"
+CACHE_DAYS = 30
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- retry and cache policy
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: infrastructure failed, not the inputs. fusionflow's own errors name a
+    bad parameter or file, and a retry would fail the same way."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, FusionError):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        name = type(exc).__name__
+        module = type(exc).__module__
+        if module.startswith("ray"):
+            # Ray wraps a worker's exception; a deterministic one shows by name in the text
+            return not any(n in str(exc) for n in ("ConfigError", "DataError", "ReproducibilityError"))
+        if module.startswith(("mlflow", "requests", "urllib3", "httpx")) and name not in ("MlflowException",):
+            return True
+        if name == "MlflowException":
+            code = getattr(exc, "error_code", "")
+            return code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classified, not handled
+        transient = is_transient(exc)
+        if not transient:
+            get_run_logger().error("%s failed with a deterministic error; not retrying: %s", task_.name, exc)
+        return transient
+    return False
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _train_key(context, args: dict) -> str | None:
+    cfg: Config = args["cfg"]
+    git = tracking.git_state()
+    if git["git.commit"] == "unknown":
+        return None  # code not under git: nothing pins it, train again
+    code = git["git.commit"] + ("+" + tracking.git_diff_hash() if git["git.dirty"] == "true" else "")
+    target = tracking.target(cfg, args["workspace"])
+    prepared: pipeline.Prepared = args["prepared"]
+    return "train-" + _digest(str(args["workspace"]), target.uri, target.experiment, prepared.version,
+                              prepared.data_hash, cfg.model_dump(mode="json"), code, args["use_ray"])
+
+
+def _evaluate_key(context, args: dict) -> str:
+    cfg: Config = args["cfg"]
+    return "evaluate-" + _digest(args["run"].run_id, args["run"].target.uri, args["prepared"].version,
+                                 cfg.evaluate.model_dump(mode="json"))
+
+
+def _stage_options(cfg: Config) -> dict:
+    delays = list(cfg.nightly.retry_delay_seconds) or [0.0]
+    return {"retries": cfg.nightly.retries, "retry_delay_seconds": delays}
+
+
+# --------------------------------------------------------------------------- tasks
 
 
 def _timed(fn, *args, **kwargs):
@@ -25,59 +120,175 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE)
-def prepare_data(workspace: Path, cfg: Config) -> tuple[pipeline.Prepared, float]:
-    prepared, seconds = _timed(pipeline.prepare, workspace, cfg)
+@task(name="prepare-data", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+def prepare_task(workspace: Path, cfg: Config) -> pipeline.Prepared:
+    prepared = pipeline.prepare(workspace, cfg)
+    get_run_logger().info("data %s (version %s, md5 %s): stages run %s, skipped %s; %s", prepared.root,
+                          prepared.version[:12], prepared.data_hash, prepared.stages_ran or "none",
+                          prepared.stages_skipped or "none", prepared.counts)
+    return prepared
+
+
+@task(name="train", cache_key_fn=_train_key, cache_expiration=timedelta(days=CACHE_DAYS), persist_result=True,
+      retry_condition_fn=_retry_transient)
+def train_task(workspace: Path, cfg: Config, prepared: pipeline.Prepared, use_ray: bool) -> pipeline.RunInfo:
+    run = pipeline.start(workspace, cfg, prepared)
     logger = get_run_logger()
-    logger.info("data %s (md5 %s): stages run %s, skipped %s; %s", prepared.root, prepared.data_hash,
-                prepared.stages_ran or "none", prepared.stages_skipped or "none", prepared.counts)
-    return prepared, seconds
+    logger.info("MLflow run %s (%s); training %s %s, %d epochs%s", run.run_id, run.name, cfg.train.model,
+                cfg.train.variant, cfg.train.epochs, " through Ray" if use_ray else "")
+    try:
+        pipeline.train(cfg, prepared, run, use_ray)
+    except BaseException:
+        tracking.end_run(run.target, run.run_id, "FAILED")  # a retry starts a fresh run
+        raise
+    return run
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_model(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo, use_ray: bool) -> tuple[Path, float]:
-    return _timed(pipeline.train, cfg, prepared, run, use_ray)
+@task(name="evaluate", cache_key_fn=_evaluate_key, cache_expiration=timedelta(days=CACHE_DAYS), persist_result=True,
+      retry_condition_fn=_retry_transient)
+def evaluate_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo):
+    ckpt_dir = run.dir / "checkpoints"
+    if not ckpt_dir.is_dir():  # trained elsewhere (another machine, a cleaned runs/): fetch them
+        import mlflow.artifacts
+
+        mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run.run_id}/checkpoints", dst_path=str(run.dir),
+                                            tracking_uri=run.target.uri)
+    return pipeline.evaluate(cfg, prepared, run, ckpt_dir)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_model(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo, ckpt_dir: Path):
-    return _timed(pipeline.evaluate, cfg, prepared, run, ckpt_dir)
+@task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+def promote_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo):
+    return pipeline.promote(cfg, prepared, run)
 
 
-@flow(name="fusionflow-nightly", log_prints=True)
+# --------------------------------------------------------------------------- stage flows
+
+
+def _config(workspace: str | None, profile: str, overrides: list[str] | None) -> tuple[Path, Config]:
+    ws = resolve_workspace(workspace)
+    return ws, load_config(ws, profile, overrides)  # a typo fails here, before any work
+
+
+def _existing_run(workspace: str | None, run_id: str) -> tuple[Path, Config, pipeline.RunInfo]:
+    ws = resolve_workspace(workspace)
+    target = tracking.target(load_config(ws), ws)
+    cfg = pipeline.run_config(target, run_id)
+    return ws, cfg, pipeline.run_info(ws, cfg, run_id)
+
+
+@flow(name="prepare", log_prints=True)
+def prepare(profile: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None) -> dict[str, Any]:
+    """DVC: track the raw data, reproduce the preparation stages, push the snapshot."""
+    ws, cfg = _config(workspace, profile, overrides)
+    prepared = prepare_task.with_options(**_stage_options(cfg))(ws, cfg)
+    return {"data_hash": prepared.data_hash, "data_version": prepared.version, "stages_ran": prepared.stages_ran,
+            "counts": prepared.counts}
+
+
+@flow(name="train", log_prints=True)
+def train(profile: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None,
+          use_ray: bool = True) -> str:
+    """Train the configured model on the prepared data (through Ray); returns the MLflow run id."""
+    ws, cfg = _config(workspace, profile, overrides)
+    prepared = pipeline.current_data(ws, cfg)
+    run = train_task.with_options(**_stage_options(cfg))(ws, cfg, prepared, use_ray)
+    tracking.end_run(run.target, run.run_id)
+    return run.run_id
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(run_id: str, workspace: str | None = None) -> dict[str, Any]:
+    """Score run `run_id`'s model beside the baselines on its test set; logs to that run."""
+    ws, cfg, run = _existing_run(workspace, run_id)
+    result = evaluate_task.with_options(**_stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run)
+    return {"run_id": run_id, "means": result.means if result else {}}
+
+
+@flow(name="promote", log_prints=True)
+def promote(run_id: str, workspace: str | None = None) -> dict[str, Any]:
+    """Register run `run_id`'s model; it becomes @champion only if it beats the current one."""
+    ws, cfg, run = _existing_run(workspace, run_id)
+    from dataclasses import asdict
+
+    return asdict(promote_task.with_options(**_stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run))
+
+
+# --------------------------------------------------------------------------- the nightly flow
+
+
+def notify_failure(flow_, flow_run, state) -> None:
+    """on_failure hook: log, and POST a JSON summary to the webhook when one is configured
+    ($FUSIONFLOW_NOTIFY_WEBHOOK, else nightly.notify_webhook of the workspace's params.yaml)."""
+    message = state.message or "failed"
+    log.error("nightly run %s (%s) failed: %s", flow_run.name, flow_run.id, message)
+    url = os.environ.get(WEBHOOK_ENV)
+    if not url:
+        try:
+            url = load_config(resolve_workspace((flow_run.parameters or {}).get("workspace"))).nightly.notify_webhook
+        except FusionError:
+            url = None
+    if not url:
+        return
+    payload = {"flow": flow_.name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
+               "state": state.type.value, "message": message, "parameters": flow_run.parameters}
+    request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except OSError as exc:  # the notification must not mask the failure it reports
+        log.error("failure notification to %s failed: %s", url, exc)
+
+
+@flow(name="fusionflow-nightly", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def nightly(
     profile: str = "smoke",
     overrides: list[str] | None = None,
     workspace: str | None = None,
     use_ray: bool = True,
 ) -> dict[str, Any]:
-    """Prepare the data version, train the configured model through Ray, evaluate it beside
-    the baselines and log everything to MLflow. Returns a summary (also a Prefect artifact)."""
+    """Prepare the data version, train the configured model through Ray, evaluate it beside the
+    baselines, promote it if it beats the champion, and publish the summary (also a Prefect
+    artifact with links to the runs)."""
     start = time.perf_counter()
-    ws = resolve_workspace(workspace)
-    cfg = load_config(ws, profile, overrides)  # a typo fails here, before any work
-    prepared, t_prepare = prepare_data(ws, cfg)
-    run, t_start = _timed(pipeline.start, ws, cfg, prepared)
+    ws, cfg = _config(workspace, profile, overrides)
+    opts = _stage_options(cfg)
+    progress = create_progress_artifact(0.0, key="nightly-progress", description="prepare -> train -> evaluate -> promote")
+
+    def step(done: float, label: str) -> None:
+        update_progress_artifact(progress, done)
+        get_run_logger().info("nightly: %s (%.0f%%)", label, done)
+
+    prepared, t_prepare = _timed(prepare_task.with_options(**opts), ws, cfg)
+    step(20, "data ready")
+    run, t_train = _timed(train_task.with_options(**opts), ws, cfg, prepared, use_ray)
+    step(70, "trained")
     try:
-        ckpt_dir, t_train = train_model(cfg, prepared, run, use_ray)
-        result, t_eval = evaluate_model(cfg, prepared, run, ckpt_dir)
+        result, t_eval = _timed(evaluate_task.with_options(**opts), cfg, prepared, run)
+        step(90, "evaluated")
+        decision = promote_task.with_options(**opts)(cfg, prepared, run) if result is not None else None
     except BaseException:
         tracking.end_run(run.target, run.run_id, "FAILED")
         raise
-    stage_seconds = {"prepare": t_prepare, "track": t_start, "train": t_train, "evaluate": t_eval,
-                     "total": time.perf_counter() - start}
+    step(100, "promoted" if decision else "done (stage-1 run: nothing to evaluate)")
+    stage_seconds = {"prepare": t_prepare, "train": t_train, "evaluate": t_eval, "total": time.perf_counter() - start}
     tracking.log_metrics(run.target, run.run_id, {f"pipeline/seconds_{k}": v for k, v in stage_seconds.items()})
     tracking.end_run(run.target, run.run_id)
+    summary = _summary(ws, cfg, prepared, run, result, decision, stage_seconds)
+    create_markdown_artifact(key="nightly-summary", markdown=summary.pop("markdown"),
+                             description="Test metrics of the trained model beside the classical baselines")
+    return summary
+
+
+def _summary(ws, cfg, prepared, run, result, decision, stage_seconds) -> dict[str, Any]:
     from fusion.evaluate import markdown_table
 
     url = tracking.run_url(run.target, run.run_id)
     table = (markdown_table(result.means, result.metric_names, result.seconds_per_pair) if result is not None
              else "Stage-1 (auto-encoder) run: nothing to evaluate.")
-    create_markdown_artifact(
-        key="nightly-summary",
-        markdown=f"## {run.name}\n\nMLflow run: {url}\n\nData md5 `{prepared.data_hash}`\n\n" + table,
-        description="Test metrics of the trained model beside the classical baselines",
-    )
+    promoted = (f"Registry: `{decision.model_name}` v{decision.version} -> **@{decision.alias}** ({decision.reason})"
+                if decision else "Not registered.")
+    markdown = (f"## {run.name}\n\nMLflow run: {url}\n\n{promoted}\n\nData version `{prepared.version[:16]}` "
+                f"(dvc md5 `{prepared.data_hash}`)\n\n" + table)
     return {
         "run_name": run.name,
         "run_id": run.run_id,
@@ -86,12 +297,16 @@ def nightly(
         "run_url": url,
         "ui_command": tracking.ui_command(run.target),
         "data_hash": prepared.data_hash,
+        "data_version": prepared.version,
         "stages_ran": prepared.stages_ran,
         "methods": result.methods if result else [],
         "metrics": result.metric_names if result else [],
         "means": result.means if result else {},
         "seconds_per_pair": result.seconds_per_pair if result else {},
         "stage_seconds": stage_seconds,
+        "promotion": ({"model": decision.model_name, "version": decision.version, "alias": decision.alias,
+                       "reason": decision.reason} if decision else None),
+        "markdown": markdown,
     }
 
 

@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare datasets (the DVC stages call these).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+schedule_app = typer.Typer(help="The scheduled nightly run (a Prefect deployment; schedule from `nightly:` in params.yaml).",
+                           no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
 console = Console(stderr=True, soft_wrap=True)  # errors stay one greppable line
 
 Workspace = Annotated[
@@ -572,6 +575,73 @@ def data_prepare(
         f"{prepared.root} md5 {prepared.data_hash} (raw md5 {prepared.raw_hash}); "
         f"stages run: {prepared.stages_ran or 'none'}; counts {prepared.counts}"
     )
+
+
+def _nightly_config(workspace):
+    from fusion.config import load_config, resolve_workspace
+
+    ws = resolve_workspace(workspace)
+    cfg = load_config(ws)
+    load_config(ws, cfg.nightly.profile, cfg.nightly.overrides)  # the deployment's own parameters must load
+    return ws, cfg
+
+
+@schedule_app.command("show")
+def schedule_show(workspace: Workspace = None) -> None:
+    """Print the nightly schedule (cron, time zone, next runs) and its parameters."""
+    import datetime
+    from zoneinfo import ZoneInfo
+
+    from prefect._vendor.croniter import croniter
+
+    from flows.deploy import schedule_of
+
+    try:
+        ws, cfg = _nightly_config(workspace)
+    except FusionError as exc:
+        _fail(exc)
+    cron, tz = schedule_of(cfg)
+    it = croniter(cron, datetime.datetime.now(ZoneInfo(tz)))
+    n = cfg.nightly
+    out = Console()
+    out.print(f"[bold]fusionflow-nightly/nightly[/]: '{cron}' in {tz}; profile {n.profile}, overrides {n.overrides or 'none'}, "
+              f"{'Ray' if n.use_ray else 'no Ray'}; at most {n.concurrency} at a time ({n.on_collision} on collision); "
+              f"{n.retries} retries of transient failures")
+    for _ in range(3):
+        out.print(f"  next: {it.get_next(datetime.datetime).isoformat()}")
+
+
+@schedule_app.command("serve")
+def schedule_serve(workspace: Workspace = None) -> None:
+    """Register the nightly deployment and run its scheduled and triggered runs in this process (until Ctrl-C).
+
+    Uses PREFECT_API_URL (a Prefect server: `prefect server start`); trigger a run at once with
+    `prefect deployment run fusionflow-nightly/nightly`.
+    """
+    from flows.deploy import serve
+
+    try:
+        ws, cfg = _nightly_config(workspace)
+        serve(ws, cfg)
+    except FusionError as exc:
+        _fail(exc)
+
+
+@schedule_app.command("deploy")
+def schedule_deploy(
+    pool: Annotated[str, typer.Option("--pool", help="Process work pool to deploy to (created if missing)")] = "fusionflow",
+    workspace: Workspace = None,
+) -> None:
+    """Register the nightly deployment with a work pool; run `prefect worker start --pool POOL` to execute it."""
+    from flows.deploy import deploy
+
+    try:
+        ws, cfg = _nightly_config(workspace)
+        deployment_id = deploy(ws, cfg, pool)
+    except FusionError as exc:
+        _fail(exc)
+    Console(soft_wrap=True).print(f"deployment fusionflow-nightly/nightly ({deployment_id}) on work pool {pool}; "
+                    f"start a worker: prefect worker start --pool {pool}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -184,6 +184,60 @@ class TrackingConfig(_Strict):
     artifact_root: str = "mlflow/store/artifacts"
 
 
+class PromoteConfig(_Strict):
+    """Champion rule of the model registry (fusion/promotion.py)."""
+
+    registry_prefix: str = "fusionflow"   # registered model: <prefix>-<task>-<model>
+    metric: str = "auto"                  # auto: SSIM_gt where there is a ground truth, else Qabf
+    min_improvement: float = Field(0.0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from fusion.metrics import METRICS
+
+        if v != "auto" and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid: auto or one of {list(METRICS)}")
+        return v
+
+
+class NightlyConfig(_Strict):
+    """The scheduled deployment of the nightly flow (flows/deploy.py)."""
+
+    profile: str = "smoke"
+    overrides: list[str] = []             # --set style overrides, e.g. ["train.device=cuda"]
+    use_ray: bool = True
+    cron: str = "0 2 * * *"               # 02:00 every day
+    timezone: Optional[str] = None        # IANA name, e.g. Europe/Berlin; null: this machine's zone
+    concurrency: int = Field(1, ge=1)     # nightly runs at a time
+    on_collision: Literal["enqueue", "cancel_new"] = "cancel_new"   # a trigger while one runs: waits, or is skipped
+    retries: int = Field(2, ge=0)         # per stage, transient failures only (lost Ray node, tracking hiccup)
+    retry_delay_seconds: list[float] = [10.0, 60.0]
+    notify_webhook: Optional[str] = None  # POSTed a JSON summary when a nightly run fails
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect._internal.schemas.validators import validate_cron_string  # the check the schedule gets
+
+        try:
+            return validate_cron_string(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; expected minute hour day month weekday, e.g. '0 2 * * *'") from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Berlin or UTC") from None
+        return v
+
+
 class Config(_Strict):
     seed: int = 0
     profile: str = "default"
@@ -194,6 +248,8 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
+    nightly: NightlyConfig = NightlyConfig()
 
     @model_validator(mode="after")
     def _known_names(self) -> "Config":

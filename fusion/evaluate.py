@@ -8,6 +8,7 @@ manifest) or two folders of sources matched by file name (plus an optional groun
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -22,7 +23,7 @@ import torch
 from fusion import metrics as fm
 from fusion.baselines import BASELINES, fuse_baseline
 from fusion.errors import ConfigError, DataError
-from fusion.io import list_images, read_image, write_bytes_atomic
+from fusion.io import list_images, read_image, sha256_file, write_bytes_atomic
 
 MODEL_METHOD = "model"
 ALL = "all"
@@ -45,6 +46,16 @@ class TestSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def version(self) -> str:
+        """sha256 over every pair's id and file bytes: equal exactly when two test sets hold
+        the same images (what a champion comparison needs), wherever they are stored."""
+        h = hashlib.sha256()
+        for pid in self.ids:
+            h.update(pid.encode() + b"\0")
+            for label in (*self.source_labels, *(["gt"] if self.has_gt else [])):
+                h.update(sha256_file(self._files[pid][label]).encode())
+        return h.hexdigest()
 
     def load(self, index: int) -> tuple[list[np.ndarray], np.ndarray | None]:
         pid = self.ids[index]

@@ -69,15 +69,49 @@ def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:
     if not embedded.is_complete(raw):
         log.info("exporting the embedded photographs to %s", raw)
         embedded.export_embedded(raw)
-    raw_hash = versioning.track_raw(workspace)
+    versioning.track_raw(workspace)
     result = versioning.repro(workspace)
     if push:
         versioning.push(workspace)
+    return current_data(workspace, cfg, result.ran, result.skipped)
+
+
+def current_data(workspace: Path, cfg: Config, ran: list[str] = (), skipped: list[str] = ()) -> Prepared:
+    """The prepared data as it is on disk (what `prepare` left), without running DVC."""
+    from fusion.errors import DataError
+
     out = cfg.data.synth_multifocus.out
+    manifest = workspace / out / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(f"{workspace / out}: no prepared data; run the prepare stage first (`fusion data prepare`)")
     hashes = versioning.output_hashes(workspace)
-    manifest = json.loads((workspace / out / "manifest.json").read_text())
-    return Prepared(workspace / out, raw_hash, hashes.get(out, "unknown"), result.ran, result.skipped, manifest["counts"],
-                    data_version(workspace / out))
+    counts = json.loads(manifest.read_text())["counts"]
+    return Prepared(workspace / out, versioning.raw_hash(workspace), hashes.get(out, "unknown"), list(ran), list(skipped),
+                    counts, data_version(workspace / out))
+
+
+def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
+    """The resolved configuration a run was started with (its config/resolved.json)."""
+    import tempfile
+
+    import mlflow.artifacts
+
+    from fusion.errors import ConfigError
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/config/resolved.json",
+                                                            dst_path=tmp, tracking_uri=target.uri)).read_text()
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing run/artifact
+        raise ConfigError(f"run {run_id}: no config/resolved.json in {target.uri} ({str(exc).splitlines()[0]})") from None
+    return Config.model_validate(json.loads(text))
+
+
+def run_info(workspace: Path, cfg: Config, run_id: str) -> RunInfo:
+    """A RunInfo for an existing run (its files in runs/<run name>, as `start` made them)."""
+    target = tracking.target(cfg, workspace)
+    name = tracking.client(target).get_run(run_id).info.run_name
+    return RunInfo(name, workspace / RUNS_DIR / name, target, run_id)
 
 
 def run_name(cfg: Config) -> str:
@@ -157,6 +191,9 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
         return None
     label = model_label(payload)
     test_set, labels, title = _test_set(cfg, prepared)
+    from fusion.promotion import TEST_SET_TAG
+
+    tracking.set_tags(run.target, run.run_id, {TEST_SET_TAG: test_set.version()})
     methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
     result, samples = evaluate_methods(test_set, methods, _applicable(cfg.evaluate.metrics, test_set.has_gt), device=device,
                                        keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
@@ -204,3 +241,31 @@ def _caption_metric(result) -> str | None:
         if name in result.metric_names:
             return name
     return None
+
+
+def rescore(cfg: Config, prepared: Prepared, target: tracking.TrackingTarget, run_id: str, metric: str) -> float:
+    """Mean `metric` of run `run_id`'s model on the test set of `cfg`/`prepared` (a champion
+    re-scored on a candidate's test data before the two are compared)."""
+    from fusion.evaluate import evaluate_methods, model_method
+    from fusion.inference import load_model
+    from fusion.train.loop import pick_device
+
+    import tempfile
+
+    import mlflow.artifacts
+
+    device = pick_device(cfg.train.device)
+    with tempfile.TemporaryDirectory(prefix="fusionflow-champion-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints", dst_path=tmp,
+                                                    tracking_uri=target.uri)
+        model, _ = load_model(local, device)
+    test_set, _, _ = _test_set(cfg, prepared)
+    result, _ = evaluate_methods(test_set, {"champion": model_method(model, device)}, [metric], device=device)
+    return result.means["champion"][metric]
+
+
+def promote(cfg: Config, prepared: Prepared, run: RunInfo):
+    """Register the run's model; @champion only if it beats the current one (fusion.promotion)."""
+    from fusion.promotion import promote as decide
+
+    return decide(run.target, run.run_id, cfg, lambda champ_id, metric: rescore(cfg, prepared, run.target, champ_id, metric))

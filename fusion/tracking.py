@@ -101,6 +101,15 @@ def git_state(repo: Path | None = None) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
+def git_diff_hash(repo: Path | None = None) -> str:
+    """sha256 of the uncommitted changes to tracked files: pins a dirty tree's exact code."""
+    import hashlib
+
+    proc = subprocess.run(["git", "-C", str(repo or project_root()), "diff", "HEAD", "--binary"],
+                          capture_output=True, check=False)
+    return hashlib.sha256(proc.stdout).hexdigest()
+
+
 def environment_tags() -> dict[str, str]:
     import numpy
     import torch

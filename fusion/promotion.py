@@ -1,0 +1,129 @@
+"""Champion promotion in the MLflow model registry.
+
+Every evaluated nightly run is registered as a new version of `<prefix>-<task>-<model>`
+(source: the run's checkpoints). It takes the `@champion` alias only if it beats the
+current champion on the task's validation metric, measured on the same test data (the
+`eval.test_set` tag: the sha256 of the test pairs' bytes); otherwise it becomes
+`@challenger`. When the champion was scored on other test data it is re-scored on the
+candidate's test set first, so the two numbers always compare like with like. The
+decision and the numbers behind it are logged on the candidate run (tags `promote.*` and
+`promote/decision.json`) and on the model version.
+
+`fusion fuse --model models:/<name>@champion` then fuses with the current champion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fusion import tracking
+from fusion.config import Config
+from fusion.errors import FusionError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TEST_SET_TAG = "eval.test_set"
+
+
+@dataclass(frozen=True)
+class Decision:
+    model_name: str
+    version: str
+    alias: str                    # champion | challenger
+    metric: str
+    higher_is_better: bool
+    candidate: float
+    champion: float | None        # None: there was no champion
+    champion_version: str | None
+    rescored: bool                # the champion was re-scored on the candidate's test set
+    reason: str
+
+
+def model_name(cfg: Config) -> str:
+    return f"{cfg.promote.registry_prefix}-{cfg.train.task}-{cfg.train.model}"
+
+
+def metric_for(cfg: Config, has_gt: bool) -> str:
+    if cfg.promote.metric != "auto":
+        return cfg.promote.metric
+    return "SSIM_gt" if has_gt else "Qabf"
+
+
+def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) -> Decision:
+    """Register `run_id` and move the aliases. `rescore(champion_run_id, metric) -> float`
+    scores the champion on the candidate's test set (needed when their test data differ)."""
+    from mlflow.exceptions import MlflowException
+
+    from fusion.metrics import METRICS
+
+    c = tracking.client(t)
+    run = c.get_run(run_id)
+    if "promote.version" in run.data.tags:  # already decided (a re-run of a nightly): the same answer
+        return _recorded(t, run_id)
+    has_gt = run.data.tags.get("data.synthetic") == "true" or any(k.endswith("_gt") for k in run.data.metrics)
+    metric = metric_for(cfg, has_gt)
+    key = f"test/{metric}"
+    if key not in run.data.metrics:
+        raise FusionError(f"run {run_id} has no {key} metric: evaluate it before promoting "
+                          f"(promote.metric={cfg.promote.metric!r}; logged: {sorted(k for k in run.data.metrics if k.startswith('test/'))})")
+    candidate = run.data.metrics[key]
+    higher = METRICS[metric].higher_is_better
+    name = model_name(cfg)
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description=f"{cfg.train.model} fusion models for {cfg.train.task}; "
+                                                    f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison")
+    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoints", run_id=run_id,
+                                tags={"variant": cfg.train.variant, TEST_SET_TAG: run.data.tags.get(TEST_SET_TAG, "unknown")})
+    try:
+        champ = c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+
+    champ_value, rescored = None, False
+    if champ is None:
+        alias, reason = CHAMPION, "no champion yet"
+    else:
+        champ_run = c.get_run(champ.run_id)
+        ours = run.data.tags.get(TEST_SET_TAG)
+        same_data = ours is not None and champ_run.data.tags.get(TEST_SET_TAG) == ours
+        if same_data and key in champ_run.data.metrics:
+            champ_value = champ_run.data.metrics[key]
+        elif rescore is not None:
+            champ_value, rescored = float(rescore(champ.run_id, metric)), True
+        if champ_value is None or not math.isfinite(champ_value):
+            alias, reason = CHAMPION, f"champion v{champ.version} has no comparable {metric} (different test data, not re-scored)"
+        else:
+            margin = cfg.promote.min_improvement
+            better = candidate > champ_value + margin if higher else candidate < champ_value - margin
+            alias = CHAMPION if better else CHALLENGER
+            reason = (f"{metric} {candidate:.6g} {'beats' if better else 'does not beat'} champion v{champ.version} "
+                      f"{champ_value:.6g} by more than {margin:g}" + (" (champion re-scored on this test set)" if rescored else ""))
+    c.set_registered_model_alias(name, alias, mv.version)
+    decision = Decision(name, str(mv.version), alias, metric, higher, candidate, champ_value,
+                        str(champ.version) if champ else None, rescored, reason)
+    tracking.set_tags(t, run_id, {"promote.model": name, "promote.version": decision.version, "promote.alias": alias,
+                                  "promote.reason": reason})
+    c.set_model_version_tag(name, mv.version, "promote.reason", reason)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decision.json"
+        path.write_text(json.dumps(asdict(decision), indent=2) + "\n")
+        tracking.log_artifact(t, run_id, path, "promote")
+    log.info("%s v%s -> @%s: %s", name, decision.version, alias, reason)
+    return decision
+
+
+def _recorded(t: tracking.TrackingTarget, run_id: str) -> Decision:
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/promote/decision.json",
+                                                   dst_path=tmp, tracking_uri=t.uri)
+        return Decision(**json.loads(Path(path).read_text()))
