@@ -98,6 +98,9 @@ def print_summary(summary: dict) -> None:
                  summary["seconds_per_pair"])
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
     out.print(f"[bold]run[/] {summary['run_name']} ({summary['run_id']})  [dim]{stages}[/]")
+    promo = summary.get("promotion")
+    if promo:
+        out.print(f"[bold]registry[/] {promo['model']} v{promo['version']} -> @{promo['alias']} ({promo['reason']})")
     out.print(f"[bold]files[/] {summary['run_dir']}")
     out.print(f"[bold]tracking[/] {summary['tracking_uri']}")
     out.print(f"[bold]open the MLflow UI:[/] {summary['ui_command']}   then {summary['run_url']}")

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusion import tracking, versioning
@@ -40,7 +40,10 @@ class RunInfo:
     dir: Path
     target: tracking.TrackingTarget
     run_id: str
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Path:
+        return self.dir.parents[1]  # runs live in <workspace>/runs/<name>
 
 
 def new_workspace(dest: Path, source: Path | None = None) -> Path:
@@ -177,9 +180,9 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
 def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     """Score the trained model and the baselines on the test split with every configured
     metric; log the tables, per-pair values, sample images and the comparison figure."""
-    from fusion.evaluate import baseline_methods, evaluate_methods, model_method, save_samples, write_reports
+    from fusion.data.test_sets import load_test_set
+    from fusion.evaluate import baseline_methods, model_method
     from fusion.inference import model_label
-    from fusion.report import evaluation_figure
     from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
 
     device = pick_device(cfg.train.device)
@@ -195,24 +198,57 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
 
     tracking.set_tags(run.target, run.run_id, {TEST_SET_TAG: test_set.version()})
     methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
+    result = _score(cfg, run, methods, label, test_set, labels, title, "eval", "test", device)
+    # every registered test set of the same task (data.test_sets): eval/<name>/, test_sets/<name>/<metric>
+    for name, folder in _task_test_sets(cfg, run.workspace):
+        extra = load_test_set(folder)
+        _score(cfg, run, methods, label, extra, extra.source_labels, f"{name}: {cfg.train.task} test set",
+               f"eval/{name}", f"test_sets/{name}", device)
+    return result
+
+
+def _score(cfg: Config, run: RunInfo, methods: dict, label: str, test_set, labels, title: str, artifact_dir: str,
+           prefix: str, device):
+    """Score `methods` on `test_set`; reports, figure and samples to the run under `artifact_dir`,
+    means as `<prefix>/<metric>` for the model and `baseline/<method>/...` (prefixed) for the rest."""
+    from fusion.evaluate import evaluate_methods, save_samples, write_reports
+    from fusion.report import evaluation_figure
+
     result, samples = evaluate_methods(test_set, methods, _applicable(cfg.evaluate.metrics, test_set.has_gt), device=device,
                                        keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
-    eval_dir = run.dir / "eval"
+    eval_dir = run.dir / artifact_dir
     paths = write_reports(result, eval_dir)
     figure = evaluation_figure(samples, labels, result.methods, eval_dir / "grid.png", title=title,
                                caption_metric=_caption_metric(result), rows=result.rows)
     for p in (*paths.values(), figure):
-        tracking.log_artifact(run.target, run.run_id, p, "eval")
+        tracking.log_artifact(run.target, run.run_id, p, artifact_dir)
     sample_dir = eval_dir / "samples"
     save_samples(samples, sample_dir, labels)
-    tracking.log_artifacts(run.target, run.run_id, sample_dir, "eval/samples")
+    tracking.log_artifacts(run.target, run.run_id, sample_dir, f"{artifact_dir}/samples")
     final = {}
     for method, values in result.means.items():
-        prefix = "test" if method == label else f"baseline/{method}"
-        final.update({f"{prefix}/{k}": v for k, v in values.items() if math.isfinite(v)})
-        final[f"{prefix}/seconds_per_pair"] = result.seconds_per_pair[method]
+        key = prefix if method == label else ("baseline/" if prefix == "test" else f"{prefix}/baseline/") + method
+        final.update({f"{key}/{k}": v for k, v in values.items() if math.isfinite(v)})
+        final[f"{key}/seconds_per_pair"] = result.seconds_per_pair[method]
     tracking.log_metrics(run.target, run.run_id, final)
     return result
+
+
+def _task_test_sets(cfg: Config, workspace: Path) -> list[tuple[str, Path]]:
+    """Prepared test sets (data.test_sets) of the run's task, in name order; missing ones are
+    skipped with a warning (their stage has not run)."""
+    from fusion.data.stages import output_dir
+
+    out = []
+    for name in sorted(cfg.data.test_sets):
+        folder = output_dir(workspace, "test_sets", name)
+        manifest = folder / "manifest.json"
+        if not manifest.is_file():
+            log.warning("test set %s: %s not prepared (run `fusion data prepare`); not evaluated", name, folder)
+            continue
+        if json.loads(manifest.read_text())["task"] == cfg.train.task:
+            out.append((name, folder))
+    return out
 
 
 def _test_set(cfg: Config, prepared: Prepared):

@@ -74,3 +74,30 @@ def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: 
         }
         write_manifest(tmp, manifest)
     return manifest
+
+
+def load_test_set(folder: str | Path):
+    """A prepared test set as an evaluation TestSet (fusion.evaluate): the first and last
+    modality are the two sources (a longer exposure sequence: darkest and brightest)."""
+    import json
+
+    from fusion.data.manifest import MANIFEST
+    from fusion.evaluate import TestSet
+
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: not a prepared test set (no manifest); build it with `fusion data test-set NAME`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
+    files, ids, labels = {}, [], None
+    for e in manifest["pairs"]:
+        by_mod = dict(zip(e["modalities"], (folder / f for f in e["files"])))
+        sources = [m for m in e["modalities"] if m != "gt"]
+        pair_labels = [sources[0], sources[-1]]
+        labels = labels or pair_labels
+        files[e["id"]] = {**dict(zip(labels, (by_mod[m] for m in pair_labels))), **({"gt": by_mod["gt"]} if "gt" in by_mod else {})}
+        ids.append(e["id"])
+    has_gt = all("gt" in f for f in files.values())
+    return TestSet(folder.name, ids, labels, files, has_gt)

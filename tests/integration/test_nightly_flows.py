@@ -162,3 +162,31 @@ def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace,
     assert flows.promote(run_id=second["run_id"], workspace=str(workspace))["version"] == "2"  # idempotent
     scores = flows.evaluate(run_id=first["run_id"], workspace=str(workspace))
     assert scores["means"] == first["means"]  # cached: the same run, the same evaluation settings
+
+
+def test_nightly_also_scores_every_prepared_test_set_of_its_task(workspace, shared_data, tmp_path):
+    import cv2
+    from mlflow import MlflowClient
+
+    from flows.nightly import nightly
+
+    lytro = tmp_path / "lytro-small"
+    for scene in ("lytro-01", "lytro-02", "lytro-03"):
+        for letter, folder in (("A", "near"), ("B", "far")):
+            img = cv2.imread(str(shared_data / f"mf/Lytro20/{scene}-{letter}.jpg"))
+            (lytro / folder).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(lytro / folder / f"{scene}.png"), cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["sources"].update({
+        "lytro": {"layout": "folders", "path": str(lytro), "folders": ["near", "far"], "task": "multi-focus"},
+        "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")}})
+    params["data"]["test_sets"] = {"lytro": {"source": "lytro"}, "tno": {"source": "tno"}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    summary = nightly(profile="tiny", workspace=str(workspace), use_ray=False)
+    assert sorted(summary["stages_ran"]) == ["synth_multifocus", "test_sets@lytro", "test_sets@tno"]
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    metrics = client.get_run(summary["run_id"]).data.metrics
+    assert {"test_sets/lytro/Qabf", "test_sets/lytro/baseline/average/Qabf", "test/SSIM_gt"} <= set(metrics)
+    assert not any(k.startswith("test_sets/tno") for k in metrics)  # an ir-vis set: not this model's task
+    logged = {a.path for a in client.list_artifacts(summary["run_id"], "eval/lytro")}
+    assert {"eval/lytro/table.md", "eval/lytro/grid.png"} <= logged

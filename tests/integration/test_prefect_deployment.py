@@ -45,7 +45,11 @@ def prefect_server(tmp_path, monkeypatch):
     try:
         wait_http(f"{api}/health", timeout=120, proc=proc)
         monkeypatch.setenv("PREFECT_API_URL", api)
-        yield api
+        # this process read its Prefect settings when another test first imported Prefect
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api}):
+            yield api
     finally:
         _stop(proc)
         log.close()

@@ -185,6 +185,12 @@ def test_test_sets_keep_colour_and_split_medical_by_case(workspace, shared_data)
     # PET-MRI holds two cases (30 and 41): one is the test set, the other trains
     assert {e["group"] for e in pet["pairs"]} | {p.group for p in train} == {"30", "41"}
     assert {e["group"] for e in pet["pairs"]}.isdisjoint({p.group for p in train})  # no case on both sides
+    from fusion.data.test_sets import load_test_set
+
+    ts = load_test_set(out)  # what the nightly evaluation reads
+    assert ts.ids == [e["id"] for e in pet["pairs"]] and ts.source_labels == ["mri", "pet"] and not ts.has_gt
+    sources, _ = ts.load(0)
+    assert sources[1].ndim == 3 and len(ts.version()) == 64
     # the folders are what `fusion evaluate --source-a/--source-b` and the folders layout read
     again = load_source({"layout": "folders", "path": str(out), "folders": ["mri", "pet"], "task": "medical"})
     assert len(again) == pet["count"]
