@@ -420,6 +420,7 @@ def data_sources(
     """List the `sources` registry of params.yaml: layout, path, pairs found (and, with --check, bad files)."""
     from fusion.config import load_config, resolve_workspace, source_spec
     from fusion.data import sources
+    from fusion.data.training import load_pairs
 
     try:
         ws = resolve_workspace(workspace)
@@ -433,7 +434,7 @@ def data_sources(
     for name in sorted(cfg.sources):
         spec = source_spec(cfg, name, ws)
         try:
-            recs = sources.load_source(name, {"layout": spec.layout, "path": spec.path, **spec.options})
+            recs = load_pairs(spec)
             status = "ok"
             if check:
                 sources.check_pairs(recs)

@@ -258,9 +258,12 @@ class Config(_Strict):
         from fusion.models import MODELS
 
         for name, entry in self.sources.items():
-            validate_spec(name, {k: v for k, v in entry.items() if k != "test_fraction"})
-            if "test_fraction" in entry:
-                SourceSpec(layout=entry["layout"], path=str(entry["path"]), test_fraction=entry["test_fraction"])
+            spec = registry_spec(name, entry)
+            validate_spec(name, {"layout": spec["layout"], "path": spec["path"], **spec["options"]})
+            try:
+                SourceSpec.model_validate({**spec, "path": str(spec["path"])})
+            except ValidationError as exc:
+                raise ValueError(f"sources.{name}.test_fraction: {exc.errors()[0]['msg']}") from None
         stages = [("synth_multifocus", "", self.data.synth_multifocus.source, ("duts", "photos"))]
         stages += [("kaist_pairs", k, v.source, ("kaist",)) for k, v in self.data.kaist_pairs.items()]
         stages += [(sec, k, v.source, None) for sec in ("patches", "test_sets") for k, v in getattr(self.data, sec).items()]

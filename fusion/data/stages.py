@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fusion.config import Config, source_spec
+from fusion.config import Config, registry_spec, source_spec
 from fusion.data.parallel import Progress
 from fusion.errors import ConfigError
 
@@ -36,16 +36,15 @@ def _entry(cfg: Config, section: str, name: str):
 
 
 def _source_record(cfg: Config, name: str) -> dict:
-    entry = cfg.sources[name]
-    return {"name": name, "layout": entry["layout"], "path": str(entry["path"]),
-            "options": {k: v for k, v in entry.items() if k not in ("layout", "path")}}
+    """The source as written in params.yaml (a relative path stays relative)."""
+    return registry_spec(name, cfg.sources[name])
 
 
 def _load(cfg: Config, ws: Path, name: str, skip_bad: bool):
-    from fusion.data import sources
+    from fusion.data.training import load_pairs
 
     spec = source_spec(cfg, name, ws)
-    return sources.load_source(name, {"layout": spec.layout, "path": spec.path, **spec.options, "skip_bad": skip_bad}), spec
+    return load_pairs(spec, skip_bad), spec
 
 
 def synth_multifocus(ws: Path, cfg: Config, workers: int = 0, progress: Progress | None = None) -> dict:

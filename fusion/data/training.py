@@ -107,9 +107,16 @@ def patch_set(path: str, expected: dict):
     return shards
 
 
+def load_pairs(spec, skip_bad: bool = False):
+    """The records of a SourceSpec (errors name sources.<name> for a registry source)."""
+    from fusion.data import sources
+
+    entry = {"layout": spec.layout, "path": spec.path, **spec.options, **({"skip_bad": True} if skip_bad else {})}
+    return sources.load_source(spec.name, entry) if spec.name else sources.load_source(entry)
+
+
 def load_source_split(spec, seed: int) -> tuple[list, list]:
     """Pairs of `spec` split train/test by group (scene, case, sequence): no group in both."""
     from fusion.data import sources
 
-    pairs = sources.load_source({"layout": spec.layout, "path": spec.path, **spec.options})
-    return sources.split_by_group(pairs, spec.test_fraction, seed)
+    return sources.split_by_group(load_pairs(spec), spec.test_fraction, seed)
