@@ -330,6 +330,45 @@ def fuse(
 
 
 @app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id to reproduce")],
+    workspace: Workspace = None,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Relative tolerance (default: 0 for CPU runs, 1e-3 for GPU runs)")] = None,
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the reproduced checkpoints and comparison.json here")] = None,
+) -> None:
+    """Train a past run again from its recorded git commit and DVC data version, and compare.
+
+    The commit is checked out into a temporary git worktree and the data materialised there from
+    the run's dvc.lock (DVC cache or remote): your checkout and prepared data are not touched.
+    Exit status 0: identical (within --tolerance); 1: different; 2: cannot be reproduced (dirty
+    tree at the time, revision or data version missing), with the reason.
+    """
+    from fusion.config import resolve_workspace
+    from fusion.reproduce import reproduce as run_reproduction
+
+    try:
+        ws = resolve_workspace(workspace)
+        bar, _ = _progress(f"reproducing {run_id}")
+        with bar:
+            result = run_reproduction(ws, run_id, tolerance, keep)
+    except FusionError as exc:
+        _fail(exc)
+    out = Console(soft_wrap=True)
+    table = Table(title=f"run {run_id}: commit {result.commit[:12]}, data md5 {result.data_md5}, {result.device}, tolerance {result.tolerance:g}")
+    for col in ("what", "original", "reproduced", "same"):
+        table.add_column(col)
+    for name, same in result.checkpoints.items():
+        table.add_row(f"{name} weights", "", f"max |diff| {result.max_weight_diff[name]:.3g}", "yes" if same else "NO")
+    for m in result.metrics:
+        table.add_row(f"epoch {m['epoch']} {m['metric']}", f"{m['original']:.10g}" if m["original"] is not None else "-",
+                      f"{m['reproduced']:.10g}" if m["reproduced"] is not None else "-", "yes" if m["equal"] else "NO")
+    out.print(table)
+    out.print("[bold green]reproduced exactly[/]" if result.identical else "[bold red]the reproduction differs[/]")
+    if not result.identical:
+        raise typer.Exit(1)
+
+
+@app.command()
 def models() -> None:
     """List every registered model and its variants (paper names beside config identifiers)."""
     from fusion.models import MODELS, build_model, count_parameters

@@ -162,7 +162,15 @@ def _data_tags(cfg: Config) -> dict[str, str]:
 
 def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
+    import torch
+
+    from fusion.train.loop import pick_device
+
     ckpt_dir = run.dir / "checkpoints"
+    # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
+    threads = max(1, int(cfg.train.ray.cpus_per_worker)) if use_ray else torch.get_num_threads()
+    tracking.set_tags(run.target, run.run_id, {"train.executor": "ray" if use_ray else "local",
+                                               "train.threads": str(threads), "env.device": str(pick_device(cfg.train.device))})
     if use_ray:
         from fusion.train.distributed import train_with_ray
 
