@@ -167,11 +167,14 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
     worktree = tmp / "code"
     try:
         _git(repo, "worktree", "add", "--detach", str(worktree), commit)
-        fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}", dst_path=str(tmp / "original"),
-                                                           tracking_uri=target.uri))
+        fetched = tmp / "original"
+        for what in ("data/dvc.lock", "checkpoints"):
+            try:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{what}", dst_path=str(fetched / Path(what).parent),
+                                                    tracking_uri=target.uri)
+            except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+                raise _refuse(run_id, f"its {what} artifact cannot be read ({str(exc).splitlines()[0]})") from None
         lock = fetched / "data" / "dvc.lock"
-        if not lock.is_file():
-            raise _refuse(run_id, "it has no data/dvc.lock artifact")
         data_root = materialize_data(ws, worktree, lock.read_text(), out, tags["data.dvc_md5"], run_id)
         if "data.version" in tags:
             from fusion.data.manifest import data_version
