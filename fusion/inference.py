@@ -28,11 +28,11 @@ _MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://",
 
 
 def _checkpoint_in(folder: Path) -> Path:
-    for sub in (folder, folder / "checkpoints"):
+    for sub in (folder, folder / "checkpoints", folder / "artifacts"):  # artifacts/: an MLflow model folder
         for name in CHECKPOINT_NAMES:
             if (sub / name).is_file():
                 return sub / name
-    raise DataError(f"{folder}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder or its checkpoints/")
+    raise DataError(f"{folder}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder, its checkpoints/ or artifacts/")
 
 
 def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Path:

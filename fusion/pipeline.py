@@ -164,7 +164,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
     import torch
 
-    from fusion.train.loop import pick_device
+    from fusion.train.loop import BEST, LAST, load_checkpoint, pick_device
 
     ckpt_dir = run.dir / "checkpoints"
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
@@ -182,6 +182,11 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id)]).fit(ckpt_dir)
     for f in sorted(ckpt_dir.glob("*.pt")):
         tracking.log_artifact(run.target, run.run_id, f, "checkpoints")
+    best = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    if load_checkpoint(best).get("stage") != "autoencoder":  # stage-1 auto-encoders do not fuse
+        from fusion import mlflow_model
+
+        mlflow_model.log(run.target, run.run_id, best)
     return ckpt_dir
 
 

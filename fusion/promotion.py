@@ -1,7 +1,7 @@
 """Champion promotion in the MLflow model registry.
 
 Every evaluated nightly run is registered as a new version of `<prefix>-<task>-<model>`
-(source: the run's checkpoints). It takes the `@champion` alias only if it beats the
+(source: the run's MLflow model, fusion/mlflow_model.py, which holds its best checkpoint). It takes the `@champion` alias only if it beats the
 current champion on the task's validation metric, measured on the same test data (the
 `eval.test_set` tag: the sha256 of the test pairs' bytes); otherwise it becomes
 `@challenger`. When the champion was scored on other test data it is re-scored on the
@@ -80,7 +80,9 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
     except MlflowException:
         c.create_registered_model(name, description=f"{cfg.train.model} fusion models for {cfg.train.task}; "
                                                     f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison")
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoints", run_id=run_id,
+    logged = {a.path for a in c.list_artifacts(run_id)}
+    source = f"runs:/{run_id}/model" if "model" in logged else f"runs:/{run_id}/checkpoints"
+    mv = c.create_model_version(name, source=source, run_id=run_id,
                                 tags={"variant": cfg.train.variant, TEST_SET_TAG: run.data.tags.get(TEST_SET_TAG, "unknown")})
     try:
         champ = c.get_model_version_by_alias(name, CHAMPION)

@@ -158,6 +158,22 @@ def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace,
     assert str(champion.version) == ("2" if better else "1")
     assert run.data.tags["eval.test_set"] == client.get_run(first["run_id"]).data.tags["eval.test_set"]
 
+    # the champion serves as an MLflow model: two images of any size in, a fused PNG out
+    import cv2
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    mlflow.set_tracking_uri(first["tracking_uri"])
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    rng = np.random.default_rng(0)
+    pngs = [cv2.imencode(".png", rng.integers(0, 256, (21, 30, 3), dtype=np.uint8))[1].tobytes() for _ in range(2)]
+    fused = served.predict(pd.DataFrame({"image_0": [pngs[0]], "image_1": [pngs[1]]}))["fused"][0]
+    assert cv2.imdecode(np.frombuffer(fused, np.uint8), cv2.IMREAD_COLOR).shape == (21, 30, 3)
+
     # the stages alone: evaluate and promote an existing run by id
     assert flows.promote(run_id=second["run_id"], workspace=str(workspace))["version"] == "2"  # idempotent
     scores = flows.evaluate(run_id=first["run_id"], workspace=str(workspace))
