@@ -14,6 +14,7 @@ run: install
 	$(BIN)/fusion run --profile $(PROFILE)
 
 test: install
+	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest
 
 test-slow: install
