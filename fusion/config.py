@@ -287,8 +287,21 @@ class Config(_Strict):
         return self
 
     def flat(self) -> dict[str, Any]:
-        """Flattened `section.key` -> value, as logged to MLflow."""
-        return flatten(self.model_dump(mode="json"))
+        """Flattened `section.key` -> value, as logged to MLflow (secrets redacted)."""
+        return flatten(self.loggable())
+
+    def loggable(self) -> dict[str, Any]:
+        """The configuration as recorded with a run: a webhook URL carries its token, so it is
+        never written to MLflow (the run only says whether one was set)."""
+        tree = self.model_dump(mode="json")
+        for section, key in SECRET_KEYS:
+            if tree[section].get(key):
+                tree[section][key] = REDACTED
+        return tree
+
+
+SECRET_KEYS = (("nightly", "notify_webhook"),)
+REDACTED = "<redacted>"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -131,7 +131,7 @@ def start_run(t: TrackingTarget, run_name: str, cfg: Config, tags: dict[str, str
     params = [Param(k, _param_value(v)) for k, v in sorted(cfg.flat().items())]
     for i in range(0, len(params), 100):  # MLflow's batch limit for params
         c.log_batch(run.info.run_id, params=params[i:i + 100])
-    c.log_text(run.info.run_id, json.dumps(cfg.model_dump(mode="json"), indent=2), "config/resolved.json")
+    c.log_text(run.info.run_id, json.dumps(cfg.loggable(), indent=2), "config/resolved.json")
     return run.info.run_id
 
 

@@ -76,6 +76,23 @@ def test_flat_params_for_tracking(ws):
     assert "train.ray.max_failures" in flat
 
 
+def test_nightly_settings_are_validated_and_the_webhook_never_logged(ws):
+    secret = "https://hooks.example.org/services/T000/B000/s3cr3t"
+    cfg = load_config(ws, "smoke", [f"nightly.notify_webhook={secret}"])
+    assert cfg.nightly.notify_webhook == secret  # the flow posts to it ...
+    assert cfg.flat()["nightly.notify_webhook"] == "<redacted>"  # ... MLflow params never show it
+    assert secret not in str(cfg.loggable())
+    assert load_config(ws, "smoke").flat()["nightly.notify_webhook"] is None
+    with pytest.raises(ConfigError, match=r"nightly\.cron: .*Invalid cron string.*minute hour day month weekday"):
+        load_config(ws, "smoke", ["nightly.cron=0 25 * * *"])
+    with pytest.raises(ConfigError, match=r"nightly\.timezone: unknown time zone 'Mars/Olympus'"):
+        load_config(ws, "smoke", ["nightly.timezone=Mars/Olympus"])
+    with pytest.raises(ConfigError, match=r"nightly\.on_collision: Input should be 'enqueue' or 'cancel_new'"):
+        load_config(ws, "smoke", ["nightly.on_collision=queue"])
+    with pytest.raises(ConfigError, match=r"promote\.metric: unknown metric 'SSIM_GT'"):
+        load_config(ws, "smoke", ["promote.metric=SSIM_GT"])
+
+
 def test_relative_source_paths_are_relative_to_the_workspace(tmp_path):
     import shutil
 
