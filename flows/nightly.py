@@ -59,16 +59,15 @@ def is_transient(exc: BaseException) -> bool:
             return False
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
-        name = type(exc).__name__
         module = type(exc).__module__
+        if any(c.__name__ == "MlflowException" for c in type(exc).__mro__):
+            # the server answered: only its "try again" codes are transient (a missing run is not)
+            return getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
         if module.startswith("ray"):
             # Ray wraps a worker's exception; a deterministic one shows by name in the text
             return not any(n in str(exc) for n in ("ConfigError", "DataError", "ReproducibilityError"))
-        if module.startswith(("mlflow", "requests", "urllib3", "httpx")) and name not in ("MlflowException",):
+        if module.startswith(("requests", "urllib3", "httpx")):
             return True
-        if name == "MlflowException":
-            code = getattr(exc, "error_code", "")
-            return code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
         exc = exc.__cause__ or exc.__context__
     return False
 

@@ -74,6 +74,10 @@ def test_is_transient_tells_infrastructure_from_input_errors():
     assert is_transient(TimeoutError())
     assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert not is_transient(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
+    from mlflow.exceptions import RestException
+
+    assert not is_transient(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "run not found"}))
+    assert is_transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try later"}))
     assert not is_transient(DataError("x.png: truncated PNG"))
     assert not is_transient(ConfigError("train.lr: must be > 0"))
     assert not is_transient(ValueError("a bug"))
