@@ -70,8 +70,10 @@ def run(
     """Run the nightly pipeline end to end as a Prefect flow.
 
     Builds the embedded SYNTHETIC multi-focus dataset (DVC-versioned), trains UFA-Fuse
-    through Ray, evaluates it beside the average and choose-max-gradient baselines, logs
-    everything to MLflow and prints where to look. Set MLFLOW_TRACKING_URI, PREFECT_API_URL
+    through Ray, evaluates it beside the classical baselines (and on every prepared test set
+    of its task), registers it in MLflow as @champion only if it beats the current champion,
+    logs everything to MLflow and prints where to look. Unchanged data, config and code:
+    the trained model and its evaluation are reused (Prefect cache). Set MLFLOW_TRACKING_URI, PREFECT_API_URL
     or RAY_ADDRESS to use shared servers instead of the embedded defaults.
     """
     from fusion.config import load_config, resolve_workspace

@@ -27,8 +27,9 @@ CHECKPOINT_NAMES = ("best.pt", "last.pt")
 _MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "http://", "https://", "file://")
 
 
-def _checkpoint_in(folder: Path) -> Path:
-    for sub in (folder, folder / "checkpoints", folder / "artifacts"):  # artifacts/: an MLflow model folder
+def checkpoint_in(folder: Path) -> Path:
+    """best.pt, else last.pt, in `folder` or its checkpoints/ or artifacts/ (an MLflow model folder)."""
+    for sub in (folder, folder / "checkpoints", folder / "artifacts"):
         for name in CHECKPOINT_NAMES:
             if (sub / name).is_file():
                 return sub / name
@@ -48,7 +49,7 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
         if path.is_file():
             return path
         if path.is_dir():
-            return _checkpoint_in(path)
+            return checkpoint_in(path)
         raise DataError(f"--model {text}: no such checkpoint file or folder (or use an MLflow URI such as runs:/RUN_ID)")
 
     import mlflow.artifacts
@@ -69,7 +70,7 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
         except (MlflowException, OSError) as exc:
             errors.append(f"{uri}: {str(exc).splitlines()[0]}")
             continue
-        return local if local.is_file() else _checkpoint_in(local)
+        return local if local.is_file() else checkpoint_in(local)
     raise DataError(f"--model {text}: cannot download a checkpoint from {uri_store} ({'; '.join(errors)})")
 
 

@@ -164,7 +164,8 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
     import torch
 
-    from fusion.train.loop import BEST, LAST, load_checkpoint, pick_device
+    from fusion.inference import checkpoint_in
+    from fusion.train.loop import load_checkpoint, pick_device
 
     ckpt_dir = run.dir / "checkpoints"
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
@@ -182,7 +183,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id)]).fit(ckpt_dir)
     for f in sorted(ckpt_dir.glob("*.pt")):
         tracking.log_artifact(run.target, run.run_id, f, "checkpoints")
-    best = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    best = checkpoint_in(ckpt_dir)
     if load_checkpoint(best).get("stage") != "autoencoder":  # stage-1 auto-encoders do not fuse
         from fusion import mlflow_model
 
@@ -195,12 +196,11 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     metric; log the tables, per-pair values, sample images and the comparison figure."""
     from fusion.data.test_sets import load_test_set
     from fusion.evaluate import baseline_methods, model_method
-    from fusion.inference import model_label
-    from fusion.train.loop import BEST, LAST, model_from_checkpoint, pick_device
+    from fusion.inference import checkpoint_in, model_label
+    from fusion.train.loop import model_from_checkpoint, pick_device
 
     device = pick_device(cfg.train.device)
-    ckpt = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
-    model, payload = model_from_checkpoint(ckpt, device)
+    model, payload = model_from_checkpoint(checkpoint_in(ckpt_dir), device)
     if payload.get("stage") == "autoencoder":
         log.info("CrossFuse stage 1 trains auto-encoders, which do not fuse: nothing to evaluate; "
                  "train the fusion stage with train.init_from=runs:/%s", run.run_id)
