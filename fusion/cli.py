@@ -371,6 +371,28 @@ def reproduce(
 
 
 @app.command()
+def sync(workspace: Workspace = None) -> None:
+    """Deliver tracking records that waited while the MLflow server was unreachable (runs/*/mlflow-spool.jsonl)."""
+    from fusion import tracking
+    from fusion.config import load_config, resolve_workspace
+    from fusion.tracking_spool import sync as replay
+
+    try:
+        ws = resolve_workspace(workspace)
+        target = tracking.target(load_config(ws), ws)
+        left = replay(ws, target)
+    except FusionError as exc:
+        _fail(exc)
+    if not left:
+        Console().print("nothing waiting: every run's records are in MLflow")
+        return
+    for path, n in left.items():
+        Console(soft_wrap=True).print(f"{path}: {'delivered' if n == 0 else f'{n} record(s) still waiting ({target.uri} unreachable)'}")
+    if any(left.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
 def models() -> None:
     """List every registered model and its variants (paper names beside config identifiers)."""
     from fusion.models import MODELS, build_model, count_parameters

@@ -167,7 +167,10 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
     from fusion.inference import checkpoint_in
     from fusion.train.loop import load_checkpoint, pick_device
 
+    from fusion.tracking_spool import SPOOL, Spool
+
     ckpt_dir = run.dir / "checkpoints"
+    spool_path = run.dir / SPOOL
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
     threads = max(1, int(cfg.train.ray.cpus_per_worker)) if use_ray else torch.get_num_threads()
     tracking.set_tags(run.target, run.run_id, {"train.executor": "ray" if use_ray else "local",
@@ -176,18 +179,26 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         from fusion.train.distributed import train_with_ray
 
         train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
-                       tracking=asdict(run.target), run_id=run.run_id)
+                       tracking=asdict(run.target), run_id=run.run_id, spool=spool_path)
     else:
         from fusion.train.loop import Trainer
 
-        Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id)]).fit(ckpt_dir)
+        Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, spool_path)]).fit(ckpt_dir)
+    spool = Spool(run.target, run.run_id, spool_path)
     for f in sorted(ckpt_dir.glob("*.pt")):
-        tracking.log_artifact(run.target, run.run_id, f, "checkpoints")
+        spool.log_artifact(f, "checkpoints")
     best = checkpoint_in(ckpt_dir)
     if load_checkpoint(best).get("stage") != "autoencoder":  # stage-1 auto-encoders do not fuse
+        import shutil
+
         from fusion import mlflow_model
 
-        mlflow_model.log(run.target, run.run_id, best)
+        model_dir = run.dir / mlflow_model.ARTIFACT_PATH
+        shutil.rmtree(model_dir, ignore_errors=True)  # a retried stage writes it again
+        spool.log_artifact(mlflow_model.save(best, model_dir), mlflow_model.ARTIFACT_PATH)
+    if not spool.flush(force=True):
+        log.warning("tracking server %s unreachable: %d record(s) of run %s wait in %s; they are delivered by "
+                    "`fusion sync` once it is back", run.target.uri, spool.pending, run.run_id, spool_path)
     return ckpt_dir
 
 

@@ -284,6 +284,8 @@ def _gray_png(path: Path) -> bool:
 def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> str:
     from mlflow.entities import Metric
 
+    from fusion.tracking import metric_key
+
     if log_to is None:
         run = client.create_run(experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
                                 tags={"fusionflow.report": "true", "report.runs": ",".join(sorted({r for r in report.runs.values() if r}))})
@@ -294,7 +296,7 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> 
     for p in report.paths.values():
         client.log_artifact(log_to, str(p), "report")
     now = int(time.time() * 1000)
-    metrics = [Metric(_metric_key(f"report/{m}/{n}"), v, now, 0)
+    metrics = [Metric(metric_key(f"report/{m}/{n}"), v, now, 0)
                for m, vals in report.means.items() for n, v in vals.items() if math.isfinite(v)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(log_to, metrics=metrics[i:i + 1000])
@@ -302,7 +304,4 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> 
         client.set_terminated(log_to)
     return log_to
 
-
-def _metric_key(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "/._- " else "_" for ch in name)
 

@@ -144,12 +144,12 @@ def log_metrics(t: TrackingTarget, run_id: str, metrics: dict[str, float], step:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(_key(k), float(v), now, step) for k, v in metrics.items()]
+    batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
         client(t).log_batch(run_id, metrics=batch[i:i + 1000])
 
 
-def _key(name: str) -> str:
+def metric_key(name: str) -> str:
     # MLflow keys allow / . - _ and spaces; a metric like "SSIM_gt mean" stays readable.
     return "".join(ch if ch.isalnum() or ch in "/._- " else "_" for ch in name)
 
@@ -190,21 +190,31 @@ def run_url(t: TrackingTarget, run_id: str, base: str = "http://127.0.0.1:5000")
 class MlflowCallback:
     """Trainer callback: per-step and per-epoch metrics into one run.
 
-    After a Ray restart the trainer replays from its last checkpoint; steps already in the
-    run are skipped so the metric history has no duplicates.
+    Records go through a spool (fusion/tracking_spool.py): if the tracking server is
+    unreachable, training goes on and the records are delivered, in order, once it is back
+    (or by `fusion sync`). After a Ray restart the trainer replays from its last checkpoint;
+    steps already in the run are skipped so the metric history has no duplicates.
     """
 
-    def __init__(self, t: TrackingTarget, run_id: str, every: int = 1):
+    def __init__(self, t: TrackingTarget, run_id: str, spool_path: Path, every: int = 1):
+        from fusion.tracking_spool import Spool, unreachable
+
         self.t, self.run_id, self.every = t, run_id, every
-        history = client(t).get_metric_history(run_id, "train/loss")
+        self.spool = Spool(t, run_id, spool_path)
+        try:
+            history = client(t).get_metric_history(run_id, "train/loss")
+            epochs = client(t).get_metric_history(run_id, "val/loss")
+        except Exception as exc:  # noqa: BLE001 - an outage at start must not stop training either
+            if not unreachable(exc):
+                raise
+            history, epochs = [], []
         self.logged_upto = max((m.step for m in history), default=0)
-        epochs = client(t).get_metric_history(run_id, "val/loss")
         self.epochs_upto = max((m.step for m in epochs), default=0)
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if step > self.logged_upto and step % self.every == 0:
-            log_metrics(self.t, self.run_id, metrics, step)
+            self.spool.log_metrics(metrics, step)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         if epoch > self.epochs_upto:
-            log_metrics(self.t, self.run_id, metrics, epoch)
+            self.spool.log_metrics(metrics, epoch)

@@ -64,7 +64,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if config.get("run_id"):
         from fusion.tracking import MlflowCallback, TrackingTarget
 
-        callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"]))
+        callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(config["spool"])))
     callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs))
     Trainer(cfg, config["data_root"], callbacks).fit(ckpt_dir, resume_from)
 
@@ -93,6 +93,7 @@ def train_with_ray(
     out_dir: Path,
     tracking: dict[str, Any] | None = None,
     run_id: str | None = None,
+    spool: Path | None = None,
 ) -> Path:
     """Train through Ray; copy the final checkpoint folder (last.pt, best.pt) into `out_dir`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -117,6 +118,7 @@ def train_with_ray(
             "data_root": str(Path(data_root).resolve()),
             "run_id": run_id,
             "tracking": tracking,
+            "spool": str(spool) if spool else str(Path(storage_path).resolve() / "mlflow-spool.jsonl"),
         },
         scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
