@@ -210,3 +210,19 @@ def test_nightly_also_scores_every_prepared_test_set_of_its_task(workspace, shar
     assert not any(k.startswith("test_sets/tno") for k in metrics)  # an ir-vis set: not this model's task
     logged = {a.path for a in client.list_artifacts(summary["run_id"], "eval/lytro")}
     assert {"eval/lytro/table.md", "eval/lytro/grid.png"} <= logged
+
+
+def test_each_stage_runs_alone_as_its_own_flow(workspace):
+    from flows import nightly as flows
+
+    with pytest.raises(DataError, match="no prepared data; run the prepare stage first"):
+        flows.train(profile="tiny", workspace=str(workspace), use_ray=False)
+    prepared = flows.prepare(profile="tiny", workspace=str(workspace))
+    assert prepared["stages_ran"] == ["synth_multifocus"] and len(prepared["data_version"]) == 64
+    run_id = flows.train(profile="tiny", workspace=str(workspace), use_ray=False)
+    scores = flows.evaluate(run_id=run_id, workspace=str(workspace))
+    assert "SSIM_gt" in scores["means"][next(iter(scores["means"]))]
+    decision = flows.promote(run_id=run_id, workspace=str(workspace))
+    assert decision["alias"] == "champion" and decision["metric"] == "SSIM_gt"
+    with pytest.raises(ConfigError, match="run nope: no config/resolved.json"):
+        flows.evaluate(run_id="nope", workspace=str(workspace))
