@@ -90,7 +90,7 @@ def build_kaist_pairs(frames: Sources, out: Path, params: KaistParams, *, source
                       workers: int = 0, progress: Progress | None = None) -> dict:
     """Sample, check, convert and write the pairs + manifest to `out`, atomically."""
     chosen = sample_frames(frames, params)
-    good, report = checked(Sources(chosen, frames.problems, frames.root), skip_bad)
+    good, report = checked(Sources(chosen, frames.problems, frames.root), skip_bad, workers)
     if not good:
         raise DataError(f"{frames.root}: every sampled KAIST frame is bad:\n{report}")
     root = frames.root or Path(good[0].paths[0]).parents[3]

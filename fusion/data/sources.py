@@ -650,15 +650,18 @@ def _size(d: _Decoded) -> str:
     return f"{d.shape[1]}x{d.shape[0]}"
 
 
-def _check_record(rec, decode: Callable[[Path], _Decoded | str]) -> list[Problem]:
-    problems: list[Problem] = []
+def _roles(rec) -> list[tuple[Path, str]]:
+    """(image file, role) of one record: what check_pairs decodes."""
     if isinstance(rec, MaskedImage):
         # a .npz disparity map is an array, not an image: the synthesis reads and checks it
-        roles = [(rec.image, "image")] + ([(rec.mask, "mask")] if rec.mask and rec.mask.suffix != ".npz" else [])
-    else:
-        roles = list(zip(rec.paths, rec.modalities)) + ([(rec.gt, "gt")] if rec.gt is not None else [])
+        return [(rec.image, "image")] + ([(rec.mask, "mask")] if rec.mask and rec.mask.suffix != ".npz" else [])
+    return list(zip(rec.paths, rec.modalities)) + ([(rec.gt, "gt")] if rec.gt is not None else [])
+
+
+def _check_record(rec, decode: Callable[[Path], _Decoded | str]) -> list[Problem]:
+    problems: list[Problem] = []
     decoded = []
-    for path, role in roles:
+    for path, role in _roles(rec):
         d = decode(path)
         if isinstance(d, str):
             problems.append(Problem(path, d))
@@ -677,7 +680,7 @@ def _check_record(rec, decode: Callable[[Path], _Decoded | str]) -> list[Problem
     return problems
 
 
-def check_pairs(pairs: Sequence, *, skip_bad: bool = False):
+def check_pairs(pairs: Sequence, *, skip_bad: bool = False, workers: int = 1):
     """Decode every image of `pairs` (SourcePair or MaskedImage records).
 
     Checks: readable and complete (truncated JPEG/PNG), 8/16-bit, 1/3/4 channels, gray content
@@ -685,10 +688,15 @@ def check_pairs(pairs: Sequence, *, skip_bad: bool = False):
     loader dropped under skip_bad=True (`pairs.problems`) head the report.
 
     skip_bad=False: returns the (empty) Report, or raises one DataError naming every bad file.
-    skip_bad=True: returns (good_pairs, report).
+    skip_bad=True: returns (good_pairs, report). `workers` processes decode (0 = every core).
     """
     report = Report(getattr(pairs, "problems", ()))
     cache: dict[Path, _Decoded | str] = {}
+    if workers != 1:
+        from fusion.data.parallel import map_ordered
+
+        paths = list(dict.fromkeys(path for rec in pairs for path, _ in _roles(rec)))
+        cache.update(zip(paths, map_ordered(_decode, paths, workers)))
 
     def decode(path: Path):
         if path not in cache:
@@ -709,12 +717,12 @@ def check_pairs(pairs: Sequence, *, skip_bad: bool = False):
     return report
 
 
-def checked(pairs: Sequence, skip_bad: bool) -> tuple[list, Report]:
+def checked(pairs: Sequence, skip_bad: bool, workers: int = 1) -> tuple[list, Report]:
     """(usable pairs, report of what was left out): every bad file raises one DataError
     unless skip_bad, which drops the pairs concerned and reports them instead."""
     if skip_bad:
-        return check_pairs(pairs, skip_bad=True)
-    check_pairs(pairs)
+        return check_pairs(pairs, skip_bad=True, workers=workers)
+    check_pairs(pairs, workers=workers)
     return pairs, Report()
 
 

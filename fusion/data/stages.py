@@ -55,7 +55,7 @@ def synth_multifocus(ws: Path, cfg: Config, workers: int = 0, progress: Progress
     params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)), p.mask_threshold,
                          p.test_images, cfg.seed, tuple(p.blur_weights) if p.blur_weights else None)
     records, _ = _load(cfg, ws, p.source, p.skip_bad)
-    records, report = checked(records, p.skip_bad)
+    records, report = checked(records, p.skip_bad, workers)
     inputs = [SynthInput(r.id, r.image, r.mask) for r in records]
     return build_records(inputs, ws / p.out, params, _source_record(cfg, p.source), skipped=report,
                          workers=workers, progress=progress)
@@ -94,7 +94,7 @@ def patches(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progre
     e = _entry(cfg, "patches", name)
     pairs, spec = _load(cfg, ws, e.source, e.skip_bad)
     train, _ = split_by_group(pairs, spec.test_fraction, cfg.seed)
-    train, report = (checked(Sources(train, pairs.problems, pairs.root), True) if e.skip_bad else (train, []))
+    train, report = (checked(Sources(train, pairs.problems, pairs.root), True, workers) if e.skip_bad else (train, []))
     params = PatchParams(e.window, e.stride, e.gray, e.flips, e.rotations, e.shard_size, e.max_per_pair, cfg.seed)
     return build_patches(train, output_dir(ws, "patches", name), params, workers, source_provenance(spec, cfg.seed),
                          progress, skipped=report, root=pairs.root)

@@ -52,7 +52,7 @@ def _copy(job) -> list[str]:
 
 def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: dict, skip_bad: bool = False,
                    workers: int = 0, progress: Progress | None = None) -> dict:
-    chosen, report = checked(Sources(choose(pairs, params), pairs.problems, pairs.root), skip_bad)
+    chosen, report = checked(Sources(choose(pairs, params), pairs.problems, pairs.root), skip_bad, workers)
     if not chosen:
         raise DataError(f"{pairs.root}: no usable pairs for a test set")
     root = pairs.root or Path(chosen[0].paths[0]).parent
