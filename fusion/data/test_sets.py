@@ -56,6 +56,11 @@ def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: 
     if not chosen:
         raise DataError(f"{pairs.root}: no usable pairs for a test set")
     root = pairs.root or Path(chosen[0].paths[0]).parent
+    stems: dict[str, str] = {}
+    for p in chosen:
+        other = stems.setdefault(file_id(p.id), p.id)
+        if other != p.id:
+            raise DataError(f"{root}: pairs {other!r} and {p.id!r} would both be written as {file_id(p.id)!r}; rename one")
     plans = []
     for p in chosen:
         files = list(zip(p.paths, p.modalities)) + ([(p.gt, "gt")] if p.gt else [])

@@ -221,6 +221,17 @@ def test_test_set_of_a_corrupted_copy_names_every_bad_file(workspace, shared_dat
         stages.test_set(workspace, load_config(workspace), "e")
 
 
+def test_test_set_refuses_pair_ids_that_would_share_a_file_name(tmp_path):
+    from fusion.data.sources import SourcePair, Sources
+    from fusion.data.test_sets import TestSetParams, build_test_set
+
+    a = write(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    pairs = Sources([SourcePair(i, "ir-vis", (a, a), ("ir", "vis"), i) for i in ("x/1", "x_1")], (), tmp_path)
+    with pytest.raises(DataError, match=r"pairs 'x/1' and 'x_1' would both be written as 'x_1'"):
+        build_test_set(pairs, tmp_path / "out", TestSetParams(), source={})
+    assert not (tmp_path / "out").exists()
+
+
 def test_patch_stage_feeds_training_on_the_same_registry_source(workspace, shared_data):
     from fusion.data.training import training_data
 
