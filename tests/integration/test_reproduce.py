@@ -38,6 +38,10 @@ def test_reproduce_after_data_and_code_changed_then_refusals(tmp_path):
         assert not check or proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
+    # a user pins the data version in git before training a run meant to be reproducible
+    fusion("data", "prepare")
+    if git(clone, "status", "--porcelain", "--untracked-files=no"):
+        git(clone, "commit", "-qam", "data version")
     fusion("run", "--profile", "tiny", "--no-ray", "--set", "evaluate.baselines=[]", "--summary-json", str(tmp_path / "s.json"))
     summary = json.loads((tmp_path / "s.json").read_text())
     run_id, head = summary["run_id"], git(clone, "rev-parse", "HEAD")
