@@ -272,13 +272,13 @@ def nightly(
     stage_seconds = {"prepare": t_prepare, "train": t_train, "evaluate": t_eval, "total": time.perf_counter() - start}
     tracking.log_metrics(run.target, run.run_id, {f"pipeline/seconds_{k}": v for k, v in stage_seconds.items()})
     tracking.end_run(run.target, run.run_id)
-    summary = _summary(ws, cfg, prepared, run, result, decision, stage_seconds)
+    summary = _summary(prepared, run, result, decision, stage_seconds)
     create_markdown_artifact(key="nightly-summary", markdown=summary.pop("markdown"),
                              description="Test metrics of the trained model beside the classical baselines")
     return summary
 
 
-def _summary(ws, cfg, prepared, run, result, decision, stage_seconds) -> dict[str, Any]:
+def _summary(prepared, run, result, decision, stage_seconds) -> dict[str, Any]:
     from fusion.evaluate import markdown_table
 
     url = tracking.run_url(run.target, run.run_id)

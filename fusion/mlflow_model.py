@@ -18,8 +18,6 @@ The model folder holds the checkpoint under `artifacts/` and the `fusion` packag
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -91,15 +89,3 @@ def save(checkpoint: Path, dest: Path) -> Path:
         metadata={"task": "image fusion", "inputs": "2..8 encoded images of one size", "output": "PNG"},
     )
     return dest
-
-
-def log(target, run_id: str, checkpoint: Path) -> str:
-    """Save and log the model as the run's `model/` artifact; returns its runs:/ URI."""
-    from fusion import tracking
-
-    tmp = Path(tempfile.mkdtemp(prefix="fusionflow-mlflow-model-"))
-    try:
-        tracking.log_artifacts(target, run_id, save(checkpoint, tmp / ARTIFACT_PATH), ARTIFACT_PATH)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return f"runs:/{run_id}/{ARTIFACT_PATH}"

@@ -76,9 +76,6 @@ def test_run_page_shows_metrics_tags_and_the_fused_image(mlflow_server, browser,
     browser.save_screenshot(str(SHOTS / "mlflow-run-overview.png"))
     browser.get(f"{mlflow_server}/#/experiments/{exp}/runs/{run_id}/artifacts/eval/samples/fused.png")
     _wait_for_text(browser, ["eval", "fused.png"])
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     # the artifact viewer renders the image itself: an <img> of the artifact's bytes (a blob: URL), 64 x 64
     from selenium.webdriver.support.ui import WebDriverWait
 

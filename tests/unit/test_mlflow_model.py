@@ -43,8 +43,9 @@ def test_logged_model_fuses_two_or_three_images_like_fusion_fuse(tmp_path, image
     ckpt = _checkpoint(tmp_path / "best.pt")
     target = tracking.TrackingTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", "t", (tmp_path / "artifacts").as_uri())
     run_id = tracking.client(target).create_run(tracking.experiment_id(target)).info.run_id
-    uri = mlflow_model.log(target, run_id, ckpt)
-    assert uri == f"runs:/{run_id}/model"
+    # logged as the pipeline logs it: the saved folder as the run's model/ artifact
+    tracking.log_artifacts(target, run_id, mlflow_model.save(ckpt, tmp_path / "model"), mlflow_model.ARTIFACT_PATH)
+    uri = f"runs:/{run_id}/{mlflow_model.ARTIFACT_PATH}"
 
     import mlflow.pyfunc
 
