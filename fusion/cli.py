@@ -145,6 +145,64 @@ def train(
         _fail(exc)
 
 
+@app.command()
+def sweep(
+    name: Annotated[str, typer.Argument(help="A sweep under `sweeps:` in params.yaml (e.g. smoke, ablations)")],
+    overrides: Overrides = None,
+    workspace: Workspace = None,
+    new: Annotated[bool, typer.Option("--new", help="Start the sweep over instead of continuing an unfinished one")] = False,
+    budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall clock for the whole sweep (overrides the sweep's)")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Trials at a time (0 = as many as fit)")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the trials one after another in this process")] = False,
+    plan_only: Annotated[bool, typer.Option("--plan", help="List the trials and their dependencies; run nothing")] = False,
+) -> None:
+    """Run an experiment matrix (tasks x models x variants x seeds x grid) as Ray Tune trials.
+
+    One MLflow parent run per sweep, one child run per trial; the parent holds the trial
+    table (sweep/trials.md) and a comparison table per task (report/<task>/report.md).
+    CrossFuse's two-stage variants start from one shared stage-1 trial. A trial whose worker
+    dies is restarted from its last checkpoint; a bad configuration fails its trial alone;
+    the budget stops trials at an epoch boundary as out_of_time. Running the same sweep
+    again continues it. Local Ray by default; set RAY_ADDRESS to use a cluster.
+    --set applies to every trial (e.g. --set train.epochs=5).
+    """
+    from fusion.sweep.runner import plan, run_sweep
+
+    try:
+        if plan_only:
+            sweep_cfg, trials = plan(workspace, name, overrides)
+            table = Table(title=f"sweep {name}: {len(trials)} trials, profile {sweep_cfg.profile}")
+            for col in ("trial", "paper name", "starts from", "problem"):
+                table.add_column(col, overflow="fold")
+            for t in trials:
+                table.add_row(t.id, t.spec.label, t.spec.depends_on or "", t.error or "")
+            Console().print(table)
+            return
+        result = run_sweep(workspace, name, overrides, new=new, budget_minutes=budget_minutes,
+                           max_concurrent=max_concurrent, use_ray=not no_ray)
+    except FusionError as exc:
+        _fail(exc)
+    out = Console()
+    table = Table(title=f"sweep {name} ({'resumed, ' if result.resumed else ''}{result.seconds:.0f} s)")
+    for col in ("trial", "status", "epochs", "attempts", "best val/loss", "run"):
+        table.add_column(col, overflow="fold")
+    colours = {"completed": "green", "early_stopped": "green", "failed": "red", "skipped": "red"}
+    for r in result.trials:
+        c = colours.get(r["status"], "yellow")
+        loss = r.get("best_val_loss")
+        table.add_row(r["trial"], f"[{c}]{r['status']}[/]", str(r.get("epochs", "")), str(r.get("attempts", "")),
+                      f"{loss:.4g}" if isinstance(loss, float) else "", (r.get("run_id") or "")[:12])
+    out.print(table)
+    for r in result.trials:
+        if r.get("error"):
+            console.print(f"[red]{r['trial']}:[/] {r['error'].splitlines()[0][:300]}")
+    for task, path in result.reports.items():
+        out.print(f"[bold]comparison ({task})[/] {path}")
+    out.print(f"[bold]sweep folder[/] {result.dir}  [bold]parent run[/] {result.parent_run_id}")
+    if not result.finished:
+        out.print("[yellow]unfinished trials remain: run the same command again to continue them[/]")
+
+
 def _progress(label: str):
     """A rich progress bar on stderr, driven through a (done, total) callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -147,6 +147,9 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     checkpoint_every: int = Field(1, ge=1)
+    # stop after this many epochs without a val/loss improvement of more than min_delta (0 = off)
+    early_stop_patience: int = Field(0, ge=0)
+    early_stop_min_delta: float = Field(0.0, ge=0)
     num_workers: int = Field(0, ge=0)
     ray: RayConfig = RayConfig()
 
@@ -238,6 +241,56 @@ class NightlyConfig(_Strict):
         return v
 
 
+Task = Literal["multi-focus", "ir-vis", "medical", "multi-exposure"]
+
+
+class SweepEntry(_Strict):
+    """One row of a sweep's matrix: a model, its variants, the tasks, a grid of train.* values."""
+
+    model: str
+    variants: list[str] | Literal["all"] = "all"   # "all": every variant the papers report
+    tasks: Optional[list[Task]] = None             # null: every task of the sweep's `data`
+    grid: dict[str, list[Any]] = {}                # e.g. {train.lambda_l1: [0, 0.2]}: crossed with each other
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key.split(".")[0] not in ("train", "evaluate") or "." not in key:
+                raise ValueError(f"grid key {key!r}: a train.* or evaluate.* parameter, e.g. train.lambda_l1")
+            if not values:
+                raise ValueError(f"grid key {key!r}: needs at least one value")
+        return v
+
+
+class SweepResources(_Strict):
+    cpus: float = Field(1, gt=0)     # per trial; also its torch threads
+    gpus: float = Field(0, ge=0)     # per trial; a fraction (0.25) packs several trials on one GPU
+
+
+class SweepConfig(_Strict):
+    """An experiment matrix run as Ray Tune trials (fusion/sweep, `fusion sweep NAME`)."""
+
+    profile: str = "smoke"
+    overrides: list[str] = []                # --set style, applied to every trial
+    seeds: list[int] = [0]
+    # task -> `sources` registry name to train on; null = the prepared synthetic multi-focus set
+    data: dict[Task, Optional[str]] = {"multi-focus": None}
+    matrix: list[SweepEntry]
+    resources: SweepResources = SweepResources()
+    max_concurrent: int = Field(0, ge=0)     # trials at a time; 0 = as many as the resources allow
+    budget_minutes: float = Field(0, ge=0)   # wall clock for the whole sweep; 0 = no limit
+    max_failures: int = Field(2, ge=0)       # restarts of a trial whose worker died (from its last checkpoint)
+    evaluate: bool = True                    # score each trial on its test split (the comparison table)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"seeds {v}: at least one, no repeats")
+        return v
+
+
 class Config(_Strict):
     seed: int = 0
     profile: str = "default"
@@ -250,6 +303,7 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
     nightly: NightlyConfig = NightlyConfig()
+    sweeps: dict[str, SweepConfig] = {}
 
     @model_validator(mode="after")
     def _known_names(self) -> "Config":
@@ -287,8 +341,9 @@ class Config(_Strict):
         return self
 
     def flat(self) -> dict[str, Any]:
-        """Flattened `section.key` -> value, as logged to MLflow (secrets redacted)."""
-        return flatten(self.loggable())
+        """Flattened `section.key` -> value, as logged to MLflow (secrets redacted). The sweep
+        definitions are left out: a sweep's parent run records its own."""
+        return flatten({k: v for k, v in self.loggable().items() if k != "sweeps"})
 
     def loggable(self) -> dict[str, Any]:
         """The configuration as recorded with a run: a webhook URL carries its token, so it is

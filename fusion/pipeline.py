@@ -40,10 +40,7 @@ class RunInfo:
     dir: Path
     target: tracking.TrackingTarget
     run_id: str
-
-    @property
-    def workspace(self) -> Path:
-        return self.dir.parents[1]  # runs live in <workspace>/runs/<name>
+    workspace: Path
 
 
 def new_workspace(dest: Path, source: Path | None = None) -> Path:
@@ -114,14 +111,16 @@ def run_info(workspace: Path, cfg: Config, run_id: str) -> RunInfo:
     """A RunInfo for an existing run (its files in runs/<run name>, as `start` made them)."""
     target = tracking.target(cfg, workspace)
     name = tracking.client(target).get_run(run_id).info.run_name
-    return RunInfo(name, workspace / RUNS_DIR / name, target, run_id)
+    return RunInfo(name, workspace / RUNS_DIR / name, target, run_id, workspace)
 
 
 def run_name(cfg: Config) -> str:
     return f"{cfg.train.model}-{cfg.train.variant}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = None) -> RunInfo:
+def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = None,
+          extra_tags: dict[str, str] | None = None, run_dir: Path | None = None) -> RunInfo:
+    """A new MLflow run for training `cfg`; its files go to runs/<name> (or `run_dir`)."""
     name = name or run_name(cfg)
     target = tracking.target(cfg, workspace)
     tags = {
@@ -143,12 +142,13 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
             f"{'SYNTHETIC multi-focus pairs' if cfg.train.source is None else cfg.train.source.layout + ' pairs'} "
             f"(data md5 {prepared.data_hash})."
         ),
+        **(extra_tags or {}),
     }
     run_id = tracking.start_run(target, name, cfg, tags)
     lock = workspace / "dvc.lock"
     if lock.is_file():
         tracking.log_artifact(target, run_id, lock, "data")
-    return RunInfo(name, workspace / RUNS_DIR / name, target, run_id)
+    return RunInfo(name, run_dir or workspace / RUNS_DIR / name, target, run_id, workspace)
 
 
 def _data_tags(cfg: Config) -> dict[str, str]:
@@ -162,29 +162,50 @@ def _data_tags(cfg: Config) -> dict[str, str]:
 
 def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
-    import torch
-
-    from fusion.inference import checkpoint_in
-    from fusion.train.loop import load_checkpoint, pick_device
-
-    from fusion.tracking_spool import SPOOL, Spool
-
     ckpt_dir = run.dir / "checkpoints"
-    spool_path = run.dir / SPOOL
-    # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
-    threads = max(1, int(cfg.train.ray.cpus_per_worker)) if use_ray else torch.get_num_threads()
-    tracking.set_tags(run.target, run.run_id, {"train.executor": "ray" if use_ray else "local",
-                                               "train.threads": str(threads), "env.device": str(pick_device(cfg.train.device))})
     if use_ray:
+        from fusion.tracking_spool import SPOOL
         from fusion.train.distributed import train_with_ray
 
+        _executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
         train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
-                       tracking=asdict(run.target), run_id=run.run_id, spool=spool_path)
+                       tracking=asdict(run.target), run_id=run.run_id, spool=run.dir / SPOOL)
     else:
-        from fusion.train.loop import Trainer
+        train_in_process(cfg, prepared, run, ckpt_dir)
+    publish(run, ckpt_dir)
+    return ckpt_dir
 
-        Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, spool_path)]).fit(ckpt_dir)
-    spool = Spool(run.target, run.run_id, spool_path)
+
+def train_in_process(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path, callbacks: list = (),
+                     deadline: float | None = None, executor: str = "local"):
+    """Train in this process, logging to the run; continues from ckpt_dir/last.pt when a
+    previous attempt left one (a retried sweep trial). Returns the TrainState."""
+    import torch
+
+    from fusion.tracking_spool import SPOOL
+    from fusion.train.loop import LAST, Trainer
+
+    _executor_tags(cfg, run, executor, torch.get_num_threads())
+    last = ckpt_dir / LAST
+    trainer = Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, run.dir / SPOOL), *callbacks])
+    return trainer.fit(ckpt_dir, resume_from=last if last.is_file() else None, deadline=deadline)
+
+
+def _executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> None:
+    from fusion.train.loop import pick_device
+
+    # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
+    tracking.set_tags(run.target, run.run_id, {"train.executor": executor, "train.threads": str(threads),
+                                               "env.device": str(pick_device(cfg.train.device))})
+
+
+def publish(run: RunInfo, ckpt_dir: Path) -> None:
+    """Log the checkpoints and (for models that fuse) the MLflow model folder to the run."""
+    from fusion.inference import checkpoint_in
+    from fusion.tracking_spool import SPOOL, Spool
+    from fusion.train.loop import load_checkpoint
+
+    spool = Spool(run.target, run.run_id, run.dir / SPOOL)
     for f in sorted(ckpt_dir.glob("*.pt")):
         spool.log_artifact(f, "checkpoints")
     best = checkpoint_in(ckpt_dir)
@@ -198,8 +219,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         spool.log_artifact(mlflow_model.save(best, model_dir), mlflow_model.ARTIFACT_PATH)
     if not spool.flush(force=True):
         log.warning("tracking server %s unreachable: %d record(s) of run %s wait in %s; they are delivered by "
-                    "`fusion sync` once it is back", run.target.uri, spool.pending, run.run_id, spool_path)
-    return ckpt_dir
+                    "`fusion sync` once it is back", run.target.uri, spool.pending, run.run_id, spool.path)
 
 
 def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):

@@ -163,7 +163,7 @@ def _label(run, used: set[str]) -> str:
 
 
 def runs_report(client, runs: list, out_dir: Path, log_to: str | None = None, experiment_id: str | None = None,
-                figure_pairs: int = 3) -> RunsReport:
+                figure_pairs: int = 3, artifact_path: str = "report") -> RunsReport:
     """Combine the evaluation summaries of `runs` into one table (+ figure), write it to
     `out_dir` and log it to the run `log_to` (or to a new report run in `experiment_id`)."""
     # MLflow's per-download tqdm bars would bury the report's own output
@@ -194,7 +194,7 @@ def runs_report(client, runs: list, out_dir: Path, log_to: str | None = None, ex
         fig = _runs_figure(client, runs, report, out_dir / "comparison.png", Path(tmp), figure_pairs)
         if fig is not None:
             report.paths["figure"] = fig
-    report.report_run_id = _log(client, report, log_to, experiment_id or runs[0].info.experiment_id)
+    report.report_run_id = _log(client, report, log_to, experiment_id or runs[0].info.experiment_id, artifact_path)
     return report
 
 
@@ -281,7 +281,8 @@ def _gray_png(path: Path) -> bool:
     return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
 
 
-def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> str:
+def _log(client, report: RunsReport, log_to: str | None, experiment_id: str, artifact_path: str = "report") -> str:
+    """Files under `artifact_path` of the run, each mean as metric `<artifact_path>/<method>/<metric>`."""
     from mlflow.entities import Metric
 
     from fusion.tracking import metric_key
@@ -294,9 +295,9 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str) -> 
     else:
         created = False
     for p in report.paths.values():
-        client.log_artifact(log_to, str(p), "report")
+        client.log_artifact(log_to, str(p), artifact_path)
     now = int(time.time() * 1000)
-    metrics = [Metric(metric_key(f"report/{m}/{n}"), v, now, 0)
+    metrics = [Metric(metric_key(f"{artifact_path}/{m}/{n}"), v, now, 0)
                for m, vals in report.means.items() for n, v in vals.items() if math.isfinite(v)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(log_to, metrics=metrics[i:i + 1000])

@@ -42,7 +42,7 @@ cfg = Config.model_validate(json.loads(open(sys.argv[1]).read()))
 Trainer(cfg, sys.argv[2]).fit(sys.argv[3])
 """
 CHECKPOINTS = ("last.pt", "best.pt")
-WALL_CLOCK = ("train/epoch_seconds",)
+WALL_CLOCK = ("train/epoch_seconds", "epoch_seconds")
 
 
 @dataclass

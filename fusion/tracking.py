@@ -128,14 +128,14 @@ def start_run(t: TrackingTarget, run_name: str, cfg: Config, tags: dict[str, str
 
     c = client(t)
     run = c.create_run(experiment_id(t), run_name=run_name, tags={**tags, **environment_tags()})
-    params = [Param(k, _param_value(v)) for k, v in sorted(cfg.flat().items())]
+    params = [Param(k, param_value(v)) for k, v in sorted(cfg.flat().items())]
     for i in range(0, len(params), 100):  # MLflow's batch limit for params
         c.log_batch(run.info.run_id, params=params[i:i + 100])
     c.log_text(run.info.run_id, json.dumps(cfg.loggable(), indent=2), "config/resolved.json")
     return run.info.run_id
 
 
-def _param_value(v: Any) -> str:
+def param_value(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s[:MAX_PARAM_LEN]
 

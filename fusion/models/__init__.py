@@ -21,6 +21,13 @@ class ModelSpec:
     paper: str
     notes: dict[str, str] = field(default_factory=dict)
     supervised: bool = False          # trained against a ground truth (else on the sources alone)
+    # variants trained in two stages whose stage 1 (per-modality auto-encoders) is the same
+    # for all of them: a sweep trains it once and starts every such variant from it
+    shared_stage1: frozenset[str] = frozenset()
+    aliases: frozenset[str] = frozenset()   # identifiers naming another variant (left out of "all")
+
+    def sweep_variants(self) -> list[str]:
+        return [v for v in self.variants if v not in self.aliases]
 
 
 MODELS: dict[str, ModelSpec] = {}

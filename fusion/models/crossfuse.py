@@ -522,6 +522,8 @@ register(
         name="crossfuse",
         builder=build_crossfuse,
         variants=VARIANTS,
+        shared_stage1=frozenset(v for v, c in VARIANT_CONFIG.items() if c.two_stage),
+        aliases=frozenset({"full"}),   # = s1-c1
         task="ir-vis",
         paper="CrossFuse (Li & Wu), cross attention mechanism with re-softmax, two-stage IR-VIS fusion",
         notes={

@@ -50,6 +50,18 @@ class TrainState:
     global_step: int = 0
     best_val: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped: str | None = None     # why fit() ended before train.epochs: early_stopped | out_of_time
+
+
+def epochs_without_improvement(history: list[dict[str, float]], min_delta: float = 0.0) -> int:
+    """Epochs since val/loss last improved on its best by more than `min_delta`."""
+    best, since = math.inf, 0
+    for m in history:
+        if m["val/loss"] < best - min_delta:
+            best, since = m["val/loss"], 0
+        else:
+            since += 1
+    return since
 
 
 def seed_everything(seed: int) -> None:
@@ -300,11 +312,25 @@ class Trainer:
                 totals[f"val/{key}"] = totals.get(f"val/{key}", 0.0) + float(value)
         return {k: v / n for k, v in totals.items()}
 
-    def fit(self, checkpoint_dir: str | Path, resume_from: str | Path | None = None) -> TrainState:
+    def fit(self, checkpoint_dir: str | Path, resume_from: str | Path | None = None,
+            deadline: float | None = None) -> TrainState:
+        """Train to train.epochs, or stop early: after train.early_stop_patience epochs without
+        improvement, or when the next epoch would end after `deadline` (a time.time() value).
+        A stopped run leaves last.pt, so it can be resumed."""
         checkpoint_dir = Path(checkpoint_dir)
         if resume_from is not None:
             self.resume(resume_from)
+        history = self.state.history
+        epoch_seconds = history[-1].get("epoch_seconds") if history else None
         for epoch in range(self.state.epoch, self.tcfg.epochs):
+            if self._patience_exhausted():
+                self.state.stopped = "early_stopped"
+                break
+            if deadline is not None and time.time() + (epoch_seconds or 0.0) > deadline:
+                log.info("stopping before epoch %d: it would end after the deadline", epoch + 1)
+                self.state.stopped = "out_of_time"
+                break
+            start = time.perf_counter()
             metrics = {**self.train_epoch(epoch), **self.validate()}
             self.scheduler.step()
             self.state.epoch = epoch + 1
@@ -312,8 +338,11 @@ class Trainer:
             improved = metrics["val/loss"] < self.state.best_val
             if improved:
                 self.state.best_val = metrics["val/loss"]
+            epoch_seconds = metrics["epoch_seconds"] = time.perf_counter() - start
             self.state.history.append(metrics)
-            is_last = self.state.epoch == self.tcfg.epochs
+            if self._patience_exhausted():
+                self.state.stopped = "early_stopped"
+            is_last = self.state.epoch == self.tcfg.epochs or self.state.stopped is not None
             if improved or is_last or self.state.epoch % self.tcfg.checkpoint_every == 0:
                 payload = self.payload()
                 if improved:
@@ -324,7 +353,15 @@ class Trainer:
                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
             for cb in self.callbacks:
                 cb.on_epoch_end(self.state.epoch, metrics, checkpoint_dir)
+            if self.state.stopped:
+                log.info("early stop after epoch %d: no val/loss improvement in %d epochs",
+                         self.state.epoch, self.tcfg.early_stop_patience)
+                break
         return self.state
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.tcfg.early_stop_patience
+        return bool(patience) and epochs_without_improvement(self.state.history, self.tcfg.early_stop_min_delta) >= patience
 
 
 def _centre_crop(t: torch.Tensor, side: int) -> torch.Tensor:

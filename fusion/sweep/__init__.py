@@ -1,0 +1,1 @@
+"""Experiment matrices run as Ray Tune trials (`fusion sweep`)."""

@@ -1,0 +1,184 @@
+"""One sweep trial: train, publish, evaluate, into its own MLflow child run.
+
+`execute` is plain Python (the benchmark calls it directly); `ray_trainable` is the Ray
+Tune function trainable around it. Everything a trial needs is in its trial folder
+(<sweep dir>/<trial id>/) on storage every node sees, so a trial restarted on another
+worker, or by a later run of the same sweep, continues from checkpoints/last.pt and logs
+into the same child run; the metric callback skips steps that run already has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fusion import tracking
+from fusion.errors import FusionError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+WORKER_FILE = "worker.json"
+CHECKPOINTS = "checkpoints"
+# how a trial ended; "resumable" ones are continued by the next run of the same sweep
+DONE = ("completed", "early_stopped")
+FINAL = (*DONE, "failed", "skipped")
+RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "skipped": "FAILED",
+              "out_of_time": "KILLED", "not_started": "KILLED"}
+TAG_PARENT, TAG_TRIAL, TAG_STATUS, TAG_ERROR = "sweep.parent", "sweep.trial", "sweep.status", "sweep.error"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of one sweep shares (JSON-able: it travels to Ray workers)."""
+
+    name: str
+    dir: str                   # the sweep folder; trial folders below it
+    workspace: str
+    parent_run_id: str
+    tracking: dict[str, Any]   # TrackingTarget fields
+    prepared: dict[str, Any]   # pipeline.Prepared fields
+    threads: int
+    deadline: float | None     # time.time() by which trials stop (marked out_of_time)
+    evaluate: bool
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return Path(self.dir) / trial_id
+
+
+def read_status(trial_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((trial_dir / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_status(trial_dir: Path, record: dict[str, Any]) -> None:
+    from fusion.io import write_json_atomic
+
+    write_json_atomic(trial_dir / STATUS_FILE, record)
+
+
+def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
+    """The trial's MLflow run under the sweep's parent: found by its tags when an earlier
+    attempt made it (reopened), else created."""
+    from fusion import pipeline
+
+    target = tracking.TrackingTarget(**ctx.tracking)
+    client = tracking.client(target)
+    tdir = ctx.trial_dir(trial["id"])
+    found = client.search_runs([tracking.experiment_id(target)], max_results=1, filter_string=(
+        f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial['id']}'"))
+    name = f"{ctx.name}/{trial['id']}"
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
+    tags = {"mlflow.parentRunId": ctx.parent_run_id, TAG_PARENT: ctx.parent_run_id, TAG_TRIAL: trial["id"],
+            "sweep.name": ctx.name, "report.label": trial["id"],
+            **({"sweep.depends_on": trial["depends_on"]} if trial.get("depends_on") else {})}
+    if cfg is None:  # a trial whose configuration did not resolve: a run that says why
+        run_id = client.create_run(tracking.experiment_id(target), run_name=name,
+                                   tags={**tags, TAG_STATUS: "failed"}).info.run_id
+        from fusion.config import flatten
+
+        for k, v in sorted(flatten(trial.get("overrides", {})).items()):
+            client.log_param(run_id, k, tracking.param_value(v))
+        return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
+    prepared = pipeline.Prepared(**{**ctx.prepared, "root": Path(ctx.prepared["root"])})
+    return pipeline.start(Path(ctx.workspace), cfg, prepared, name=name, extra_tags=tags, run_dir=tdir)
+
+
+def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, status: str = "failed") -> dict:
+    client = tracking.client(run.target)
+    client.set_tag(run.run_id, TAG_STATUS, status)
+    client.set_tag(run.run_id, TAG_ERROR, error[:5000])
+    client.log_text(run.run_id, error, "error.txt")
+    client.set_terminated(run.run_id, RUN_STATUS[status])
+    record = {"status": status, "run_id": run.run_id, "error": error}
+    write_status(ctx.trial_dir(trial["id"]), record)
+    return record
+
+
+def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run one trial to its end (completed, early_stopped, out_of_time or failed); returns
+    its status record, also written to <trial dir>/status.json."""
+    import torch
+
+    from fusion import pipeline
+    from fusion.config import Config
+
+    tdir = ctx.trial_dir(trial["id"])
+    tdir.mkdir(parents=True, exist_ok=True)
+    attempt = _next_attempt(tdir)
+    torch.set_num_threads(ctx.threads)
+    if trial.get("error"):
+        return record_failure(ctx, trial, child_run(ctx, trial), trial["error"])
+    cfg = Config.model_validate(trial["config"])
+    run = child_run(ctx, trial, cfg)
+    tracking.set_tags(run.target, run.run_id, {"sweep.attempts": str(attempt)})
+    prepared = pipeline.Prepared(**{**ctx.prepared, "root": Path(ctx.prepared["root"])})
+    ckpt = tdir / CHECKPOINTS
+    try:
+        callbacks = [_Report(report)] if report else []
+        state = pipeline.train_in_process(cfg, prepared, run, ckpt, callbacks, ctx.deadline,
+                                          executor="ray-tune" if report else "local")
+        status = state.stopped or "completed"
+        if status in DONE:
+            pipeline.publish(run, ckpt)
+            if ctx.evaluate:
+                pipeline.evaluate(cfg, prepared, run, ckpt)
+    except (FusionError, FloatingPointError) as exc:   # deterministic: retrying cannot help
+        log.error("trial %s failed: %s", trial["id"], exc)
+        return record_failure(ctx, trial, run, f"{type(exc).__name__}: {exc}")
+    history = state.history
+    final = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, float)}
+    record = {"status": status, "run_id": run.run_id, "epochs": state.epoch, "attempts": attempt,
+              "best_val_loss": state.best_val if history else None, "final": final}
+    tracking.set_tags(run.target, run.run_id, {TAG_STATUS: status})
+    tracking.end_run(run.target, run.run_id, RUN_STATUS[status])
+    write_status(tdir, record)
+    return record
+
+
+def _next_attempt(tdir: Path) -> int:
+    """Count starts of this trial and say where it runs (an operator's first question)."""
+    from fusion.io import write_json_atomic
+
+    previous = 0
+    try:
+        previous = int(json.loads((tdir / WORKER_FILE).read_text())["attempt"])
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError):
+        pass
+    write_json_atomic(tdir / WORKER_FILE, {"attempt": previous + 1, "pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return previous + 1
+
+
+class _Report:
+    """Trainer callback: each epoch's metrics to Ray Tune (its progress table and results)."""
+
+    def __init__(self, report: Callable[[dict], None]):
+        self.report = report
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        self.report({k: v for k, v in metrics.items() if k in ("epoch", "val/loss", "train/epoch_loss")})
+
+
+def ray_trainable(config: dict[str, Any], trials: dict[str, dict], sweep: dict[str, Any]) -> None:
+    """Ray Tune function trainable: config = {"trial": trial id}; `trials` (id -> payload) and
+    `sweep` (SweepContext fields) come through tune.with_parameters."""
+    from ray import tune
+
+    record = execute(trials[config["trial"]], SweepContext(**sweep), report=tune.report)
+    tune.report({"status": record["status"], "done_epochs": float(record.get("epochs", 0))})
