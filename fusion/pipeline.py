@@ -119,10 +119,12 @@ def run_name(cfg: Config) -> str:
 
 
 def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = None,
-          extra_tags: dict[str, str] | None = None, run_dir: Path | None = None) -> RunInfo:
-    """A new MLflow run for training `cfg`; its files go to runs/<name> (or `run_dir`)."""
+          extra_tags: dict[str, str] | None = None, run_dir: Path | None = None,
+          target: tracking.TrackingTarget | None = None) -> RunInfo:
+    """A new MLflow run for training `cfg` in `target` (default: the workspace's); its files
+    go to runs/<name> (or `run_dir`)."""
     name = name or run_name(cfg)
-    target = tracking.target(cfg, workspace)
+    target = target or tracking.target(cfg, workspace)
     tags = {
         **tracking.git_state(),
         "data.raw_md5": prepared.raw_hash,

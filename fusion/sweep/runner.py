@@ -211,14 +211,16 @@ def _trial_name(trial) -> str:
 
 
 def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContext) -> list[dict[str, Any]]:
-    """One row per trial; those without a final record are out_of_time (they have a
-    checkpoint to continue from) or not_started, and their child runs say so."""
+    """One row per trial; those without a final record are out_of_time or interrupted (they
+    have a checkpoint to continue from) or not_started, and their child runs say so."""
     rows = []
     for t in trials:
         rec = status.get(t.id) or read_status(sdir / t.id) or {}
         state = rec.get("status")
-        if state is None:
-            state = "out_of_time" if (sdir / t.id / CHECKPOINTS / "last.pt").is_file() else "not_started"
+        if state is None:   # stopped from outside: the budget's hard stop, Ctrl-C, or never started
+            late = ctx.deadline is not None and time.time() >= ctx.deadline
+            started = (sdir / t.id / CHECKPOINTS / "last.pt").is_file()
+            state = ("out_of_time" if late else "interrupted") if started else "not_started"
             rec = {**rec, "status": state}
             if rec.get("run_id") is None and (sdir / t.id).is_dir():
                 run = child_run(ctx, _payload(t), _config(t))

@@ -30,7 +30,7 @@ CHECKPOINTS = "checkpoints"
 DONE = ("completed", "early_stopped")
 FINAL = (*DONE, "failed", "skipped")
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "skipped": "FAILED",
-              "out_of_time": "KILLED", "not_started": "KILLED"}
+              "out_of_time": "KILLED", "interrupted": "KILLED", "not_started": "KILLED"}
 TAG_PARENT, TAG_TRIAL, TAG_STATUS, TAG_ERROR = "sweep.parent", "sweep.trial", "sweep.status", "sweep.error"
 
 
@@ -93,7 +93,7 @@ def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
             client.log_param(run_id, k, tracking.param_value(v))
         return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
     prepared = pipeline.Prepared(**{**ctx.prepared, "root": Path(ctx.prepared["root"])})
-    return pipeline.start(Path(ctx.workspace), cfg, prepared, name=name, extra_tags=tags, run_dir=tdir)
+    return pipeline.start(Path(ctx.workspace), cfg, prepared, name=name, extra_tags=tags, run_dir=tdir, target=target)
 
 
 def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, status: str = "failed") -> dict:
@@ -119,6 +119,10 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     tdir.mkdir(parents=True, exist_ok=True)
     attempt = _next_attempt(tdir)
     torch.set_num_threads(ctx.threads)
+    if not ctx.tracking["artifact_location"]:
+        # a worker has its node's environment, not the driver's: runs:/ and models:/ URIs
+        # read in this trial (init_from, champions) must go to the sweep's server
+        os.environ[tracking.TRACKING_ENV] = ctx.tracking["uri"]
     if trial.get("error"):
         return record_failure(ctx, trial, child_run(ctx, trial), trial["error"])
     cfg = Config.model_validate(trial["config"])

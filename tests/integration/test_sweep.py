@@ -1,0 +1,271 @@
+"""Sweeps on real Ray: local, and a two-node cluster started on loopback with `ray start`.
+
+- a sweep with a CrossFuse stage-1 dependency and a trial with an unknown variant: the bad
+  trial fails alone with its error on its MLflow run, the rest completes, the parent run
+  holds the trial table and the comparison report; running it again does nothing.
+- on a two-node cluster, a trial's worker process is killed mid-training: Ray restarts
+  the trial, it continues from its last checkpoint, and its weights and metric history
+  equal an uninterrupted run of the same seed; MLflow has every step exactly once.
+- a sweep interrupted with Ctrl-C is continued by the next run: same parent run, the
+  trial resumes from its checkpoint (not from epoch 0) and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+FUSION = str(Path(sys.executable).parent / "fusion")
+RAY = str(Path(sys.executable).parent / "ray")
+# long enough (about 1 s an epoch on one core) to be interrupted between two checkpoints
+SLOW = ["train.epochs=6", "train.steps_per_epoch=12", "train.crop=48"]
+SWEEPS = {
+    "mixed": {"profile": "tiny", "overrides": ["train.epochs=2", "train.steps_per_epoch=2"],
+              "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "crossfuse", "variants": ["s1-c1"]}],
+              "resources": {"cpus": 1}},
+    "ft": {"profile": "tiny", "overrides": SLOW, "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA"]}],
+           "resources": {"cpus": 1}, "max_failures": 2, "evaluate": False},
+    "resume": {"profile": "tiny", "overrides": SLOW, "matrix": [{"model": "ufa", "variants": ["UFA"]}],
+               "resources": {"cpus": 1}, "evaluate": False},
+}
+TRIAL = "ufa-UFA-multi-focus-s0"
+
+
+@pytest.fixture(scope="module")
+def sweep_ws(tmp_path_factory) -> Path:
+    """One workspace with the test sweeps and its data prepared (DVC) once."""
+    from fusion.config import load_config
+    from fusion.pipeline import new_workspace, prepare
+
+    ws = new_workspace(tmp_path_factory.mktemp("sweep") / "ws", REPO)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sweeps"] = SWEEPS
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare(ws, load_config(ws), push=False)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def reference(sweep_ws, tmp_path_factory):
+    """TRIAL of the `ft`/`resume` sweeps trained without interruption, on one thread as the trials are."""
+    import torch
+
+    from fusion.config import Config
+    from fusion.pipeline import current_data
+    from fusion.config import load_config
+    from fusion.sweep.runner import plan
+    from fusion.train.loop import Trainer, load_checkpoint
+
+    _, trials = plan(sweep_ws, "ft")
+    cfg = Config.model_validate(next(t for t in trials if t.id == TRIAL).config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("reference")
+        Trainer(cfg, current_data(sweep_ws, load_config(sweep_ws)).root).fit(out)
+    finally:
+        torch.set_num_threads(threads)
+    return load_checkpoint(out / "last.pt")
+
+
+def _trial_dir(ws: Path, sweep: str, trial: str) -> Path:
+    found = sorted((ws / "runs" / "sweeps").glob(f"{sweep}-*/{trial}"))
+    return found[-1] if found else ws / "missing"
+
+
+def _wait_for_epoch(ws: Path, sweep: str, trial: str, epoch: int, proc, timeout: float = 240) -> Path:
+    """Poll the trial's last.pt (written atomically) until it holds `epoch` epochs."""
+    from fusion.train.loop import load_checkpoint
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"sweep exited early with {proc.returncode}"
+        last = _trial_dir(ws, sweep, trial) / "checkpoints" / "last.pt"
+        if last.is_file() and load_checkpoint(last)["epoch"] >= epoch:
+            return last.parents[1]
+        time.sleep(0.2)
+    raise TimeoutError(f"{trial} did not reach epoch {epoch}")
+
+
+def _same_training(a: dict, b: dict) -> None:
+    import torch
+
+    assert a["epoch"] == b["epoch"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert [h["val/loss"] for h in a["history"]] == [h["val/loss"] for h in b["history"]]
+    assert [h["train/epoch_loss"] for h in a["history"]] == [h["train/epoch_loss"] for h in b["history"]]
+
+
+def _once_each(client, run_id: str, key: str, expected: list[int]) -> None:
+    steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+    assert steps == expected, f"{key}: steps {steps}"
+
+
+def test_sweep_failing_trial_dependency_and_report(sweep_ws):
+    import ray
+    from mlflow import MlflowClient
+
+    from fusion import tracking
+    from fusion.config import load_config
+    from fusion.sweep.runner import run_sweep
+
+    try:
+        result = run_sweep(sweep_ws, "mixed")
+        again = run_sweep(sweep_ws, "mixed")
+    finally:
+        ray.shutdown()
+    status = {t["trial"]: t for t in result.trials}
+    assert {k: v["status"] for k, v in status.items()} == {
+        "crossfuse-stage1-multi-focus-s0": "completed", "ufa-UFA-multi-focus-s0": "completed",
+        "ufa-NOPE-multi-focus-s0": "failed", "crossfuse-s1-c1-multi-focus-s0": "completed"}
+    assert "unknown variant 'NOPE'" in status["ufa-NOPE-multi-focus-s0"]["error"]
+    assert result.finished and not result.resumed
+
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.role"] == "parent"
+    children = {r.data.tags["sweep.trial"]: r for r in client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")}
+    assert set(children) == set(status)
+    bad = children["ufa-NOPE-multi-focus-s0"]
+    assert bad.info.status == "FAILED" and "unknown variant 'NOPE'" in bad.data.tags["sweep.error"]
+    stage2 = children["crossfuse-s1-c1-multi-focus-s0"]
+    assert stage2.data.tags["sweep.depends_on"] == "crossfuse-stage1-multi-focus-s0"
+    assert stage2.data.tags["init_from"].endswith("crossfuse-stage1-multi-focus-s0/checkpoints/best.pt")
+    assert stage2.data.params["train.stage"] == "auto" and stage2.data.tags["train.stage"] == "auto"
+    ckpt = Path(client.download_artifacts(stage2.info.run_id, "checkpoints/best.pt", str(sweep_ws / "dl")))
+    from fusion.train.loop import load_checkpoint
+
+    assert load_checkpoint(ckpt)["init_from"] == stage2.data.tags["init_from"]
+    for trial in ("ufa-UFA-multi-focus-s0", "crossfuse-s1-c1-multi-focus-s0"):
+        run = children[trial]
+        assert run.info.status == "FINISHED" and run.data.tags["train.executor"] == "ray-tune"
+        assert run.data.params["train.epochs"] == "2" and "test/SSIM_gt" in run.data.metrics
+    files = {f.path for f in client.list_artifacts(result.parent_run_id, "sweep")}
+    assert {"sweep/trials.md", "sweep/trials.csv", "sweep/trials.json"} <= files
+    table = Path(client.download_artifacts(result.parent_run_id, "report/multi-focus/report.md",
+                                           str(sweep_ws / "dl"))).read_text()
+    assert "ufa-UFA-multi-focus-s0" in table and "crossfuse-s1-c1-multi-focus-s0" in table
+    assert "NOPE" not in table and "stage1" not in table
+    # the same sweep again: already complete, nothing new in MLflow
+    assert again.resumed and again.parent_run_id == result.parent_run_id
+    assert len(client.search_runs([parent.info.experiment_id], "tags.`sweep.name` = 'mixed'")) == 5
+
+
+def _ray(*args: str, env: dict) -> None:
+    subprocess.run([RAY, *args], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=180)
+
+
+@pytest.fixture
+def ray_cluster():
+    """`ray start --head` plus a second node joining it, one CPU each; both stopped after
+    (`ray stop` stops every Ray process of this user, so this process's own Ray goes first)."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    ray.shutdown()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # Ray's socket paths must stay under 107 bytes
+    port = free_port()
+    import secrets
+
+    # token authentication, as a multi-node cluster should run (the README's cluster recipe)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    address = f"127.0.0.1:{port}"
+    try:
+        _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             "--include-dashboard=false", "--object-store-memory=150000000", f"--temp-dir={temp}", env=env)
+        _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             "--object-store-memory=150000000", env=env)
+        yield address, env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_killed_worker_on_two_node_cluster_resumes_exactly(sweep_ws, ray_cluster, mlflow_server, reference, tmp_path):
+    from mlflow import MlflowClient
+
+    from fusion.train.loop import load_checkpoint
+
+    address, env = ray_cluster
+    env = {**env, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server}
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([FUSION, "sweep", "ft", "-w", str(sweep_ws)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tdir = _wait_for_epoch(sweep_ws, "ft", TRIAL, 2, proc)
+        worker = json.loads((tdir / "worker.json").read_text())
+        assert worker["attempt"] == 1
+        os.kill(worker["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    record = json.loads((tdir / "status.json").read_text())
+    assert record["status"] == "completed" and record["attempts"] == 2
+    _same_training(load_checkpoint(tdir / "checkpoints" / "last.pt"), reference)
+    other = json.loads((_trial_dir(sweep_ws, "ft", "ufa-NO-UFA-multi-focus-s0") / "status.json").read_text())
+    assert other["status"] == "completed" and other["attempts"] == 1
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
+    _once_each(client, run.info.run_id, "train/loss", list(range(1, 6 * 12 + 1)))
+    _once_each(client, run.info.run_id, "val/loss", list(range(1, 7)))
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert files == {"checkpoints/best.pt", "checkpoints/last.pt"}
+
+
+def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp_path):
+    from mlflow import MlflowClient
+
+    from fusion import tracking
+    from fusion.config import load_config
+    from fusion.train.loop import load_checkpoint
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tdir = _wait_for_epoch(sweep_ws, "resume", TRIAL, 2, proc)
+        proc.send_signal(signal.SIGINT)   # Ctrl-C
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    first = json.loads((tdir / "status.json").read_text()) if (tdir / "status.json").is_file() else {}
+    assert first.get("status") in (None, "interrupted"), first
+    epochs_before = load_checkpoint(tdir / "checkpoints" / "last.pt")["epoch"]
+    assert 2 <= epochs_before < 6
+
+    out = subprocess.run([FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resumed" in out.stdout
+    record = json.loads((tdir / "status.json").read_text())
+    assert record["status"] == "completed" and record["attempts"] == 2
+    _same_training(load_checkpoint(tdir / "checkpoints" / "last.pt"), reference)
+
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    parents = client.search_runs([client.get_run(record["run_id"]).info.experiment_id],
+                                 "tags.`sweep.name` = 'resume' and tags.`sweep.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    _once_each(client, record["run_id"], "val/loss", list(range(1, 7)))
+    _once_each(client, record["run_id"], "train/loss", list(range(1, 6 * 12 + 1)))
