@@ -1,0 +1,132 @@
+"""Sweep matrices: expansion into trials, the CrossFuse stage-1 dependency, errors that name
+the key; the trainer's stop rules (early stopping, deadline) that sweeps rely on."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import yaml
+
+from fusion.config import SweepConfig, load_config
+from fusion.errors import ConfigError
+from fusion.sweep.matrix import expand, resolve
+from fusion.sweep.runner import plan, trials_markdown
+from fusion.train.loop import LAST, Trainer, epochs_without_improvement, load_checkpoint
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def ws(tmp_path):
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def _with_sweeps(ws, sweeps: dict):
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sweeps"] = sweeps
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return ws
+
+
+def test_the_papers_ablations_expand_to_every_variant_with_one_shared_stage1():
+    sweep = SweepConfig(data={"ir-vis": "tno", "medical": "harvard", "multi-focus": None, "multi-exposure": "mef"},
+                        seeds=[0, 1], matrix=[
+                            {"model": "cadnif", "tasks": ["ir-vis", "medical", "multi-focus", "multi-exposure"]},
+                            {"model": "crossfuse", "tasks": ["ir-vis"]},
+                            {"model": "ufa", "tasks": ["multi-focus"]},
+                            {"model": "ufa", "variants": ["UFA"], "tasks": ["multi-focus"],
+                             "grid": {"train.lambda_l1": [0, 0.4, 0.6, 0.8, 1]}}])
+    trials = expand(sweep)
+    by_model = {m: [t for t in trials if t.overrides["train"]["model"] == m] for m in ("cadnif", "crossfuse", "ufa")}
+    assert len(by_model["cadnif"]) == 5 * 4 * 2          # Table 6 x four tasks x two seeds
+    stage1 = [t for t in by_model["crossfuse"] if t.overrides["train"].get("stage") == "autoencoder"]
+    assert [t.id for t in stage1] == ["crossfuse-stage1-ir-vis-s0", "crossfuse-stage1-ir-vis-s1"]
+    stage2 = [t for t in by_model["crossfuse"] if t not in stage1]
+    assert len(stage2) == 8 * 2                          # s1-c1 ... one-stage; "full" is s1-c1's alias
+    assert {t.depends_on for t in stage2 if t.overrides["train"]["variant"] != "one-stage"} == {t.id for t in stage1}
+    assert all(t.depends_on is None for t in stage2 if t.overrides["train"]["variant"] == "one-stage")
+    assert trials.index(stage1[0]) < min(trials.index(t) for t in stage2)
+    assert len(by_model["ufa"]) == (4 + 5) * 2
+    lam = [t for t in by_model["ufa"] if "lambda_l1" in t.overrides["train"]]
+    assert sorted({t.overrides["train"]["lambda_l1"] for t in lam}) == [0, 0.4, 0.6, 0.8, 1]
+    assert "ufa-UFA-multi-focus-s1-lambda_l1=0.4" in {t.id for t in lam}
+    assert {t.overrides["train"]["source"] for t in by_model["cadnif"]} == {"tno", "harvard", None, "mef"}
+    assert len({t.id for t in trials}) == len(trials)
+
+
+def test_a_repeated_row_and_bad_grids_are_refused():
+    with pytest.raises(ConfigError, match="appears twice"):
+        expand(SweepConfig(matrix=[{"model": "ufa", "variants": ["UFA"]}, {"model": "ufa", "variants": ["UFA"]}]))
+    with pytest.raises(ValueError, match="train.\\* or evaluate.\\*"):
+        SweepConfig(matrix=[{"model": "ufa", "grid": {"lambda_l1": [0]}}])
+    with pytest.raises(ValueError, match="no repeats"):
+        SweepConfig(seeds=[1, 1], matrix=[{"model": "ufa"}])
+
+
+def test_bad_trials_keep_their_error_and_the_rest_resolve(ws):
+    _with_sweeps(ws, {"s": {"profile": "tiny", "overrides": ["train.epochs=1"],
+                            "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "nosuch"}]}})
+    _, trials = plan(ws, "s")
+    by_id = {t.id: t for t in trials}
+    assert by_id["ufa-UFA-multi-focus-s0"].config["train"]["epochs"] == 1
+    assert by_id["ufa-UFA-multi-focus-s0"].error is None and "sweeps" not in by_id["ufa-UFA-multi-focus-s0"].config
+    assert "unknown variant 'NOPE'" in by_id["ufa-NOPE-multi-focus-s0"].error
+    assert "unknown model 'nosuch'" in by_id["nosuch-all-multi-focus-s0"].error
+
+
+def test_sweep_errors_name_the_key(ws):
+    _with_sweeps(ws, {"s": {"data": {"ir-vis": "tno"}, "matrix": [{"model": "cadnif"}]},
+                      "p": {"profile": "nope", "matrix": [{"model": "ufa"}]}})
+    with pytest.raises(ConfigError, match="sweeps.s.data.ir-vis: 'tno' is not in the `sources` registry"):
+        plan(ws, "s")
+    with pytest.raises(ConfigError, match="profile 'nope'"):
+        plan(ws, "p")
+    with pytest.raises(ConfigError, match="sweep 'missing' is not defined.*defined: \\['p', 's'\\]"):
+        plan(ws, "missing")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sweeps"]["s"]["typo"] = 1
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="sweeps.s.typo: unknown parameter"):
+        load_config(ws)
+
+
+def test_the_shipped_smoke_sweep_resolves(ws):
+    sweep, trials = plan(ws, "smoke")
+    assert all(t.error is None for t in trials) and sweep.budget_minutes > 0
+    assert {t.config["train"]["model"] for t in trials} == {"ufa", "cadnif", "crossfuse"}
+    md = trials_markdown([{"trial": "a|b", "status": "failed", "best_val_loss": float("nan"), "error": "x\ny"}])
+    assert "a/b" in md and "x y" in md and "nan" not in md
+
+
+def test_epochs_without_improvement():
+    h = [{"val/loss": v} for v in (3.0, 2.0, 2.5, 1.99, 2.0, 2.0)]
+    assert epochs_without_improvement(h) == 2
+    assert epochs_without_improvement(h, min_delta=0.05) == 4
+    assert epochs_without_improvement([]) == 0
+
+
+def test_early_stopping_stops_and_leaves_a_checkpoint(ws, tiny_prepared, tmp_path):
+    # lr 1e-30: the weights cannot move, so val/loss never improves after the first epoch
+    cfg = load_config(ws, "tiny", ["train.epochs=5", "train.lr=1e-30", "train.early_stop_patience=2"])
+    state = Trainer(cfg, tiny_prepared).fit(tmp_path)
+    assert state.stopped == "early_stopped" and state.epoch == 3
+    assert load_checkpoint(tmp_path / LAST)["epoch"] == 3
+
+
+def test_a_deadline_stops_before_an_epoch_that_cannot_finish_and_resuming_matches(ws, tiny_prepared, tmp_path):
+    cfg = load_config(ws, "tiny", ["train.epochs=3"])
+    assert Trainer(cfg, tiny_prepared).fit(tmp_path / "late", deadline=time.time() - 1).stopped == "out_of_time"
+    assert not (tmp_path / "late" / LAST).exists()
+    full = Trainer(cfg, tiny_prepared).fit(tmp_path / "full")
+    # a deadline one epoch away: the first epoch runs, the second would overrun
+    part = Trainer(cfg, tiny_prepared)
+    part.fit(tmp_path / "part", deadline=time.time() + 0.05)   # an epoch takes longer than that
+    assert part.state.stopped == "out_of_time" and part.state.epoch <= 1 and full.history[0]["epoch_seconds"] > 0.05
+    resumed = Trainer(cfg, tiny_prepared)
+    last = tmp_path / "part" / LAST
+    resumed.fit(tmp_path / "part", resume_from=last if last.is_file() else None)
+    a, b = load_checkpoint(tmp_path / "full" / LAST), load_checkpoint(last)
+    assert resumed.state.stopped is None and b["epoch"] == 3
+    assert all((a["state_dict"][k] == b["state_dict"][k]).all() for k in a["state_dict"])
