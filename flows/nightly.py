@@ -6,8 +6,9 @@ Each stage is also a flow of its own, so a user can run one alone:
     train(profile, overrides, workspace, use_ray) MLflow run + training through Ray -> run id
     evaluate(run_id, workspace)                   the run's model and the baselines on its test set
     promote(run_id, workspace)                    registry version; @champion only if it beats the champion
+    sweep(name, overrides, workspace)             an experiment matrix as Ray Tune trials (params.yaml `sweeps:`)
 
-`nightly` chains them and publishes a summary (Prefect artifact with links + MLflow). Runs
+`nightly` chains them (and the sweep named by `nightly.sweep`, if any) and publishes a summary (Prefect artifact with links + MLflow). Runs
 on Prefect's ephemeral local API by default and against a server when PREFECT_API_URL is
 set; flows/deploy.py schedules it. Every stage calls the same library function as the
 CLI (fusion.pipeline): Prefect adds state, retries, caching and the UI, nothing else.
@@ -160,6 +161,24 @@ def promote_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo
     return pipeline.promote(cfg, prepared, run)
 
 
+@task(name="sweep", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+def sweep_task(workspace: Path, name: str, overrides: list[str] | None = None, budget_minutes: float | None = None):
+    # no Prefect cache needed: running a sweep again continues it (finished trials are kept)
+    from fusion.sweep.runner import run_sweep
+
+    result = run_sweep(workspace, name, overrides, budget_minutes=budget_minutes)
+    get_run_logger().info("sweep %s: %s (parent run %s)", name, result.counts(), result.parent_run_id)
+    return result
+
+
+def _sweep_markdown(result, target: tracking.TrackingTarget) -> str:
+    from fusion.sweep.runner import trials_markdown
+
+    return (f"## Sweep {result.name}\n\nParent run: {tracking.run_url(target, result.parent_run_id)}\n\n"
+            f"{'All trials have a final status.' if result.finished else 'Unfinished trials remain: the next run continues them.'}"
+            f"\n\n" + trials_markdown(result.trials))
+
+
 # --------------------------------------------------------------------------- stage flows
 
 
@@ -210,6 +229,20 @@ def promote(run_id: str, workspace: str | None = None) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(promote_task.with_options(**_stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run))
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(name: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None,
+          budget_minutes: float | None = None) -> dict[str, Any]:
+    """Run (or continue) the experiment matrix `name` from params.yaml as Ray Tune trials."""
+    ws = resolve_workspace(workspace)
+    cfg = load_config(ws)
+    result = sweep_task.with_options(**_stage_options(cfg))(ws, name, overrides, budget_minutes)
+    create_markdown_artifact(key=f"sweep-{name}".lower().replace("_", "-"),
+                             markdown=_sweep_markdown(result, tracking.target(cfg, ws)),
+                             description=f"How each trial of sweep {name} ended")
+    return {"parent_run_id": result.parent_run_id, "counts": result.counts(), "finished": result.finished,
+            "dir": str(result.dir)}
 
 
 # --------------------------------------------------------------------------- the nightly flow
@@ -269,10 +302,18 @@ def nightly(
         tracking.end_run(run.target, run.run_id, "FAILED")
         raise
     step(100, "promoted" if decision else "done (stage-1 run: nothing to evaluate)")
-    stage_seconds = {"prepare": t_prepare, "train": t_train, "evaluate": t_eval, "total": time.perf_counter() - start}
-    tracking.log_metrics(run.target, run.run_id, {f"pipeline/seconds_{k}": v for k, v in stage_seconds.items()})
     tracking.end_run(run.target, run.run_id)
+    swept = None
+    if cfg.nightly.sweep:   # the configured model first (it is what gets promoted), then the matrix
+        swept, t_sweep = _timed(sweep_task.with_options(**opts), ws, cfg.nightly.sweep)
+        create_markdown_artifact(key="nightly-sweep", markdown=_sweep_markdown(swept, run.target),
+                                 description=f"How each trial of sweep {cfg.nightly.sweep} ended")
+    stage_seconds = {"prepare": t_prepare, "train": t_train, "evaluate": t_eval,
+                     **({"sweep": t_sweep} if swept else {}), "total": time.perf_counter() - start}
+    tracking.log_metrics(run.target, run.run_id, {f"pipeline/seconds_{k}": v for k, v in stage_seconds.items()})
     summary = _summary(prepared, run, result, decision, stage_seconds)
+    summary["sweep"] = ({"name": swept.name, "parent_run_id": swept.parent_run_id, "counts": swept.counts(),
+                         "finished": swept.finished} if swept else None)
     create_markdown_artifact(key="nightly-summary", markdown=summary.pop("markdown"),
                              description="Test metrics of the trained model beside the classical baselines")
     return summary

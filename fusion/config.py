@@ -217,6 +217,7 @@ class NightlyConfig(_Strict):
     retries: int = Field(2, ge=0)         # per stage, transient failures only (lost Ray node, tracking hiccup)
     retry_delay_seconds: list[float] = [10.0, 60.0]
     notify_webhook: Optional[str] = None  # POSTed a JSON summary when a nightly run fails
+    sweep: Optional[str] = None           # a `sweeps:` entry run (or continued) after the configured model
 
     @field_validator("cron")
     @classmethod
@@ -330,6 +331,8 @@ class Config(_Strict):
                 raise ValueError(f"{where}: {source!r} has layout {got}; this stage reads layout {' or '.join(layout)}")
             if layout is None and LAYOUT_TASKS.get(got, "") is None and "task" not in self.sources[source]:
                 raise ValueError(f"{where}: {source!r} (layout {got}) holds no fusion pairs")
+        if self.nightly.sweep is not None and self.nightly.sweep not in self.sweeps:
+            raise ValueError(f"nightly.sweep: {self.nightly.sweep!r} is not under `sweeps:`; defined: {sorted(self.sweeps)}")
         if self.train.model not in MODELS:
             raise ValueError(f"train.model: unknown model {self.train.model!r}; valid: {sorted(MODELS)}")
         variants = MODELS[self.train.model].variants

@@ -113,7 +113,9 @@ def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list
     for spec in specs:
         try:
             cfg = load_config(workspace, sweep.profile, _merge(common, spec.overrides))
-            out.append(Trial(spec, cfg.model_dump(mode="json", exclude={"sweeps"})))
+            tree = cfg.model_dump(mode="json", exclude={"sweeps"})   # a trial is one training run, not a sweep
+            tree["nightly"]["sweep"] = None
+            out.append(Trial(spec, tree))
         except FusionError as exc:
             out.append(Trial(spec, error=str(exc)))
     return out

@@ -128,6 +128,7 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
                 status[t.id] = record_failure(ctx, _payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped")
         _run(todo, ctx, sweep, sdir, "phase2", use_ray, status)
     except KeyboardInterrupt:
+        _finish_rows(trials, status, sdir, ctx)   # trial runs say "interrupted" rather than stay RUNNING
         tracking.end_run(target, parent, "KILLED")
         log.warning("sweep %s interrupted; run it again to resume the unfinished trials", name)
         raise

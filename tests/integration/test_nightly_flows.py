@@ -226,3 +226,26 @@ def test_each_stage_runs_alone_as_its_own_flow(workspace):
     assert decision["alias"] == "champion" and decision["metric"] == "SSIM_gt"
     with pytest.raises(ConfigError, match="run nope: no config/resolved.json"):
         flows.evaluate(run_id="nope", workspace=str(workspace))
+
+
+def test_nightly_runs_the_configured_sweep_after_the_model(workspace):
+    import ray
+    from mlflow import MlflowClient
+
+    from flows.nightly import nightly, sweep
+
+    set_params(workspace, nightly={"sweep": "one"}, sweeps={"one": {
+        "profile": "tiny", "overrides": ["train.epochs=1"], "matrix": [{"model": "ufa", "variants": ["NO-SA"]}],
+        "evaluate": False}})
+    try:
+        summary = nightly(profile="tiny", workspace=str(workspace), use_ray=False)
+        again = sweep(name="one", workspace=str(workspace))   # the stage alone: the sweep is complete, nothing reruns
+    finally:
+        ray.shutdown()
+    assert summary["sweep"]["counts"] == {"completed": 1} and summary["sweep"]["finished"]
+    assert again["parent_run_id"] == summary["sweep"]["parent_run_id"] and again["counts"] == {"completed": 1}
+    client = MlflowClient(summary["tracking_uri"])
+    child = client.search_runs([client.get_run(summary["run_id"]).info.experiment_id],
+                               f"tags.mlflow.parentRunId = '{again['parent_run_id']}'")
+    assert [r.data.tags["sweep.trial"] for r in child] == ["ufa-NO-SA-multi-focus-s0"]
+    assert "pipeline/seconds_sweep" in client.get_run(summary["run_id"]).data.metrics
