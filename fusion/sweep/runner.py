@@ -65,7 +65,10 @@ class SweepResult:
 def plan(workspace: Path | str | None, name: str, overrides: list[str] | None = None) -> tuple[SweepConfig, list[Trial]]:
     """The sweep's trials with their resolved configurations (nothing runs)."""
     ws = resolve_workspace(workspace)
-    cfg = load_config(ws)
+    return _plan(ws, load_config(ws), name, overrides)
+
+
+def _plan(ws: Path, cfg, name: str, overrides: list[str] | None) -> tuple[SweepConfig, list[Trial]]:
     sweep = sweep_config(cfg, name)
     if overrides:
         sweep = sweep.model_copy(update={"overrides": [*sweep.overrides, *overrides]})
@@ -83,15 +86,13 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
     started = time.time()
     ws = resolve_workspace(workspace)
     base = load_config(ws)
-    sweep, trials = plan(ws, name, overrides)
+    sweep, trials = _plan(ws, base, name, overrides)
     updates = {k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None}
     sweep = sweep.model_copy(update=updates)
     prepared = pipeline.prepare(ws, base)
     git = tracking.git_state()
     code = git["git.commit"] + (":" + tracking.git_diff_hash() if git["git.dirty"] == "true" else "")
-    key = sweep_key(name, trials, prepared.version, code)
-    if new:
-        key = sweep_key(name, trials, prepared.version, f"{code}@{time.time()}")
+    key = sweep_key(name, trials, prepared.version, f"{code}@{time.time()}" if new else code)
     sdir = ws / pipeline.RUNS_DIR / SWEEPS_DIR / f"{name}-{key[:12]}"
     sdir.mkdir(parents=True, exist_ok=True)
     target = tracking.target(base, ws)
@@ -162,6 +163,8 @@ def _run(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path,
         return
     if not use_ray:
         for t in trials:
+            if ctx.deadline is not None and time.time() >= ctx.deadline:
+                break   # the rest stay not_started, as under Ray
             status[t.id] = execute(_payload(t), ctx)
         return
     errors = _tune(trials, ctx, sweep, sdir, phase)
