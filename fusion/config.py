@@ -456,13 +456,22 @@ def load_config(
     if profile and profile != "default":  # "default": params.yaml as written, no profile
         if profile not in profiles:
             raise ConfigError(f"profile {profile!r} is not defined in {ws / PARAMS_FILE}; valid: {sorted(profiles)}")
-        chosen = profiles[profile] or {}
+        chosen = dict(profiles[profile] or {})
         if "data" in chosen:
             raise ConfigError(f"profile {profile!r}: profiles may not change `data` (the DVC data version)")
+        per_model = chosen.pop("models", None) or {}
         tree = _merge(tree, chosen)
         tree["profile"] = profile
+    else:
+        per_model = {}
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     tree = _merge(tree, extra)
+    if per_model:
+        # a profile's per-model part (each paper's own schedule) applies to the model the
+        # overrides chose; the overrides still win over it
+        for key in _schedule_keys(profile, per_model, tree.get("train") or {}):
+            tree = _merge(tree, per_model[key])
+        tree = _merge(tree, extra)
     # Paths relative to the workspace, never the current directory: Ray workers and Prefect
     # runs start elsewhere, and the recorded config must name one place.
     train = tree.get("train") or {}
@@ -481,6 +490,29 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, ws / PARAMS_FILE)) from None
+
+
+def _schedule_keys(profile: str, per_model: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """Which entries of `profiles.<profile>.models` apply: `<model>`, then `<model>.<stage>`
+    (autoencoder, fusion or joint for CrossFuse)."""
+    from fusion.models import MODELS
+
+    for key, entry in per_model.items():
+        model = key.split(".")[0]
+        if model not in MODELS or (isinstance(entry, dict) and set(entry) - {"train", "evaluate"}) or not isinstance(entry, dict):
+            raise ConfigError(f"profiles.{profile}.models.{key}: expected <model>[.<stage>] with train/evaluate "
+                              f"sections; models: {sorted(MODELS)}")
+    model, variant = train.get("model", "ufa"), train.get("variant", "")
+    stage = train.get("stage", "auto")
+    if stage == "auto" and model in MODELS:
+        spec = MODELS[model]
+        if train.get("init_from"):
+            stage = "fusion"
+        elif variant in spec.shared_stage1:
+            stage = "autoencoder"
+        elif spec.shared_stage1:
+            stage = "joint"   # a two-stage model's one-stage variant
+    return [k for k in (model, f"{model}.{stage}") if k in per_model]
 
 
 def registry_spec(name: str, entry: dict[str, Any]) -> dict[str, Any]:

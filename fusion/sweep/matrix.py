@@ -70,8 +70,9 @@ def expand(sweep: SweepConfig) -> list[TrialSpec]:
             depends = None
             if spec is not None and variant in spec.shared_stage1:
                 depends = slug(entry.model, STAGE1, task, f"s{seed}")
+                base["train"]["stage"] = "fusion"   # its init_from is filled in when the sweep runs
                 stage1.setdefault(depends, TrialSpec(
-                    depends, _merge(base, {"train": {"variant": variant, "stage": "autoencoder"}}),
+                    depends, _merge(base, {"train": {"stage": "autoencoder"}}),
                     label=f"{entry.model} stage 1 (auto-encoders)"))
             label = spec.variants.get(variant, variant) if spec else variant
             for values in itertools.product(*(entry.grid[k] for k in keys)):

@@ -8,6 +8,8 @@
   equal an uninterrupted run of the same seed; MLflow has every step exactly once.
 - a sweep interrupted with Ctrl-C is continued by the next run: same parent run, the
   trial resumes from its checkpoint (not from epoch 0) and ends with the same weights.
+- a budget spent before the trials start leaves them not_started (parent KILLED); the next
+  run, without a budget, continues the same sweep and completes them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ SWEEPS = {
            "resources": {"cpus": 1}, "max_failures": 2, "evaluate": False},
     "resume": {"profile": "tiny", "overrides": SLOW, "matrix": [{"model": "ufa", "variants": ["UFA"]}],
                "resources": {"cpus": 1}, "evaluate": False},
+    "budget": {"profile": "tiny", "overrides": ["train.epochs=1"], "matrix": [{"model": "ufa", "variants": ["NO-SA", "NO-CA"]}],
+               "evaluate": False},
 }
 TRIAL = "ufa-UFA-multi-focus-s0"
 
@@ -145,7 +149,7 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
     stage2 = children["crossfuse-s1-c1-multi-focus-s0"]
     assert stage2.data.tags["sweep.depends_on"] == "crossfuse-stage1-multi-focus-s0"
     assert stage2.data.tags["init_from"].endswith("crossfuse-stage1-multi-focus-s0/checkpoints/best.pt")
-    assert stage2.data.params["train.stage"] == "auto" and stage2.data.tags["train.stage"] == "auto"
+    assert stage2.data.params["train.stage"] == "fusion"
     ckpt = Path(client.download_artifacts(stage2.info.run_id, "checkpoints/best.pt", str(sweep_ws / "dl")))
     from fusion.train.loop import load_checkpoint
 
@@ -269,3 +273,26 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     _once_each(client, record["run_id"], "val/loss", list(range(1, 7)))
     _once_each(client, record["run_id"], "train/loss", list(range(1, 6 * 12 + 1)))
+
+
+def test_a_spent_budget_leaves_trials_not_started_and_the_next_run_completes_them(sweep_ws):
+    from mlflow import MlflowClient
+
+    from fusion import tracking
+    from fusion.config import load_config
+    from fusion.sweep.runner import run_sweep
+
+    first = run_sweep(sweep_ws, "budget", budget_minutes=1e-4, use_ray=False)   # spent while the data is checked
+    assert {t["status"] for t in first.trials} == {"not_started"} and not first.finished
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    assert client.get_run(first.parent_run_id).info.status == "KILLED"
+    assert json.loads(client.get_run(first.parent_run_id).data.tags["sweep.counts"]) == {"not_started": 2}
+
+    second = run_sweep(sweep_ws, "budget", budget_minutes=0, use_ray=False)     # 0: no limit
+    assert second.resumed and second.parent_run_id == first.parent_run_id
+    assert {t["status"] for t in second.trials} == {"completed"} and second.finished
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
+    children = client.search_runs([client.get_run(first.parent_run_id).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{first.parent_run_id}'")
+    assert sorted(r.data.tags["sweep.trial"] for r in children) == ["ufa-NO-CA-multi-focus-s0", "ufa-NO-SA-multi-focus-s0"]
+    assert all(r.data.tags["train.executor"] == "local" for r in children)

@@ -46,6 +46,7 @@ def test_the_papers_ablations_expand_to_every_variant_with_one_shared_stage1():
     stage2 = [t for t in by_model["crossfuse"] if t not in stage1]
     assert len(stage2) == 8 * 2                          # s1-c1 ... one-stage; "full" is s1-c1's alias
     assert {t.depends_on for t in stage2 if t.overrides["train"]["variant"] != "one-stage"} == {t.id for t in stage1}
+    assert {t.overrides["train"].get("stage") for t in stage2} == {"fusion", None}
     assert all(t.depends_on is None for t in stage2 if t.overrides["train"]["variant"] == "one-stage")
     assert trials.index(stage1[0]) < min(trials.index(t) for t in stage2)
     assert len(by_model["ufa"]) == (4 + 5) * 2
@@ -130,3 +131,27 @@ def test_a_deadline_stops_before_an_epoch_that_cannot_finish_and_resuming_matche
     a, b = load_checkpoint(tmp_path / "full" / LAST), load_checkpoint(last)
     assert resumed.state.stopped is None and b["epoch"] == 3
     assert all((a["state_dict"][k] == b["state_dict"][k]).all() for k in a["state_dict"])
+
+
+def test_the_paper_profile_gives_each_model_its_papers_schedule(ws):
+    _with_sweeps(ws, {"p": {"profile": "paper", "matrix": [{"model": "crossfuse", "variants": ["s1-c1", "one-stage"]},
+                                                          {"model": "cadnif", "variants": ["OD-Net"]},
+                                                          {"model": "ufa", "variants": ["UFA"]}],
+                            "overrides": ["train.batch_size=4"]}})
+    _, trials = plan(ws, "p")
+    got = {t.id: (t.config["train"]["epochs"], t.config["train"]["lr"], t.config["train"]["batch_size"]) for t in trials}
+    assert got == {
+        "crossfuse-stage1-multi-focus-s0": (4, 1e-4, 4),      # CrossFuse stage 1: 4 epochs, lr 1e-4 (batch from --set)
+        "crossfuse-s1-c1-multi-focus-s0": (8, 1e-2, 4),       # stage 2: 8 epochs, lr 1e-2
+        "crossfuse-one-stage-multi-focus-s0": (8, 1e-2, 4),
+        "cadnif-OD-Net-multi-focus-s0": (10, 1e-5, 4),        # CADNIF: 10 epochs, lr 1e-5
+        "ufa-UFA-multi-focus-s0": (300, 1e-4, 4),             # UFA-Fuse: 300 epochs, lr 1e-4
+    }
+    cadnif = load_config(ws, "paper", ["train.model=cadnif", "train.variant=CA-Net"]).train
+    assert (cadnif.crop, cadnif.batch_size, cadnif.lr_step_epochs) == (132, 16, 1000)
+    assert load_config(ws, "paper", ["train.model=cadnif", "train.variant=CA-Net", "train.lr=3e-4"]).train.lr == 3e-4
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["profiles"]["paper"]["models"]["cadnix"] = {"train": {"lr": 1}}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="profiles.paper.models.cadnix: expected <model>"):
+        load_config(ws, "paper")
