@@ -499,7 +499,7 @@ def _schedule_keys(profile: str, per_model: dict[str, Any], train: dict[str, Any
 
     for key, entry in per_model.items():
         model = key.split(".")[0]
-        if model not in MODELS or (isinstance(entry, dict) and set(entry) - {"train", "evaluate"}) or not isinstance(entry, dict):
+        if model not in MODELS or not isinstance(entry, dict) or set(entry) - {"train", "evaluate"}:
             raise ConfigError(f"profiles.{profile}.models.{key}: expected <model>[.<stage>] with train/evaluate "
                               f"sections; models: {sorted(MODELS)}")
     model, variant = train.get("model", "ufa"), train.get("variant", "")
