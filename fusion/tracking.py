@@ -215,6 +215,11 @@ class MlflowCallback:
         if step > self.logged_upto and step % self.every == 0:
             self.spool.log_metrics(metrics, step)
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+    def before_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
+        # before the checkpoint: a crash in between redoes the epoch, whose record is then
+        # skipped above; logged after it, the record would be lost with the process
         if epoch > self.epochs_upto:
             self.spool.log_metrics(metrics, epoch)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        pass

@@ -39,6 +39,10 @@ VAL_SIDE = 256  # largest validation crop: CADNIF's non-local branch is quadrati
 
 
 class Callback(Protocol):
+    """Observers of training. A callback may also define `before_checkpoint(epoch, metrics)`,
+    called before the epoch's checkpoint is written: a record made there survives a crash
+    (the epoch is redone on resume), one made in on_epoch_end can be lost in between."""
+
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None: ...
@@ -342,6 +346,9 @@ class Trainer:
             self.state.history.append(metrics)
             if self._patience_exhausted():
                 self.state.stopped = "early_stopped"
+            for cb in self.callbacks:
+                if hasattr(cb, "before_checkpoint"):
+                    cb.before_checkpoint(self.state.epoch, metrics)
             is_last = self.state.epoch == self.tcfg.epochs or self.state.stopped is not None
             if improved or is_last or self.state.epoch % self.tcfg.checkpoint_every == 0:
                 payload = self.payload()
