@@ -51,6 +51,11 @@ class SweepContext:
     def trial_dir(self, trial_id: str) -> Path:
         return Path(self.dir) / trial_id
 
+    def prepared_data(self):
+        from fusion.pipeline import Prepared
+
+        return Prepared(**{**self.prepared, "root": Path(self.prepared["root"])})
+
 
 def read_status(trial_dir: Path) -> dict[str, Any] | None:
     try:
@@ -92,8 +97,8 @@ def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
         for k, v in sorted(flatten(trial.get("overrides", {})).items()):
             client.log_param(run_id, k, tracking.param_value(v))
         return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
-    prepared = pipeline.Prepared(**{**ctx.prepared, "root": Path(ctx.prepared["root"])})
-    return pipeline.start(Path(ctx.workspace), cfg, prepared, name=name, extra_tags=tags, run_dir=tdir, target=target)
+    return pipeline.start(Path(ctx.workspace), cfg, ctx.prepared_data(), name=name, extra_tags=tags, run_dir=tdir,
+                          target=target)
 
 
 def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, status: str = "failed") -> dict:
@@ -128,7 +133,7 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     cfg = Config.model_validate(trial["config"])
     run = child_run(ctx, trial, cfg)
     tracking.set_tags(run.target, run.run_id, {"sweep.attempts": str(attempt)})
-    prepared = pipeline.Prepared(**{**ctx.prepared, "root": Path(ctx.prepared["root"])})
+    prepared = ctx.prepared_data()
     ckpt = tdir / CHECKPOINTS
     try:
         callbacks = [_Report(report)] if report else []
