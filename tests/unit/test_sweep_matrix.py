@@ -11,7 +11,7 @@ import yaml
 
 from fusion.config import SweepConfig, load_config
 from fusion.errors import ConfigError
-from fusion.sweep.matrix import expand, resolve
+from fusion.sweep.matrix import expand
 from fusion.sweep.runner import plan, trials_markdown
 from fusion.train.loop import LAST, Trainer, epochs_without_improvement, load_checkpoint
 from tests.conftest import REPO
