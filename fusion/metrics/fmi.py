@@ -231,10 +231,24 @@ def _equal_windows(x: torch.Tensor, f: torch.Tensor, r0: int, r1: int) -> torch.
     return (eq[:, :-2] & eq[:, 1:-1] & eq[:, 2:]).reshape(-1)
 
 
-def fmi_maps(xfs: list[torch.Tensor], ff: torch.Tensor) -> list[torch.Tensor]:
-    """Per-window FMI(X, F) (N x windows) for each feature batch X in xfs against ff.
+CPU_KERNEL = True  # False: the eager torch core on CPU too (benchmarks compare the two)
 
-    The F side of each band is computed once for all X."""
+
+def fmi_maps(xfs: list[torch.Tensor], ff: torch.Tensor) -> list[torch.Tensor]:
+    """Per-window FMI(X, F) (N x windows) for each of the two feature batches X in xfs
+    against ff: on CPU by the compiled kernel (fmi_cpu, ~4x faster), elsewhere in torch."""
+    if ff.device.type == "cpu" and len(xfs) == 2 and CPU_KERNEL:
+        from fusion.metrics import fmi_cpu  # numba: imported only where FMI runs on CPU
+
+        maps = [fmi_cpu.fmi_window_maps(*(t[i].numpy() for t in (*xfs, ff)), threads=torch.get_num_threads())
+                for i in range(ff.shape[0])]
+        return [torch.from_numpy(np.stack([m[k] for m in maps])) for k in range(2)]
+    return fmi_maps_torch(xfs, ff)
+
+
+def fmi_maps_torch(xfs: list[torch.Tensor], ff: torch.Tensor) -> list[torch.Tensor]:
+    """fmi_maps in eager torch (any device): bands of windows, F's side computed once per
+    band for all X."""
     n, h, w = ff.shape
     rows = h - _W + 1
     k = dict(_consts(ff.device))
