@@ -31,7 +31,7 @@ import numpy as np
 
 _L = 9
 _TINY = 1e-300
-_BLOCK = 2048  # windows per block: the block's buffers (~0.5 MB) stay in cache
+_BLOCK = 2048  # windows per block (whole rows): ~2.5k windows is fastest; 4x more is 1.6x slower
 _OPTS = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
 
 # Rows of a pair's values: u, the 18 staircase cells' u q p, then their w J + u q p.
