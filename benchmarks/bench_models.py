@@ -48,8 +48,10 @@ def _flops(model: torch.nn.Module, side: int) -> float:
     return counter.get_total_flops()
 
 
-def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, supervised: bool, channels_last: bool) -> float:
-    """Seconds per optimiser step (median) on random crops of the model's channel count."""
+def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, supervised: bool, channels_last: bool,
+                       amp: torch.dtype | None = None) -> float:
+    """Seconds per optimiser step (median) on random crops of the model's channel count;
+    amp: the model under CPU autocast to that dtype, the loss in float32 (as the trainer)."""
     model.train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -60,7 +62,9 @@ def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, superv
     for i in range(steps + 1):
         a, b = (torch.rand(batch, c, crop, crop).contiguous(memory_format=fmt) for _ in range(2))
         start = time.perf_counter()
-        pred = model(a, b)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            pred = model(a, b)
+        pred = pred.float()
         losses = loss_fn(pred, a) if supervised else loss_fn(pred, a, b)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -131,10 +135,16 @@ def _ufa_against_released(quick: bool) -> list[dict]:
 
     t_ref = _trainer_step_time(Released(ref_model), loss, crop, batch, steps, True, channels_last=False)
     t_ours = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True)
+    t_bf16 = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True,
+                                channels_last=True, amp=torch.bfloat16)
     rows += [
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, released-code style", t_ref, "s"),
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow trainer layout", t_ours, "s"),
         _row("UFA-Fuse training step speed-up over released-code style", t_ref / t_ours, "x"),
+        _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.amp (CPU bfloat16)", t_bf16, "s"),
+        _row("UFA-Fuse training step speed-up over released-code style, train.amp (CPU bfloat16)", t_ref / t_bf16, "x"),
+        _row("CPU has bfloat16 instructions (AVX512-BF16 or AMX; 1 = yes)",
+             float(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()), "bool"),
     ]
     return rows
 

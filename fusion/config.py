@@ -145,7 +145,9 @@ class TrainConfig(_Strict):
     crop: int = Field(256, ge=16)
     hflip: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU (amp_dtype: auto)
     amp: bool = False
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     checkpoint_every: int = Field(1, ge=1)
     # stop after this many epochs without a val/loss improvement of more than min_delta (0 = off)
     early_stop_patience: int = Field(0, ge=0)

@@ -105,6 +105,32 @@ def test_crossfuse_two_stages_the_second_starting_from_the_first(cfg, tno, tmp_p
     assert all(torch.equal(s2["state_dict"][k], enc[k]) for k in enc), "frozen encoders changed in stage 2"
 
 
+@pytest.mark.parametrize(("model", "variant", "stage"), [
+    ("cadnif", "CA-DRDB-AU-GRL-Net", "single"),
+    ("crossfuse", "full", "autoencoder"),
+    ("crossfuse", "s3-c3", "fusion"),
+    ("crossfuse", "one-stage", "joint"),
+])
+def test_every_model_trains_under_cpu_bfloat16_autocast(cfg, tno, tmp_path, model, variant, stage):
+    """train.amp on CPU (bfloat16) runs every architecture: attention, dense blocks and the
+    auxiliary branch included; finite losses, float32 weights, gradients reach the trained
+    parameters. (UFA-Fuse: tests/unit/test_trainer.py.)"""
+    over = {"train.model": model, "train.variant": variant, "train.task": "ir-vis", "train.source": tno,
+            "train.crop": 32, "train.batch_size": 2, "train.steps_per_epoch": 2, "train.epochs": 1,
+            "train.amp": True}
+    if stage == "fusion":
+        Trainer(cfg(**{**over, "train.amp": False}), None).fit(tmp_path / "s1")
+        over["train.init_from"] = str(tmp_path / "s1" / LAST)
+    trainer = Trainer(cfg(**over), None)
+    assert trainer.stage == stage and trainer.amp_dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    state = trainer.fit(tmp_path / "ck")
+    assert all(torch.isfinite(torch.tensor(h["train/epoch_loss"])) for h in state.history)
+    after = load_checkpoint(tmp_path / "ck" / LAST)["state_dict"]
+    assert all(v.dtype == before[k].dtype for k, v in after.items())
+    assert any(not torch.equal(before[k], after[k]) for k in after if after[k].is_floating_point())
+
+
 def test_training_configuration_errors_are_named(cfg, tno, tiny_prepared, tmp_path):
     with pytest.raises(ConfigError, match="train.stage=fusion needs train.init_from"):
         Trainer(cfg(**{"train.model": "crossfuse", "train.variant": "full", "train.stage": "fusion", "train.source": tno}), None)

@@ -110,3 +110,30 @@ def test_decoded_image_cache_stays_within_its_budget():
     assert loads == [0, 1, 2, 3, 4, 0]
     big = _ImageCache(budget_bytes=10)
     assert big.get("x", lambda: {"a": np.zeros(100, np.uint8)})["a"].size == 100 and big.used == 0
+
+
+def test_cpu_mixed_precision_is_bfloat16_and_resumes_bit_for_bit(cfg, tiny_prepared, tmp_path):
+    """train.amp on CPU: the model runs under bfloat16 autocast (loss in float32, no loss
+    scaling, float32 weights), its losses follow float32 training's closely and fall, and a
+    resumed run equals an uninterrupted one."""
+    over = {"train.amp": True, "train.epochs": 4, "train.steps_per_epoch": 4, "train.lr": 2e-3}
+    trainer = Trainer(cfg(**over), tiny_prepared)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    with trainer._autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    full = trainer.fit(tmp_path / "full")
+    losses = [h["train/epoch_loss"] for h in full.history]
+    fp32 = Trainer(cfg(**{**over, "train.amp": False}), tiny_prepared).fit(tmp_path / "fp32")
+    assert losses != [h["train/epoch_loss"] for h in fp32.history]  # bfloat16 really ran
+    assert losses == pytest.approx([h["train/epoch_loss"] for h in fp32.history], rel=2e-2)
+    assert losses[-1] < losses[0]
+    Trainer(cfg(**{**over, "train.epochs": 1}), tiny_prepared).fit(tmp_path / "part")
+    resumed = Trainer(cfg(**over), tiny_prepared).fit(tmp_path / "part", resume_from=tmp_path / "part" / LAST)
+    a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "part" / LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(v.dtype == torch.float32 for v in a.values())
+    assert [h["train/epoch_loss"] for h in resumed.history] == losses
+
+
+def test_float16_autocast_on_cpu_is_refused_naming_the_key(cfg, tiny_prepared):
+    with pytest.raises(ConfigError, match="train.amp_dtype=float16 on CPU"):
+        Trainer(cfg(**{"train.amp": True, "train.amp_dtype": "float16", "train.device": "cpu"}), tiny_prepared)
