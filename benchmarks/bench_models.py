@@ -113,11 +113,16 @@ def _ufa_against_released(quick: bool) -> list[dict]:
         same = torch.allclose(ref(), ours(at, bt), atol=1e-5)
     t_ref = _latency(ref, 1 if quick else 3)
     t_ours = _latency(lambda: fuse(ours, [a8, b8]), 1 if quick else 3)
+    t_bf16 = _latency(lambda: fuse(ours, [a8, b8], precision="bfloat16"), 1 if quick else 3)
+    gray_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fuse(ours, [a8, b8], precision="bfloat16")).max()
     rows += [
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, released-code style", t_ref, "s"),
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, fusionflow (fusion fuse)", t_ours, "s"),
         _row("UFA-Fuse inference speed-up over released-code style", t_ref / t_ours, "x"),
         _row("UFA-Fuse outputs agree (1 = yes)", float(same), "bool"),
+        _row(f"UFA-Fuse (released graph) {side}x{side} inference, fusion fuse --precision bfloat16", t_bf16, "s"),
+        _row("UFA-Fuse inference speed-up over released-code style, bfloat16", t_ref / t_bf16, "x"),
+        _row("UFA-Fuse bfloat16 output, largest difference from float32", float(gray_levels), "gray levels"),
     ]
     crop, batch = QUICK_SETUP["ufa"] if quick else TRAIN_SETUP["ufa"]
     steps = 1 if quick else 2

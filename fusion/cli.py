@@ -361,6 +361,7 @@ def fuse(
     model: Annotated[str, typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID, models:/NAME@ALIAS)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fused image (PNG)")],
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="float32; bfloat16 (CPUs with AVX512-BF16/AMX, GPUs) or float16 (GPUs) run the model under autocast: faster, outputs within a few gray levels")] = "float32",
 ) -> None:
     """Fuse two or more images with a trained model and write the result.
 
@@ -368,7 +369,7 @@ def fuse(
     """
     import time
 
-    from fusion.inference import fuse as run_fuse, load_model, model_label
+    from fusion.inference import autocast_dtype, fuse as run_fuse, load_model, model_label
     from fusion.io import read_image, write_image
     from fusion.train.loop import pick_device
 
@@ -378,15 +379,16 @@ def fuse(
         if out.suffix.lower() != ".png":
             raise FusionError(f"--out {out}: write a .png (lossless); other formats would alter the fused values")
         dev = pick_device(device)
+        autocast_dtype(precision, dev)  # refuse a bad --precision before loading anything
         net, payload = load_model(model, dev)
         sources = [read_image(p) for p in images]
         start = time.perf_counter()
-        fused = run_fuse(net, sources, dev)
+        fused = run_fuse(net, sources, dev, precision)
         seconds = time.perf_counter() - start
         write_image(out, fused)
     except FusionError as exc:
         _fail(exc)
-    Console().print(f"{model_label(payload)} fused {len(images)} images on {dev} in {seconds:.2f} s -> {out}")
+    Console().print(f"{model_label(payload)} fused {len(images)} images on {dev} ({precision}) in {seconds:.2f} s -> {out}")
 
 
 @app.command()

@@ -84,3 +84,25 @@ def test_gray_models_fuse_odd_sizes(model, variant):
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 255, (37, 53), dtype=np.uint8), rng.integers(0, 255, (37, 53), dtype=np.uint8)
     assert fuse(net, [a, b]).shape == (37, 53)
+
+
+@pytest.mark.parametrize("model,variant", [("ufa", "UFA"), ("cadnif", "CA-DRDB-AU-GRL-Net")])
+def test_bfloat16_fusion_stays_within_a_gray_level_of_float32(shared_data, tmp_path, model, variant):
+    """--precision bfloat16 runs the model under CPU autocast: same image within one gray
+    level on a real Lytro pair; a precision the device cannot use is refused by name."""
+    ckpt = _checkpoint(tmp_path / "m.pt", model, variant, stage="single")
+    pair = _crops(shared_data, tmp_path, ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"], size=(96, 120))
+    outs = {}
+    for precision in ("float32", "bfloat16"):
+        proc = _fuse(*pair, "--model", ckpt, "--out", tmp_path / f"{precision}.png", "--device", "cpu",
+                     "--precision", precision)
+        assert proc.returncode == 0, proc.stderr
+        assert f"({precision})" in proc.stdout
+        outs[precision] = cv2.imread(str(tmp_path / f"{precision}.png"), cv2.IMREAD_UNCHANGED).astype(int)
+    diff = np.abs(outs["float32"] - outs["bfloat16"])
+    assert diff.max() <= 1 and diff.mean() < 0.5
+    half = _fuse(*pair, "--model", ckpt, "--out", tmp_path / "h.png", "--device", "cpu", "--precision", "float16")
+    assert half.returncode == 2 and "precision float16 on CPU" in half.stderr
+    bad = _fuse(*pair, "--model", ckpt, "--out", tmp_path / "h.png", "--precision", "fp8")
+    assert bad.returncode == 2 and "use one of float32, bfloat16, float16" in bad.stderr
+    assert not (tmp_path / "h.png").exists()
