@@ -94,6 +94,7 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     from fusion.inference import fuse, prepare_for_inference
     from fusion.losses import L1SSIMLoss
     from fusion.models import build_model
+    from fusion.train.loop import cpu_has_bfloat16
 
     rows = []
     side = 128 if quick else 520
@@ -148,8 +149,7 @@ def _ufa_against_released(quick: bool) -> list[dict]:
         _row("UFA-Fuse training step speed-up over released-code style", t_ref / t_ours, "x"),
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.amp (CPU bfloat16)", t_bf16, "s"),
         _row("UFA-Fuse training step speed-up over released-code style, train.amp (CPU bfloat16)", t_ref / t_bf16, "x"),
-        _row("CPU has bfloat16 instructions (AVX512-BF16 or AMX; 1 = yes)",
-             float(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()), "bool"),
+        _row("CPU has bfloat16 instructions (AVX512-BF16 or AMX; 1 = yes)", float(cpu_has_bfloat16()), "bool"),
     ]
     return rows
 

@@ -5,8 +5,11 @@ marginal PDFs (MATLAB column-major order: the CDFs depend on it), a joint PDF is
 with Nelsen's method between the Frechet bounds, and the window's normalised MI is
 2 MI / (H(X) + H(F)). The metric is the mean over windows of (FMI(A,F) + FMI(B,F)) / 2.
 
-Layout and cost (see docs/metrics.md, Speed): windows are processed in bands of image
-rows as 9 x C tensors (one row per window element, one column per window), so every
+On CPU, fmi_maps runs the compiled core of fmi_cpu.py (~4x faster); the eager torch core
+here runs on other devices and is its reference.
+
+Layout and cost of the eager core (docs/metrics.md, Speed): windows are processed in
+bands of image rows as 9 x C tensors (one row per window element, one column per window), so every
 reduction over a window is a cheap outer reduction. Everything that depends on one
 image only (PDF, CDFs, moments, entropy, centred PDF) is computed once per band and
 side; F's side serves both FMI(A,F) and FMI(B,F). The per-pair part needs the merged

@@ -69,7 +69,7 @@ def _gather(img, r0, n_cols, out):
 
 @numba.njit(**_OPTS)
 def _side(v, p, cdf, sc):
-    """PDF p (p[9] = 0), CDF cdf ([0; CDF]) and scalars sc of each window's features v."""
+    """PDF p, CDF cdf ([0; CDF]) and scalars sc of each window's features v."""
     for w in range(v.shape[1]):
         lo = v[0, w]
         hi = v[0, w]
@@ -98,7 +98,6 @@ def _side(v, p, cdf, sc):
             m1 += (k + 1) * pk
             m2 += (k + 1) * (k + 1) * pk
             pp += pk * pk
-        p[_L, w] = 0.0  # past the last bin
         sc[0, w] = flat
         sc[1, w] = acc
         sc[2, w] = s_cdf
@@ -134,7 +133,7 @@ def _staircase(p, cdf_p, scp, qs, cdf_s, scq, pc, vals, logs):
     """The staircase cells of each window pair and the bound's weight.
 
     vals rows: u, the 18 cells' u q p products, then their w J + u q p values; logs gets
-    max(|x|, _TINY) of those, of p and of qs (rows: see _ROWS), ready for one log pass.
+    max(|x|, _TINY) of those, of p and of qs (rows _RU.._RF), ready for one log pass.
     The segment ending at Q_i lies in cell (i, jq_i), jq_i = #{j: P_j < Q_i}; the one
     ending at P_j in cell (9 - cc_j, j), cc_j = #{i: P_j < Q_i}. The CDFs are
     nondecreasing, so those sets are a prefix of the P's and a suffix of the Q's: the
@@ -236,7 +235,7 @@ class _Scratch:
     def __init__(self, n: int):
         e = np.empty
         self.v = {s: e((_L, n)) for s in "fab"}
-        self.p = {s: e((_L + 1, n)) for s in "fab"}
+        self.p = {s: e((_L, n)) for s in "fab"}
         self.cdf = {s: e((_L + 1, n)) for s in "fab"}
         self.sc = {s: e((_SC_ROWS, n)) for s in "fab"}
         self.qs = {s: e((_L, n)) for s in "ab"}

@@ -85,6 +85,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) for oneDNN to use."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch API: absent = assume yes
+    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+
+
 def amp_dtype(tcfg, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of train.amp on `device`, or None for float32 training.
 
@@ -98,8 +104,7 @@ def amp_dtype(tcfg, device: torch.device) -> torch.dtype | None:
         raise ConfigError("train.amp_dtype=float16 on CPU: CPUs have no fast float16 convolutions; "
                           "use train.amp_dtype=bfloat16 (or auto)")
     if tcfg.amp_dtype == "bfloat16" or (tcfg.amp_dtype == "auto" and device.type == "cpu"):
-        native = [getattr(torch.cpu, f, lambda: True)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        if device.type == "cpu" and not any(native):
+        if device.type == "cpu" and not cpu_has_bfloat16():
             log.warning("train.amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 "
                         "autocast is emulated and slower than float32 training")
         return torch.bfloat16
