@@ -369,9 +369,9 @@ def fuse(
     """
     import time
 
-    from fusion.inference import autocast_dtype, fuse as run_fuse, load_model, model_label
+    from fusion.inference import fuse as run_fuse, load_model, model_label
     from fusion.io import read_image, write_image
-    from fusion.train.loop import pick_device
+    from fusion.train.loop import autocast_dtype, pick_device
 
     try:
         if len(images) < 2:
@@ -379,7 +379,7 @@ def fuse(
         if out.suffix.lower() != ".png":
             raise FusionError(f"--out {out}: write a .png (lossless); other formats would alter the fused values")
         dev = pick_device(device)
-        autocast_dtype(precision, dev)  # refuse a bad --precision before loading anything
+        autocast_dtype(precision, dev, "--precision")  # refuse a bad value before loading anything
         net, payload = load_model(model, dev)
         sources = [read_image(p) for p in images]
         start = time.perf_counter()

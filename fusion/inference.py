@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from fusion.data.dataset import to_image, to_tensor
-from fusion.errors import ConfigError, DataError
-from fusion.train.loop import memory_format
+from fusion.errors import DataError
+from fusion.train.loop import autocast_dtype, memory_format
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +124,6 @@ def fuse_chroma(ycrcb: Sequence[np.ndarray]) -> np.ndarray:
 
 def _max_inputs(model: torch.nn.Module) -> int:
     return getattr(model, "num_inputs", 2)
-
-
-PRECISIONS = ("float32", "bfloat16", "float16")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of an inference precision on `device` (None: plain float32)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "float16" and device.type == "cpu":
-        raise ConfigError("precision float16 on CPU: CPUs have no fast float16 convolutions; use bfloat16")
-    return None if precision == "float32" else getattr(torch, precision)
 
 
 @torch.inference_mode()

@@ -86,13 +86,19 @@ def _ufunc_(t: torch.Tensor, ufunc, fallback) -> torch.Tensor:
     if threads < 2 or v.size < _SPLIT:
         ufunc(v, out=v)
         return t
+    flat = v.reshape(-1)
+    parts = np.array_split(flat, threads)
+    list(thread_pool(threads).map(lambda part: ufunc(part, out=part), parts))
+    return t
+
+
+def thread_pool(threads: int) -> ThreadPoolExecutor:
+    """The metrics' worker threads (at least `threads`), for code that releases the GIL.
+    Work run on it must not itself wait on the pool."""
     global _POOL
     if _POOL is None or _POOL._max_workers < threads:
         _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fusion-metrics")
-    flat = v.reshape(-1)
-    parts = np.array_split(flat, threads)
-    list(_POOL.map(lambda part: ufunc(part, out=part), parts))
-    return t
+    return _POOL
 
 
 def log2_(t: torch.Tensor) -> torch.Tensor:

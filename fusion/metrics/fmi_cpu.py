@@ -23,11 +23,11 @@ module where writable, else a per-user folder).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import llvmlite.binding as llvm
 import numba
 import numpy as np
+
+from fusion.metrics._filters import thread_pool
 
 _L = 9
 _TINY = 1e-300
@@ -263,9 +263,6 @@ def _block(xa, xb, f, r0, r1, n_cols, out_a, out_b, scratch: dict) -> None:
         _finish(s.p[x], s.sc[x], s.qs[x], s.sc["f"], s.vals[x], s.logs[x], s.v[x], s.v["f"], out, r0 * n_cols)
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
 def fmi_window_maps(xa: np.ndarray, xb: np.ndarray, f: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-window FMI(A, F) and FMI(B, F) of H x W float64 feature images, as flat arrays
     of the (H - 2) x (W - 2) windows in row-major order."""
@@ -284,8 +281,5 @@ def fmi_window_maps(xa: np.ndarray, xb: np.ndarray, f: np.ndarray, threads: int 
     if threads < 2 or len(bands) < 2:
         work(bands)
     else:
-        global _POOL
-        if _POOL is None or _POOL._max_workers < threads:
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fusion-fmi")
-        list(_POOL.map(work, [bands[i::threads] for i in range(threads)]))
+        list(thread_pool(threads).map(work, [bands[i::threads] for i in range(threads)]))
     return out_a, out_b

@@ -91,24 +91,35 @@ def cpu_has_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
 
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def autocast_dtype(precision: str, device: torch.device, key: str = "precision") -> torch.dtype | None:
+    """The autocast dtype of a precision name on `device` (None: plain float32); `key` names
+    the setting in messages (a config key, or a CLI option such as --precision). Shared by
+    train.amp and `fusion fuse --precision`."""
+    setting = f"{key}{' ' if key.startswith('--') else '='}"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{setting}{precision}: use one of {', '.join(PRECISIONS)}")
+    if precision == "float16" and device.type == "cpu":
+        raise ConfigError(f"{setting}float16 on CPU: CPUs have no fast float16 convolutions; use bfloat16")
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
+        log.warning("%sbfloat16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 "
+                    "autocast is emulated and slower than float32", setting)
+    return None if precision == "float32" else getattr(torch, precision)
+
+
 def amp_dtype(tcfg, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of train.amp on `device`, or None for float32 training.
 
     auto: float16 (with loss scaling) on CUDA, bfloat16 on CPU, where oneDNN runs the
-    convolutions in bfloat16 on CPUs that have it (AVX512-BF16 or AMX): ~1.8x faster
+    convolutions in bfloat16 on CPUs that have it (AVX512-BF16 or AMX): ~2x faster
     UFA-Fuse steps on the development machine (benchmarks/bench_models.py).
     """
     if not tcfg.amp:
         return None
-    if tcfg.amp_dtype == "float16" and device.type == "cpu":
-        raise ConfigError("train.amp_dtype=float16 on CPU: CPUs have no fast float16 convolutions; "
-                          "use train.amp_dtype=bfloat16 (or auto)")
-    if tcfg.amp_dtype == "bfloat16" or (tcfg.amp_dtype == "auto" and device.type == "cpu"):
-        if device.type == "cpu" and not cpu_has_bfloat16():
-            log.warning("train.amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 "
-                        "autocast is emulated and slower than float32 training")
-        return torch.bfloat16
-    return torch.float16
+    name = tcfg.amp_dtype if tcfg.amp_dtype != "auto" else ("bfloat16" if device.type == "cpu" else "float16")
+    return autocast_dtype(name, device, "train.amp_dtype")
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
