@@ -49,13 +49,18 @@ def _flops(model: torch.nn.Module, side: int) -> float:
 
 
 def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, supervised: bool, channels_last: bool,
-                       amp: torch.dtype | None = None) -> float:
+                       amp: torch.dtype | None = None, compile: bool = False) -> float:
     """Seconds per optimiser step (median) on random crops of the model's channel count;
-    amp: the model under CPU autocast to that dtype, the loss in float32 (as the trainer)."""
+    amp: the model under CPU autocast to that dtype, the loss in float32 (as the trainer);
+    compile: the model through torch.compile, as train.compile (the first, compiling step is
+    not timed, like every first step)."""
+    from fusion.train.compiled import CompiledForward
+
     model.train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    forward = CompiledForward(model, "benchmark") if compile else model
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     c = model.in_channels
     times = []
@@ -63,7 +68,7 @@ def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, superv
         a, b = (torch.rand(batch, c, crop, crop).contiguous(memory_format=fmt) for _ in range(2))
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            pred = model(a, b)
+            pred = forward(a, b)
         pred = pred.float()
         losses = loss_fn(pred, a) if supervised else loss_fn(pred, a, b)
         opt.zero_grad(set_to_none=True)
@@ -94,6 +99,7 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     from fusion.inference import fuse, prepare_for_inference
     from fusion.losses import L1SSIMLoss
     from fusion.models import build_model
+    from fusion.train.compiled import CompiledForward
     from fusion.train.loop import cpu_has_bfloat16
 
     rows = []
@@ -116,6 +122,12 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     t_ours = _latency(lambda: fuse(ours, [a8, b8]), 1 if quick else 3)
     t_bf16 = _latency(lambda: fuse(ours, [a8, b8], precision="bfloat16"), 1 if quick else 3)
     gray_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fuse(ours, [a8, b8], precision="bfloat16")).max()
+    compiled = CompiledForward(ours, "benchmark", inference=True)
+    first = time.perf_counter()
+    fused_compiled = fuse(compiled, [a8, b8])
+    compile_s = time.perf_counter() - first
+    t_compiled = _latency(lambda: fuse(compiled, [a8, b8]), 1 if quick else 3)
+    compiled_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fused_compiled).max()
     rows += [
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, released-code style", t_ref, "s"),
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, fusionflow (fusion fuse)", t_ours, "s"),
@@ -124,6 +136,11 @@ def _ufa_against_released(quick: bool) -> list[dict]:
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, fusion fuse --precision bfloat16", t_bf16, "s"),
         _row("UFA-Fuse inference speed-up over released-code style, bfloat16", t_ref / t_bf16, "x"),
         _row("UFA-Fuse bfloat16 output, largest difference from float32", float(gray_levels), "gray levels"),
+        _row(f"UFA-Fuse (released graph) {side}x{side} inference, float32, torch.compile (freezing), "
+             "after its first call", t_compiled, "s"),
+        _row("UFA-Fuse inference speed-up over released-code style, float32 torch.compile", t_ref / t_compiled, "x"),
+        _row("UFA-Fuse torch.compile first call (compile + run; inductor's disk cache warm or cold)", compile_s, "s"),
+        _row("UFA-Fuse torch.compile output, largest difference from eager", float(compiled_levels), "gray levels"),
     ]
     crop, batch = QUICK_SETUP["ufa"] if quick else TRAIN_SETUP["ufa"]
     steps = 1 if quick else 2
@@ -143,10 +160,14 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     t_ours = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True)
     t_bf16 = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True,
                                 channels_last=True, amp=torch.bfloat16)
+    t_compiled = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True,
+                                    channels_last=True, compile=True)
     rows += [
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, released-code style", t_ref, "s"),
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow trainer layout", t_ours, "s"),
         _row("UFA-Fuse training step speed-up over released-code style", t_ref / t_ours, "x"),
+        _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.compile (float32)", t_compiled, "s"),
+        _row("UFA-Fuse training step speed-up over released-code style, train.compile (float32)", t_ref / t_compiled, "x"),
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.amp (CPU bfloat16)", t_bf16, "s"),
         _row("UFA-Fuse training step speed-up over released-code style, train.amp (CPU bfloat16)", t_ref / t_bf16, "x"),
         _row("CPU has bfloat16 instructions (AVX512-BF16 or AMX; 1 = yes)", float(cpu_has_bfloat16()), "bool"),

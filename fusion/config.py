@@ -148,6 +148,9 @@ class TrainConfig(_Strict):
     # Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU (amp_dtype: auto)
     amp: bool = False
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    # torch.compile the model for training (seconds to compile, then faster steps; eager with a
+    # warning where it cannot compile, e.g. no C++ compiler on a CPU machine)
+    compile: bool = False
     checkpoint_every: int = Field(1, ge=1)
     # stop after this many epochs without a val/loss improvement of more than min_delta (0 = off)
     early_stop_patience: int = Field(0, ge=0)

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -221,6 +221,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.tcfg.lr_step_epochs, gamma=0.1)
         self.loss_fn = build_loss("crossfuse_ae" if self.stage == "autoencoder" else self.tcfg.model, self.tcfg)
         self.amp_dtype = amp_dtype(self.tcfg, self.device)
+        # Training steps go through the compiled graph; validation (eval mode, other sizes)
+        # stays eager rather than compiling a second and third graph for a few pairs.
+        self.forward: Callable[..., torch.Tensor] = self.model
+        self.autoencode: Callable[..., torch.Tensor] | None = getattr(self.model, "autoencode", None)
+        if self.tcfg.compile:
+            from fusion.train.compiled import CompiledForward
+
+            if self.stage == "autoencoder":
+                self.autoencode = CompiledForward(self.model.autoencode, "train.compile")
+            else:
+                self.forward = CompiledForward(self.model, "train.compile")
         # Loss scaling only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
@@ -300,15 +311,7 @@ class Trainer:
         sums: dict[str, float] = {}
         start = time.perf_counter()
         for batch in loader:
-            sources, gt = self._inputs(batch)
-            losses = self.losses(sources, gt)
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(
-                    f"loss became {losses['loss'].item()} at step {self.state.global_step} "
-                    f"(train.lr={self.tcfg.lr} may be too high)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
+            losses = self._backward(*self._inputs(batch))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.state.global_step += 1
@@ -323,6 +326,36 @@ class Trainer:
         out["train/epoch_seconds"] = time.perf_counter() - start
         return out
 
+    def _backward(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Forward, loss and backward of one step (gradients in place for the optimiser)."""
+        from fusion.train.compiled import CompiledForward
+
+        # Under train.compile the first step builds the forward and the backward graphs. Should
+        # either fail (a torch.compile bug on some graph), the step is redone eagerly.
+        unproven = [f for f in (self.forward, self.autoencode) if isinstance(f, CompiledForward)
+                    and not f.verified and f.failed is None]
+        # A failed attempt may have run the forward already: BatchNorm statistics go back too.
+        buffers = {k: v.clone() for k, v in self.model.state_dict().items()} if unproven else None
+        try:
+            losses = self.losses(sources, gt)
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(
+                    f"loss became {losses['loss'].item()} at step {self.state.global_step} "
+                    f"(train.lr={self.tcfg.lr} may be too high)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+        except Exception as exc:
+            if not unproven:
+                raise
+            for f in unproven:
+                f.disable(exc)
+            self.model.load_state_dict(buffers)
+            return self._backward(sources, gt)
+        for f in unproven:
+            f.verified = True
+        return losses
+
     def _inputs(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         def move(t: torch.Tensor) -> torch.Tensor:
             t = adapt_channels(t.to(self.device, non_blocking=True), self.channels)
@@ -330,17 +363,18 @@ class Trainer:
 
         return [move(batch[r]) for r in self.roles.sources], (move(batch[self.roles.gt]) if self.roles.gt else None)
 
-    def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None, eager: bool = False) -> dict[str, torch.Tensor]:
         if self.stage == "autoencoder":  # CrossFuse stage 1: each modality reconstructs itself
             from fusion.models.crossfuse import MODALITIES
 
+            autoencode = self.model.autoencode if eager else self.autoencode
             with self._autocast():
-                outs = [self.model.autoencode(x, m) for x, m in zip(sources, MODALITIES)]
+                outs = [autoencode(x, m) for x, m in zip(sources, MODALITIES)]
             # Losses in float32: the model runs in reduced precision under train.amp, not its loss.
             parts = [self.loss_fn(out.float(), x) for out, x in zip(outs, sources)]
             return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
         with self._autocast():
-            pred = self.model(*sources)
+            pred = (self.model if eager else self.forward)(*sources)
         pred = pred.float()
         return self.loss_fn(pred, gt) if self.spec.supervised else self.loss_fn(pred, *sources)
 
@@ -353,7 +387,7 @@ class Trainer:
             item = self.val_set[i]
             side = min(VAL_SIDE, max(self.tcfg.crop, 64))  # the scale the model trains at
             batch = {k: _centre_crop(v, side)[None] for k, v in item.items() if k != "id"}
-            losses = self.losses(*self._inputs(batch))
+            losses = self.losses(*self._inputs(batch), eager=True)
             for key, value in losses.items():
                 totals[f"val/{key}"] = totals.get(f"val/{key}", 0.0) + float(value)
         return {k: v / n for k, v in totals.items()}
