@@ -89,6 +89,20 @@ def _latency(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved_latency(fns, repeats: int) -> list[float]:
+    """Median seconds of each fn, timed in turn within each repeat, so that the host's speed
+    drifting during the run (it does on shared machines) hits every fn alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def _released_style_forward(model, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """How the released UFA-Fuse code runs: each input through the backbone separately."""
     feats = [model.features(a), model.features(b)]
@@ -118,15 +132,17 @@ def _ufa_against_released(quick: bool) -> list[dict]:
 
     with torch.no_grad():
         same = torch.allclose(ref(), ours(at, bt), atol=1e-5)
-    t_ref = _latency(ref, 1 if quick else 3)
-    t_ours = _latency(lambda: fuse(ours, [a8, b8]), 1 if quick else 3)
-    t_bf16 = _latency(lambda: fuse(ours, [a8, b8], precision="bfloat16"), 1 if quick else 3)
     gray_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fuse(ours, [a8, b8], precision="bfloat16")).max()
     compiled = CompiledForward(ours, "benchmark", inference=True)
     first = time.perf_counter()
     fused_compiled = fuse(compiled, [a8, b8])
     compile_s = time.perf_counter() - first
-    t_compiled = _latency(lambda: fuse(compiled, [a8, b8]), 1 if quick else 3)
+    t_ref, t_ours, t_bf16, t_compiled = _interleaved_latency([
+        ref,
+        lambda: fuse(ours, [a8, b8]),
+        lambda: fuse(ours, [a8, b8], precision="bfloat16"),
+        lambda: fuse(compiled, [a8, b8]),
+    ], 1 if quick else 5)
     compiled_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fused_compiled).max()
     rows += [
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, released-code style", t_ref, "s"),

@@ -71,4 +71,7 @@ class CompiledForward:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this object lacks: the model's own attributes.
-        return getattr(self.__dict__["fn"], name)
+        fn = self.__dict__.get("fn")  # absent while copy/pickle rebuild the object
+        if fn is None:
+            raise AttributeError(name)
+        return getattr(fn, name)
