@@ -345,6 +345,8 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
+        except FloatingPointError:
+            raise  # a diverging loss, not a compile failure
         except Exception as exc:
             if not unproven:
                 raise
