@@ -80,13 +80,7 @@ def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, superv
 
 
 def _latency(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _interleaved_latency([fn], repeats)[0]
 
 
 def _interleaved_latency(fns, repeats: int) -> list[float]:

@@ -223,15 +223,11 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.tcfg, self.device)
         # Training steps go through the compiled graph; validation (eval mode, other sizes)
         # stays eager rather than compiling a second and third graph for a few pairs.
-        self.forward: Callable[..., torch.Tensor] = self.model
-        self.autoencode: Callable[..., torch.Tensor] | None = getattr(self.model, "autoencode", None)
+        self.compiled = None
         if self.tcfg.compile:
             from fusion.train.compiled import CompiledForward
 
-            if self.stage == "autoencoder":
-                self.autoencode = CompiledForward(self.model.autoencode, "train.compile")
-            else:
-                self.forward = CompiledForward(self.model, "train.compile")
+            self.compiled = CompiledForward(self._step_fn(eager=True), "train.compile")
         # Loss scaling only for float16: bfloat16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
@@ -328,12 +324,9 @@ class Trainer:
 
     def _backward(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Forward, loss and backward of one step (gradients in place for the optimiser)."""
-        from fusion.train.compiled import CompiledForward
-
         # Under train.compile the first step builds the forward and the backward graphs. Should
         # either fail (a torch.compile bug on some graph), the step is redone eagerly.
-        unproven = [f for f in (self.forward, self.autoencode) if isinstance(f, CompiledForward)
-                    and not f.verified and f.failed is None]
+        unproven = self.compiled is not None and not self.compiled.verified and self.compiled.failed is None
         # A failed attempt may have run the forward already: BatchNorm statistics go back too.
         buffers = {k: v.clone() for k, v in self.model.state_dict().items()} if unproven else None
         try:
@@ -350,12 +343,11 @@ class Trainer:
         except Exception as exc:
             if not unproven:
                 raise
-            for f in unproven:
-                f.disable(exc)
+            self.compiled.disable(exc)
             self.model.load_state_dict(buffers)
             return self._backward(sources, gt)
-        for f in unproven:
-            f.verified = True
+        if unproven:
+            self.compiled.verified = True
         return losses
 
     def _inputs(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -365,18 +357,25 @@ class Trainer:
 
         return [move(batch[r]) for r in self.roles.sources], (move(batch[self.roles.gt]) if self.roles.gt else None)
 
+    def _step_fn(self, eager: bool = False) -> Callable[..., torch.Tensor]:
+        """What a step calls: the model, or CrossFuse stage 1's auto-encoders; compiled under
+        train.compile unless `eager`."""
+        if self.compiled is not None and not eager:
+            return self.compiled
+        return self.model.autoencode if self.stage == "autoencoder" else self.model
+
     def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None, eager: bool = False) -> dict[str, torch.Tensor]:
+        step_fn = self._step_fn(eager)
         if self.stage == "autoencoder":  # CrossFuse stage 1: each modality reconstructs itself
             from fusion.models.crossfuse import MODALITIES
 
-            autoencode = self.model.autoencode if eager else self.autoencode
             with self._autocast():
-                outs = [autoencode(x, m) for x, m in zip(sources, MODALITIES)]
+                outs = [step_fn(x, m) for x, m in zip(sources, MODALITIES)]
             # Losses in float32: the model runs in reduced precision under train.amp, not its loss.
             parts = [self.loss_fn(out.float(), x) for out, x in zip(outs, sources)]
             return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
         with self._autocast():
-            pred = (self.model if eager else self.forward)(*sources)
+            pred = step_fn(*sources)
         pred = pred.float()
         return self.loss_fn(pred, gt) if self.spec.supervised else self.loss_fn(pred, *sources)
 

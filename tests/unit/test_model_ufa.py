@@ -59,12 +59,18 @@ def test_attention_weights_are_a_softmax_across_inputs():
 
 
 def test_inputs_are_interchangeable_in_the_paper_model():
+    """Shared backbone and shared attention (the paper's model): swapping the inputs swaps
+    the attended features; only the FFB's concatenation order tells them apart."""
     torch.manual_seed(0)
     model = build_model("ufa", "UFA").eval()
     a, b = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20)
     with torch.no_grad():
+        fa, fb = model.features(a), model.features(b)
+        ab, ba = model.ufa([fa, fb]), model.ufa([fb, fa])
         same = model(a, a)
-    assert same.shape == a.shape  # identical inputs are a valid pair
+    torch.testing.assert_close(ab[0], ba[1])
+    torch.testing.assert_close(ab[1], ba[0])
+    assert same.shape == a.shape and torch.isfinite(same).all()  # identical inputs are a valid pair
 
 
 def test_wrong_number_of_inputs_and_unknown_variant_are_clear_errors():

@@ -148,7 +148,7 @@ def test_compiled_training_follows_eager_and_resumes_bit_for_bit(cfg, tiny_prepa
     over = {"train.compile": True, "train.epochs": 4, "train.steps_per_epoch": 4, "train.lr": 2e-3}
     trainer = Trainer(cfg(**over), tiny_prepared)
     full = trainer.fit(tmp_path / "full")
-    assert trainer.forward.failed is None and trainer.forward.compile_seconds > 0  # it really compiled
+    assert trainer.compiled.failed is None and trainer.compiled.compile_seconds > 0  # it really compiled
     losses = [h["train/epoch_loss"] for h in full.history]
     eager = Trainer(cfg(**{**over, "train.compile": False}), tiny_prepared).fit(tmp_path / "eager")
     eager_losses = [h["train/epoch_loss"] for h in eager.history]
@@ -176,7 +176,7 @@ def test_compile_without_a_cxx_compiler_warns_and_trains_eager(cfg, tiny_prepare
     with inductor_config.patch({"cpp.cxx": (str(tmp_path / "no-such-g++"),)}), caplog.at_level("WARNING"):
         trainer = Trainer(cfg(**over, **{"train.compile": True}), tiny_prepared)
         state = trainer.fit(tmp_path / "fallback")
-    assert trainer.forward.failed and "C++ compiler" in trainer.forward.failed
+    assert trainer.compiled.failed and "C++ compiler" in trainer.compiled.failed
     assert any("train.compile: torch.compile failed" in r.getMessage() for r in caplog.records)
     eager = Trainer(cfg(**over), tiny_prepared).fit(tmp_path / "eager")
     assert [h["train/epoch_loss"] for h in state.history] == [h["train/epoch_loss"] for h in eager.history]
@@ -193,10 +193,10 @@ def test_a_compile_failure_in_the_first_step_falls_back_to_eager(cfg, tiny_prepa
         state = trainer.fit(tmp_path / "compiled")
     eager = Trainer(cfg(**over), tiny_prepared).fit(tmp_path / "eager")
     losses, eager_losses = ([h["train/epoch_loss"] for h in s.history] for s in (state, eager))
-    if trainer.forward.failed:
+    if trainer.compiled.failed:
         assert any("train.compile: torch.compile failed" in r.getMessage() for r in caplog.records)
         assert losses == eager_losses
         a, b = _weights(tmp_path / "compiled" / LAST), _weights(tmp_path / "eager" / LAST)
         assert all(torch.equal(a[k], b[k]) for k in a)
     else:
-        assert trainer.forward.verified and losses == pytest.approx(eager_losses, rel=1e-4)
+        assert trainer.compiled.verified and losses == pytest.approx(eager_losses, rel=1e-4)
