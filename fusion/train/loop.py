@@ -320,6 +320,8 @@ class Trainer:
         n = max(1, len(loader))
         out = {k.replace("train/", "train/epoch_"): v / n for k, v in sums.items() if k != "train/lr"}
         out["train/epoch_seconds"] = time.perf_counter() - start
+        if self.compiled is not None:  # in the MLflow UI: did train.compile really compile (1) or fall back (0)
+            out["train/compiled"] = float(self.compiled.failed is None)
         return out
 
     def _backward(self, sources: list[torch.Tensor], gt: torch.Tensor | None) -> dict[str, torch.Tensor]:

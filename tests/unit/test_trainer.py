@@ -149,6 +149,7 @@ def test_compiled_training_follows_eager_and_resumes_bit_for_bit(cfg, tiny_prepa
     trainer = Trainer(cfg(**over), tiny_prepared)
     full = trainer.fit(tmp_path / "full")
     assert trainer.compiled.failed is None and trainer.compiled.compile_seconds > 0  # it really compiled
+    assert all(h["train/compiled"] == 1.0 for h in full.history)
     losses = [h["train/epoch_loss"] for h in full.history]
     eager = Trainer(cfg(**{**over, "train.compile": False}), tiny_prepared).fit(tmp_path / "eager")
     eager_losses = [h["train/epoch_loss"] for h in eager.history]
@@ -177,6 +178,7 @@ def test_compile_without_a_cxx_compiler_warns_and_trains_eager(cfg, tiny_prepare
         trainer = Trainer(cfg(**over, **{"train.compile": True}), tiny_prepared)
         state = trainer.fit(tmp_path / "fallback")
     assert trainer.compiled.failed and "C++ compiler" in trainer.compiled.failed
+    assert state.history[-1]["train/compiled"] == 0.0
     assert any("train.compile: torch.compile failed" in r.getMessage() for r in caplog.records)
     eager = Trainer(cfg(**over), tiny_prepared).fit(tmp_path / "eager")
     assert [h["train/epoch_loss"] for h in state.history] == [h["train/epoch_loss"] for h in eager.history]
