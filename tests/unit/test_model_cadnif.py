@@ -172,6 +172,24 @@ def test_cross_non_local_is_softmax_attention_from_one_stream_to_the_other():
     torch.testing.assert_close(nl(q, kv), q + nl.w(y), rtol=1e-4, atol=1e-5)
 
 
+def test_cross_non_local_runs_on_the_flash_attention_kernel():
+    """Restricted to SDPA's flash kernel (which never holds HW x HW), forward and backward
+    still run: the inputs qualify for it, so SDPA does not fall back to its math path,
+    which materialises the 17424 x 17424 matrix of a 132x132 window and is ~7x slower
+    (python -m benchmarks.run models)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    nl = CrossNonLocal(16)
+    q, kv = torch.randn(2, 16, 12, 10), torch.randn(2, 16, 12, 10, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        out = nl(q, kv)
+        out.square().mean().backward()
+    with sdpa_kernel([SDPBackend.MATH]):
+        torch.testing.assert_close(nl(q, kv), out, rtol=1e-4, atol=1e-5)
+    assert kv.grad is not None and torch.isfinite(kv.grad).all()
+
+
 def test_errors_and_registry():
     model = build_model("cadnif", "CA-DRDB-AU-GRL-Net")
     with pytest.raises(ValueError, match="at least 2 inputs"):
