@@ -39,11 +39,14 @@ def _row(measure: str, value: float, unit: str) -> dict:
 
 
 def _flops(model: torch.nn.Module, side: int) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(1, model.in_channels, side, side)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    # SDPA on its math path: FlopCounterMode has no formula for the CPU flash kernel and would
+    # count CADNIF's non-local attention as free. FLOPs belong to the computation, not the kernel.
+    with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         model(x, x)
     return counter.get_total_flops()
 
