@@ -3,6 +3,7 @@
     python -m benchmarks.run                 # everything
     python -m benchmarks.run pipeline        # one benchmark (module benchmarks/bench_<name>.py)
     python -m benchmarks.run --quick         # small inputs: checks the benchmarks themselves run
+    python -m benchmarks.run quality --minutes 5 --device cuda   # options of benchmarks that take them
 
 Each benchmark module exposes `run(quick) -> list[dict]` rows with keys
 benchmark, measure, value, unit. Comparisons are measured side by side in one run and
@@ -26,17 +27,30 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+# Run only when named: the quality benchmark trains each model for 20 minutes.
+ON_REQUEST = {"quality"}
+
+
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()})")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()} but {sorted(ON_REQUEST)})")
     parser.add_argument("--quick", action="store_true", help="small inputs (a smoke test of the benchmarks)")
     parser.add_argument("--out", type=Path, help="results file (default: benchmarks/results/<machine>.json)")
+    parser.add_argument("--minutes", type=float, help="quality: training minutes per job (default 20)")
+    parser.add_argument("--device", default="auto", help="quality: auto | cpu | cuda")
+    parser.add_argument("--test-pairs", type=int, help="quality: score only the first N pairs of each test set")
     args = parser.parse_args(argv)
-    names = args.names or available()
+    names = args.names or [n for n in available() if n not in ON_REQUEST]
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes}")
+    if args.test_pairs is not None and args.test_pairs < 1:
+        parser.error(f"--test-pairs must be at least 1, got {args.test_pairs}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        parser.error(f"--device must be auto, cpu or cuda, got {args.device!r}")
     unknown = set(names) - set(available())
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; available: {available()}")
@@ -46,7 +60,9 @@ def main(argv: list[str] | None = None) -> Path:
     for name in names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         start = time.perf_counter()
-        rows += module.run(quick=args.quick)
+        # a benchmark that takes options lists them in OPTIONS (names of run()'s keyword arguments)
+        options = {k: getattr(args, k) for k in getattr(module, "OPTIONS", ())}
+        rows += module.run(quick=args.quick, **options)
         rows.append({"benchmark": name, "measure": "benchmark wall time", "value": time.perf_counter() - start, "unit": "s"})
 
     table = Table(title=f"fusionflow benchmarks on {machine['cpu']} ({machine['cores']} cores, GPU: {machine['gpu']})")

@@ -128,6 +128,13 @@ def train(
     try:
         ws = resolve_workspace(workspace)
         cfg = load_config(ws, profile, overrides)
+        if out is not None:  # before any work: never replace a finished run's checkpoints unasked
+            from fusion.train.loop import BEST, LAST
+
+            held = [out / n for n in (LAST, BEST) if (out / n).exists()]
+            if held and resume is None:
+                raise FusionError(f"--out {out}: holds the checkpoints of an earlier run ({held[0].name}); continue it "
+                                  f"with --resume {out / LAST} or train into another folder")
         prepared = pipeline.prepare(ws, cfg)
         if out is not None:
             from fusion.train.loop import Trainer
@@ -151,8 +158,8 @@ def sweep(
     overrides: Overrides = None,
     workspace: Workspace = None,
     new: Annotated[bool, typer.Option("--new", help="Start the sweep over instead of continuing an unfinished one")] = False,
-    budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall clock for the whole sweep (overrides the sweep's)")] = None,
-    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Trials at a time (0 = as many as fit)")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", min=0.01, help="Wall clock for the whole sweep (overrides the sweep's)")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=0, help="Trials at a time (0 = as many as fit)")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the trials one after another in this process")] = False,
     plan_only: Annotated[bool, typer.Option("--plan", help="List the trials and their dependencies; run nothing")] = False,
 ) -> None:
@@ -226,7 +233,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write table.md, table.csv, per_pair.csv, summary.json and figure.png here (with --fused: table.md, table.csv, summary.json)")] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Only these metrics (repeatable) [default: all that apply]")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (model and metrics)")] = "cpu",
-    figure_pairs: Annotated[int, typer.Option("--figure-pairs", help="Test pairs shown in the comparison figure")] = 3,
+    figure_pairs: Annotated[int, typer.Option("--figure-pairs", min=1, help="Test pairs shown in the comparison figure")] = 3,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --fused: score the fused images present instead of failing on missing ones")] = False,
 ) -> None:
     """Score fusion results with every metric of docs/metrics.md, per pair and on average.
@@ -328,7 +335,7 @@ def report(
     filter_string: Annotated[str, typer.Option("--filter", help="MLflow filter, e.g. \"tags.model = 'ufa'\"")] = "",
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, report.csv and comparison.png")] = Path("reports/latest"),
     log_to: Annotated[Optional[str], typer.Option("--log-to", help="Log the report to this run (default: the --parent run, else a new report run)")] = None,
-    figure_pairs: Annotated[int, typer.Option("--figure-pairs", help="Test pairs in the comparison figure")] = 3,
+    figure_pairs: Annotated[int, typer.Option("--figure-pairs", min=1, help="Test pairs in the comparison figure")] = 3,
     workspace: Workspace = None,
 ) -> None:
     """A paper-style table across runs: metric means per method, best value in bold.
@@ -362,6 +369,7 @@ def fuse(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fused image (PNG)")],
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="float32; bfloat16 (CPUs with AVX512-BF16/AMX, GPUs) or float16 (GPUs) run the model under autocast: faster, outputs within a few gray levels")] = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never one of the source images)")] = False,
 ) -> None:
     """Fuse two or more images with a trained model and write the result.
 
@@ -378,6 +386,11 @@ def fuse(
             raise FusionError(f"give at least 2 images to fuse, got {len(images)}")
         if out.suffix.lower() != ".png":
             raise FusionError(f"--out {out}: write a .png (lossless); other formats would alter the fused values")
+        for k, src in enumerate(images, 1):
+            if out.exists() and src.exists() and out.resolve() == src.resolve():
+                raise FusionError(f"--out {out}: is source image {k}; write the fused image to another file")
+        if out.exists() and not overwrite:
+            raise FusionError(f"--out {out}: already exists; pass --overwrite to replace it")
         dev = pick_device(device)
         autocast_dtype(precision, dev, "--precision")  # refuse a bad value before loading anything
         net, payload = load_model(model, dev)
@@ -395,7 +408,7 @@ def fuse(
 def reproduce(
     run_id: Annotated[str, typer.Argument(help="MLflow run id to reproduce")],
     workspace: Workspace = None,
-    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Relative tolerance (default: 0 for CPU runs, 1e-3 for GPU runs)")] = None,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", min=0.0, help="Relative tolerance (default: 0 for CPU runs, 1e-3 for GPU runs)")] = None,
     keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the reproduced checkpoints and comparison.json here")] = None,
 ) -> None:
     """Train a past run again from its recorded git commit and DVC data version, and compare.
@@ -464,6 +477,58 @@ def models() -> None:
         for vid, paper_name in spec.variants.items():
             table.add_row(name, vid, paper_name, spec.task, f"{count_parameters(build_model(name, vid)):,}")
     Console().print(table)
+    out = Console(soft_wrap=True)
+    for name, spec in sorted(MODELS.items()):
+        for opt, text in {"released": spec.notes.get("released", "the authors' released code"), **spec.options}.items():
+            key = "train.released" if opt == "released" else f"train.options.{opt}"
+            out.print(f"[bold]{name}[/] {key}: {text}")
+
+
+@app.command("import-weights")
+def import_weights(
+    model: Annotated[str, typer.Argument(help="ufa | crossfuse | cadnif")],
+    files: Annotated[list[Path], typer.Argument(help="ufa: FILE (the authors' state dict); crossfuse: IR_AE VI_AE FUSION "
+                                                     "(their three .model files, in that order); cadnif: PREFIX "
+                                                     "(TensorFlow 1 checkpoint, e.g. model/IV/model/model-11)")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write (e.g. authors-cadnif-iv.pt)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists")] = False,
+    register: Annotated[Optional[str], typer.Option("--register", help="Also register it in the MLflow model registry "
+                                                                      "under this name (tagged source=authors)")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Turn the authors' published weights into a fusionflow checkpoint of the released model.
+
+    The checkpoint works with `fusion fuse --model`, `fusion evaluate --model` and as an MLflow
+    model; it records the source files' sha256 and which source tensors the released forward
+    pass does not use. Weights are read as data only (no pickled code runs); a missing, extra
+    or mis-shaped tensor is refused with its name and nothing is written.
+    """
+    from fusion.weights import IMPORTERS
+    from fusion.weights import import_weights as run_import
+
+    try:
+        if register is not None:  # fail on a bad workspace before converting anything
+            from fusion.config import load_config, resolve_workspace
+
+            ws = resolve_workspace(workspace)
+            load_config(ws)
+        path, result = run_import(model, files, out, overwrite=overwrite)
+        console_out = Console(soft_wrap=True)
+        spec = IMPORTERS[model]
+        console_out.print(f"imported {spec.model} {result.variant} (released) from {' '.join(map(str, files))} -> {path}")
+        for note in result.notes:
+            console_out.print(f"  note: {note}")
+        if result.ignored:
+            console_out.print(f"  ignored {len(result.ignored)} source tensor(s) the released forward pass does not use: "
+                              f"{', '.join(result.ignored[:6])}{' ...' if len(result.ignored) > 6 else ''}")
+        if register is not None:
+            from fusion.weights.register import register_authors
+
+            run_id, version = register_authors(ws, path, register)
+            console_out.print(f"registered {register} v{version} (source=authors), run {run_id}; "
+                              f"fuse with --model runs:/{run_id}")
+    except FusionError as exc:
+        _fail(exc)
 
 
 @data_app.command("embedded")
@@ -481,7 +546,7 @@ def data_embedded(workspace: Workspace = None) -> None:
     Console().print(f"wrote {out}")
 
 
-Workers = Annotated[int, typer.Option("--workers", help="Processes (0 = every core, 1 = this process only)")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Processes (0 = every core, 1 = this process only)")]
 
 
 def _stage(label: str, fn, *args):
@@ -632,8 +697,11 @@ def data_fetch(
     sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the download, where the catalogue has none")] = None,
     trust: Annotated[bool, typer.Option("--trust", help="No checksum known: pin the sha256 of what arrives in DEST/fetch.lock.json")] = False,
     catalogue: Annotated[Optional[Path], typer.Option("--catalogue", help="Catalogue YAML (e.g. a team mirror) instead of the built-in one")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --dest even if it holds files fetch did not create")] = False,
 ) -> None:
-    """Download a public dataset, verify its sha256, unpack it atomically, and print its `sources:` entry."""
+    """Download a public dataset, verify its sha256, unpack it atomically, and print its `sources:` entry.
+
+    A --dest that holds other files (not from an earlier fetch of it) is refused unless --overwrite."""
     from fusion.data.fetch import fetch, load_catalogue
 
     try:
@@ -654,7 +722,8 @@ def data_fetch(
 
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"fetching {name}", total=None)
-            record = fetch(entries[name], dest.resolve(), sha256, trust, lambda done, total: bar.update(task, completed=done, total=total))
+            record = fetch(entries[name], dest.resolve(), sha256, trust,
+                           lambda done, total: bar.update(task, completed=done, total=total), overwrite=overwrite)
     except FusionError as exc:
         _fail(exc)
     root = dest.resolve() / record["subdir"] if record["subdir"] else dest.resolve()

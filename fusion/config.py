@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -22,7 +23,8 @@ WORKSPACE_ENV = "FUSIONFLOW_WORKSPACE"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan pass gt=0 checks (train.lr=inf would only fail at the first step)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EmbeddedData(_Strict):
@@ -101,6 +103,23 @@ class DataConfig(_Strict):
     patches: dict[str, PatchStage] = {}
     test_sets: dict[str, TestSetStage] = {}
 
+    @model_validator(mode="after")
+    def _plain_names(self) -> "DataConfig":
+        # each name becomes a folder under prepared/<section>/: "../x" or "a/b" would write elsewhere
+        for section in ("kaist_pairs", "patches", "test_sets"):
+            for name in getattr(self, section):
+                check_plain_name(f"data.{section}", name)
+        return self
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
+
+
+def check_plain_name(where: str, name: str) -> None:
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise ValueError(f"{where}: {name!r} is not a plain name (letters, digits, '_', '-', inner dots; "
+                         f"it names a folder, so no '/', '..' or leading dot)")
+
 
 class RayConfig(_Strict):
     cpus_per_worker: float = Field(2, gt=0)
@@ -122,6 +141,9 @@ class TrainConfig(_Strict):
     model: str = "ufa"
     variant: str = "UFA"
     released: bool = False
+    # per-model named options (the model's registry entry lists them: `fusion models`), e.g.
+    # {fix_spatial_softmax: true} for UFA-Fuse's released graph
+    options: dict[str, Any] = {}
     # the fusion task: picks CADNIF's Eq. 7 loss weights; "multi-focus" for the embedded data
     task: Literal["multi-focus", "ir-vis", "medical", "multi-exposure"] = "multi-focus"
     # null: the prepared (DVC) dataset; otherwise unsupervised training on source pairs
@@ -346,6 +368,11 @@ class Config(_Strict):
                 f"train.variant: unknown variant {self.train.variant!r} of {self.train.model}; "
                 f"valid: {list(variants)}"
             )
+        known = MODELS[self.train.model].options
+        for key in self.train.options:
+            if key not in known:
+                raise ValueError(f"train.options.{key}: not an option of {self.train.model}; "
+                                 f"valid: {sorted(known) or 'none'}")
         return self
 
     def flat(self) -> dict[str, Any]:

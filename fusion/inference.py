@@ -102,6 +102,8 @@ def model_label(payload: dict) -> str:
     name = {"ufa": "UFA-Fuse", "cadnif": "CADNIF", "crossfuse": "CrossFuse"}.get(payload.get("model"), payload.get("model", "model"))
     variant = payload.get("variant")
     paper = spec.variants.get(variant, variant) if spec else variant
+    if (payload.get("model_options") or {}).get("released"):
+        paper = f"{paper}, released" if paper else "released"
     return f"{name} ({paper})" if paper else name
 
 

@@ -13,18 +13,34 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11) -> torch.Te
     return kornia.metrics.ssim(pred, target, window_size=window, max_val=1.0).mean()
 
 
+def ssim_zero_padded(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM as UFA-Fuse's released training code computes it (the widespread `pytorch_ssim`):
+    the Gaussian window runs over zero padding at the border, where kornia reflects."""
+    ch = pred.shape[1]
+    k = _gaussian(window, sigma, pred).expand(ch, 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, k, padding=window // 2, groups=ch)
+
+    mx, my = blur(pred), blur(target)
+    sxx, syy, sxy = blur(pred * pred) - mx**2, blur(target * target) - my**2, blur(pred * target) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    return (((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))).mean()
+
+
 class L1SSIMLoss(nn.Module):
     """UFA-Fuse Eq. 1: lambda * L1 + (1 - lambda) * (1 - SSIM), against the ground truth."""
 
-    def __init__(self, lambda_l1: float = 0.2):
+    def __init__(self, lambda_l1: float = 0.2, released: bool = False):
         super().__init__()
         if not 0.0 <= lambda_l1 <= 1.0:
             raise ValueError(f"lambda_l1 must be in [0, 1], got {lambda_l1}")
         self.lambda_l1 = lambda_l1
+        self.ssim = ssim_zero_padded if released else ssim
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         l1 = (pred - target).abs().mean()
-        ssim_term = 1.0 - ssim(pred, target)
+        ssim_term = 1.0 - self.ssim(pred, target)
         total = self.lambda_l1 * l1 + (1.0 - self.lambda_l1) * ssim_term
         return {"loss": total, "l1": l1.detach(), "ssim_loss": ssim_term.detach()}
 
@@ -105,6 +121,7 @@ CADNIF_TASK_WEIGHTS = {
 }
 CADNIF_RELEASED_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 CADNIF_RELEASED_SCALE = 100.0
+CADNIF_CROP_BORDER, CADNIF_RELEASED_CROP_BORDER = 6, 0
 _TASK_ALIASES = {
     "irvis": "ir-vis", "infraredvisible": "ir-vis", "ivf": "ir-vis",
     "medical": "medical", "mripet": "medical",
@@ -126,22 +143,25 @@ class CADNIFLoss(nn.Module):
     Eq. 5 prints ||grad F - I||; the gradient of both sides is meant (and is what the released
     graph computes). Images are compared on the network's [-1, 1] scale, with the Laplacian
     taken on the whole window and the MSE on the centre (`crop_border` pixels dropped on every
-    side: 6 = 132x132 windows scored on their central 120x120, as released).
+    side; the paper default 6 scores 132x132 windows on their central 120x120, a project choice).
     `released=True`: 100 x [MSE(F, I_i) + MSE(F, I_j) + 3 MSE(lap F, lap I_j) + 3 MSE(lap F, lap I_i)]
-    whatever the task. More than two sources (multi-exposure) need symmetric weights, which
-    then apply to every source.
+    whatever the task, on the whole window (crop_border 0): the trained graph is fed the central
+    120x120 of each 132x132 window and scores all of it (train.crop 120). More than two sources
+    (multi-exposure) need symmetric weights, which then apply to every source.
     """
 
     def __init__(
         self,
         task: str = "ir-vis",
         released: bool = False,
-        crop_border: int = 6,
+        crop_border: int | None = None,
         weights: tuple[float, float, float, float] | None = None,
         scale: float | None = None,
     ):
         super().__init__()
         self.task = canonical_task(task)
+        if crop_border is None:
+            crop_border = CADNIF_RELEASED_CROP_BORDER if released else CADNIF_CROP_BORDER
         if weights is None:
             weights = CADNIF_RELEASED_WEIGHTS if released else CADNIF_TASK_WEIGHTS[self.task]
         if scale is None:
@@ -186,21 +206,71 @@ class CADNIFLoss(nn.Module):
 # ---------------------------------------------------------------- CrossFuse
 
 
+def released_ms_ssim_combine(ssim: torch.Tensor, cs: torch.Tensor,
+                             weights: tuple[float, ...] = MS_SSIM_WEIGHTS) -> torch.Tensor:
+    """How `pytorch_msssim.msssim(..., normalize=True)` combines per-scale values:
+    prod(((cs[:-1] + 1) / 2) ** w[:-1] * ((ssim[-1] + 1) / 2) ** w[-1]). The last scale's factor
+    sits inside the product over the other scales, so it is raised to (levels - 1) * w[-1]
+    (4 x 0.1333 with 5 scales), and the last scale's cs is never used."""
+    w = torch.tensor(weights, dtype=ssim.dtype, device=ssim.device)
+    ssim, cs = (ssim + 1) / 2, (cs + 1) / 2
+    return torch.prod(cs[:-1] ** w[:-1] * ssim[-1] ** w[-1])
+
+
+def released_ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
+                     weights: tuple[float, ...] = MS_SSIM_WEIGHTS, pixel_scale: float = 255.0) -> torch.Tensor:
+    """CrossFuse's released stage-1 MS-SSIM: `pytorch_msssim.msssim(x * 255, y * 255, normalize=True)`.
+
+    As that code does at every scale: the data range L is guessed from x (255 if max(x) > 128 on
+    the 0..255 scale, else 1; minus -1 if min(x) < -0.5), the Gaussian window is centred on
+    pixel size // 2 of a window shrunk to the image, valid windows; see released_ms_ssim_combine.
+    """
+    x, y = x * pixel_scale, y * pixel_scale
+    ch = x.shape[1]
+    ssims, css = [], []
+    for level in range(len(weights)):
+        hi = 255.0 if x.max() > 128 else 1.0
+        lo = -1.0 if x.min() < -0.5 else 0.0
+        c1, c2 = (0.01 * (hi - lo)) ** 2, (0.03 * (hi - lo)) ** 2
+        size = min(window, x.shape[-2], x.shape[-1])
+        ax = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
+        g = torch.exp(-(ax**2) / (2 * sigma**2))
+        g = g / g.sum()
+        k = torch.outer(g, g).expand(ch, 1, size, size)
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(t, k, groups=ch)
+
+        mx, my = blur(x), blur(y)
+        v1 = 2 * (blur(x * y) - mx * my) + c2
+        v2 = (blur(x * x) - mx**2) + (blur(y * y) - my**2) + c2
+        css.append((v1 / v2).mean())
+        ssims.append(((2 * mx * my + c1) * v1 / ((mx**2 + my**2 + c1) * v2)).mean())
+        if level + 1 < len(weights):
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return released_ms_ssim_combine(torch.stack(ssims), torch.stack(css), weights)
+
+
 class CrossFuseAELoss(nn.Module):
     """CrossFuse Eq. 7 (stage 1): MSE + w_s (1 - MS-SSIM), w_s = 1e4.
 
     The MSE is taken on the 0..255 scale, as in the released code (on [0, 1] it would vanish
-    next to 1e4 x the structural term); MS-SSIM does not depend on the scale.
+    next to 1e4 x the structural term); MS-SSIM does not depend on the scale. `released=True`:
+    the released MS-SSIM (released_ms_ssim), not the standard one.
     """
 
-    def __init__(self, w_ssim: float = 1e4, pixel_scale: float = 255.0):
+    def __init__(self, w_ssim: float = 1e4, pixel_scale: float = 255.0, released: bool = False):
         super().__init__()
         self.w_ssim = w_ssim
         self.pixel_scale = pixel_scale
+        self.released = released
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         mse = F.mse_loss(recon * self.pixel_scale, target * self.pixel_scale)
-        ssim_term = 1.0 - ms_ssim(recon, target)
+        if self.released:
+            ssim_term = 1.0 - released_ms_ssim(recon, target, pixel_scale=self.pixel_scale)
+        else:
+            ssim_term = 1.0 - ms_ssim(recon, target)
         total = mse + self.w_ssim * ssim_term
         return {"loss": total, "mse": mse.detach(), "ms_ssim_loss": ssim_term.detach()}
 
@@ -245,14 +315,18 @@ class CrossFuseLoss(nn.Module):
 # Unsupervised losses take (fused, *sources); supervised ones (pred, target). Config fields not
 # (yet) in TrainConfig are read with defaults: task, loss_crop_border.
 LOSSES = {
-    "ufa": lambda cfg: L1SSIMLoss(cfg.lambda_l1),
+    "ufa": lambda cfg: L1SSIMLoss(cfg.lambda_l1, released=getattr(cfg, "released", False)),
     "cadnif": lambda cfg: CADNIFLoss(
         task=getattr(cfg, "task", "ir-vis"),
         released=getattr(cfg, "released", False),
-        crop_border=getattr(cfg, "loss_crop_border", 6),
+        # None (unset): the mode's default, 6 in paper mode, 0 (the whole window) if released
+        crop_border=getattr(cfg, "loss_crop_border", None),
     ),
     "crossfuse": lambda cfg: CrossFuseLoss(released=getattr(cfg, "released", False)),
-    "crossfuse_ae": lambda cfg: CrossFuseAELoss(),
+    # train.options.fix_ms_ssim: the standard MS-SSIM in released mode
+    "crossfuse_ae": lambda cfg: CrossFuseAELoss(
+        released=getattr(cfg, "released", False) and not (getattr(cfg, "options", None) or {}).get("fix_ms_ssim", False)
+    ),
 }
 
 

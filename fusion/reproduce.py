@@ -152,8 +152,13 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
     """Train run `run_id` again from its commit and data version and compare (see module doc)."""
     import mlflow.artifacts
 
+    from mlflow.exceptions import MlflowException
+
     target = tracking.target(load_config(ws), ws)
-    run = tracking.client(target).get_run(run_id)
+    try:
+        run = tracking.client(target).get_run(run_id)
+    except MlflowException as exc:
+        raise ReproducibilityError(f"run {run_id}: not found in {target.uri} ({str(exc).splitlines()[0]})") from None
     tags = run.data.tags
     repo = project_root()
     commit = check_reproducible(tags, run_id, repo)

@@ -151,10 +151,33 @@ def unpack(archive: Path, kind: str, strip: int, dest: Path) -> None:
         raise DataError(f"{archive}: not a valid {kind} archive ({exc})") from None
 
 
+def foreign_files(dest: Path) -> list[str]:
+    """Files under `dest` that no earlier fetch wrote there (its lock lists what it unpacked)."""
+    if not dest.exists():
+        return []
+    if not dest.is_dir():
+        return [dest.name]
+    lock_path = dest / LOCK
+    known: set[str] = set()
+    if lock_path.is_file():
+        try:
+            known = {LOCK, *json.loads(lock_path.read_text()).get("files", [])}
+        except (ValueError, AttributeError):
+            known = set()
+    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() and str(p.relative_to(dest)) not in known)
+
+
 def fetch(entry: Entry, dest: Path, sha256: str | None = None, trust: bool = False,
-          progress: Callable[[int, int | None], None] | None = None) -> dict:
+          progress: Callable[[int, int | None], None] | None = None, overwrite: bool = False) -> dict:
     """Download, verify and unpack `entry` into `dest` (created atomically; an existing
-    folder is replaced only once the new one is complete). Returns the lock record."""
+    folder is replaced only once the new one is complete). Returns the lock record.
+
+    A `dest` holding files an earlier fetch did not unpack (a user's notes, another dataset)
+    is refused unless `overwrite`: replacing the folder would delete them."""
+    foreign = foreign_files(dest)
+    if foreign and not overwrite:
+        what = "is a file" if not dest.is_dir() else f"holds {len(foreign)} file(s) fetch did not create ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+        raise ConfigError(f"--dest {dest}: {what}; choose a new or empty folder, or pass --overwrite to replace it")
     lock_path = dest / LOCK
     pinned = json.loads(lock_path.read_text()).get("sha256") if lock_path.is_file() else None
     expected = sha256 or entry.sha256 or pinned
@@ -172,6 +195,7 @@ def fetch(entry: Entry, dest: Path, sha256: str | None = None, trust: bool = Fal
                   "verified": expected is not None, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with atomic_directory(dest) as tmp:
             unpack(archive, entry.archive, entry.strip, tmp)
+            record["files"] = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             write_json_atomic(tmp / LOCK, record)
     finally:
         archive.unlink(missing_ok=True)

@@ -25,6 +25,9 @@ class ModelSpec:
     # for all of them: a sweep trains it once and starts every such variant from it
     shared_stage1: frozenset[str] = frozenset()
     aliases: frozenset[str] = frozenset()   # identifiers naming another variant (left out of "all")
+    # named options beyond `released` (train.options.NAME): name -> what it switches. Each
+    # released-code bug is one of these, so a user can measure what fixing it changes.
+    options: dict[str, str] = field(default_factory=dict)
 
     def sweep_variants(self) -> list[str]:
         return [v for v in self.variants if v not in self.aliases]
@@ -48,6 +51,9 @@ def build_model(name: str, variant: str, **options) -> nn.Module:
     spec = MODELS[name]
     if variant not in spec.variants:
         raise ConfigError(f"train.variant: unknown variant {variant!r} of {name}; valid: {list(spec.variants)}")
+    unknown = sorted(set(options) - {"released"} - set(spec.options))
+    if unknown:
+        raise ConfigError(f"train.options.{unknown[0]}: not an option of {name}; valid: {sorted(spec.options) or 'none'}")
     return spec.builder(variant=variant, **options)
 
 

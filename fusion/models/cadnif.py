@@ -4,27 +4,23 @@ One network for IR-VIS, medical (MRI-PET), multi-focus and multi-exposure fusion
 images (C = 1; colour is fused on Y upstream). Layer sizes follow the authors' trained graph
 (docs/models.md); the paper (Figs. 1-4, Eqs. 1-4) gives the structure:
 
-- inputs mapped to [-1, 1]; each stream stacks three gray planes (see `stacking`);
-- shallow 1x1 convs (BN + LeakyReLU 0.2): both streams 6->16 ("pair" features, c0), each
-  stream 3->16;
+- inputs mapped to [-1, 1]; each stream stacks three gray planes (`stacking`); shallow 1x1
+  convs (BN + LeakyReLU 0.2): both streams 6->16 ("pair" features, c0), each stream 3->16;
 - 5 cross-attention blocks, densely connected (Eqs. 1-3): per stream a gate
   sigmoid(conv3x3(ReLU(conv3x3([x, c])))), block output BN(conv3x3([x_ir*a_ir, x_vi*a_vi, c]));
   between blocks a 3x3 conv (LeakyReLU) over [block output, c0, previous convs], inputs
   32/48/64/80 channels; the last block's output and the convs make the 96-channel output;
 - auxiliary branch (Eq. 4): two non-local (embedded Gaussian) cross self-attention blocks of
   1x1 convs, queries from one stream and keys/values from the other, 16 + 16 channels;
-- merging network: 1x1 to 64, dilated (rate 2) residual dense block (three 3x3 convs,
-  growth 16, 1x1 back to 64, concatenated with its input as the residual), 1x1 to 64;
-- global residual: concat with c0, then 3x3 (BN, LeakyReLU) and 3x3 to one channel, tanh,
-  mapped back to [0, 1].
+- merging network: 1x1 to 64, dilated (rate 2) residual dense block (three 3x3 convs, growth
+  16, 1x1 back to 64, concatenated with its input), 1x1 to 64; global residual: concat with c0,
+  3x3 (BN, LeakyReLU), 3x3 to one channel, tanh, mapped back to [0, 1].
 
-All convolutions are 'same' padded (dilated ones by 2), so any H x W works without padding.
-The non-local branch attends over all H*W positions; `scaled_dot_product_attention` keeps its
-memory linear, but its time is quadratic, so very large images are best fused in windows
-(the released code fuses 132x132 windows and keeps the central 120x120).
-
-More than two inputs (multi-exposure sequences): the model is trained on pairs, so K inputs
-are fused pairwise from left to right, F = f(...f(f(x1, x2), x3)..., xK).
+All convolutions are 'same' padded (dilated ones by 2), so any H x W works. The non-local
+branch attends over all H*W positions (SDPA: memory linear, time quadratic), so in paper mode
+eval fuses images larger than 132x132 in 132x132 tiles keeping the central 120x120 (a project
+choice: the authors' test script fuses whole images). K > 2 inputs are fused pairwise from left
+to right, F = f(...f(f(x1, x2), x3)..., xK).
 
 Ablations (Table 6) remove exactly what they name:
   OD-Net         plain dense net (5 densely connected 3x3 convs) on the pair features only:
@@ -34,10 +30,15 @@ Ablations (Table 6) remove exactly what they name:
   CA-DRDB-AU-Net + the auxiliary branch;
   CA-DRDB-AU-GRL-Net (proposed) + the global residual.
 
-`released=True` builds the trained graph's behaviour where it differs from the paper: streams
-stacked as [ir, ir, vi] / [vi, vi, ir] (the paper stacks "three gray images of the same
-source", which is also what the released test script feeds) and LeakyReLU(0.2) instead of the
-paper's ReLU inside the DRDB. The parameter count is the same either way.
+`released=True` is the authors' TRAINED graph (read from model-11.meta), layer for layer:
+streams [ir, ir, vi] / [vi, vi, ir]; LeakyReLU(0.2) after both gate convs, then the sigmoid;
+LeakyReLU in the DRDB; the dense concatenations in the graph's own channel order; an auxiliary
+branch x + BN(W x_other) per stream (the graph computes the non-local attention but nothing
+consumes it); every BatchNorm on batch statistics in training AND eval (tf.contrib batch_norm in
+training mode; in eval each image on its own statistics, as the test script fuses one image at a
+time), epsilon 1.001e-5, 1e-3 in the auxiliary branch; whole images in eval, no tiling. The
+parameters and their names are the same in both modes. Each released bug has a fix option
+(`OPTIONS`); `published_test_graph` rebuilds the graph that made the authors' published images.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fusion.errors import ConfigError
 from fusion.models import ModelSpec, register
 
 VARIANTS = {
@@ -70,7 +72,40 @@ COMPONENTS = {
 }
 
 _SLOPE = 0.2
-TILE, TILE_BORDER = 132, 6  # released code: 132x132 windows, central 120x120 kept
+TILE, TILE_BORDER = 132, 6  # project choice (paper mode): 132x132 tiles, central 120x120 kept
+TF_EPS = 1.001e-5           # FusedBatchNorm raises the code's 1e-5 to its minimum, 1.001e-5
+TF_AUX_EPS = 1e-3           # tf.layers.batch_normalization's default
+PUBLISHED_STD = 1e-3        # the released initialiser: truncated normal, cut at 2 std
+
+OPTIONS = {
+    "stacking": '"cross" ([ir, ir, vi] / [vi, vi, ir], the trained graph) or "same" ([ir]x3 / [vi]x3, the '
+    "paper and the released test script); default cross if released, else same",
+    "bn_running_stats": "BatchNorm on running statistics in eval (fixes the released batch-statistics BN at "
+    "test time); default true, false if released",
+    "aux_attention": "the auxiliary branch adds the cross non-local attention of Eq. 4 (fixes the released "
+    "dead branch x + BN(W x_other)); default true, false if released",
+    "published_test_graph": "released only: the graph of the authors' published images: checkpoint weights "
+    "for the top-level convs only, attention blocks / non-local W / DRDB re-drawn from published_seed after "
+    "every load, BN scale 1 offset 0 on the image's statistics, [ir]x3/[vi]x3, output min-max rescaled",
+    "published_seed": "seed of published_test_graph's fresh draw (default 0)",
+}
+
+
+class Norm(nn.BatchNorm2d):
+    """BatchNorm2d that, with `batch_stats`, keeps normalising on the input's own statistics in
+    eval (per image: the released test script fuses one image at a time)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, batch_stats: bool = False):
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.batch_stats = batch_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.batch_stats:
+            return super().forward(x)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", batch_stats=True" if self.batch_stats else "")
 
 
 def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
@@ -90,31 +125,27 @@ def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Ten
     return out[..., :h, :w]
 
 
-def _conv_bn_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.LeakyReLU(_SLOPE))
-
-
 def _conv_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.LeakyReLU(_SLOPE))
 
 
 class CrossAttentionBlock(nn.Module):
-    """Eqs. 1-3 / Fig. 2b-c: one spatial gate per stream, conditioned on the shared features c."""
+    """Eqs. 1-3 / Fig. 2b-c: one spatial gate per stream, conditioned on the shared features c.
+    `released`: LeakyReLU after both gate convs, then the sigmoid (the trained graph)."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16, released: bool = False, norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
 
         def gate() -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(2 * width, width, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1),
-                nn.Sigmoid(),
-            )
+            if released:
+                return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.LeakyReLU(_SLOPE),
+                                     nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(_SLOPE), nn.Sigmoid())
+            return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid())
 
         self.gate_a = gate()
         self.gate_b = gate()
-        self.out = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.BatchNorm2d(width))
+        self.out = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), norm(width))
 
     def gates(self, x_a: torch.Tensor, x_b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gate_a(torch.cat([x_a, c], 1)), self.gate_b(torch.cat([x_b, c], 1))
@@ -125,14 +156,16 @@ class CrossAttentionBlock(nn.Module):
 
 
 class CrossNonLocal(nn.Module):
-    """Eq. 4: y_i = sum_j softmax_j(theta(q_i) . phi(kv_j)) g(kv_j); output q + BN(W y)."""
+    """Eq. 4: y_i = sum_j softmax_j(theta(q_i) . phi(kv_j)) g(kv_j); output q + BN(W y).
+    `attend=False` is the released trained graph: q + BN(W kv), theta/phi/g unused."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16, attend: bool = True, norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
+        self.attend = attend
         self.theta = nn.Conv2d(width, width, 1)
         self.phi = nn.Conv2d(width, width, 1)
         self.g = nn.Conv2d(width, width, 1)
-        self.w = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width))
+        self.w = nn.Sequential(nn.Conv2d(width, width, 1), norm(width))
 
     @staticmethod
     def _seq(x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +174,8 @@ class CrossNonLocal(nn.Module):
         return x.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()  # B, 1, HW, C
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
+        if not self.attend:
+            return x_q + self.w(x_kv)
         b, c, h, w = x_q.shape
         # Embedded Gaussian non-local: no 1/sqrt(d) scaling; SDPA avoids materialising HW x HW.
         y = F.scaled_dot_product_attention(
@@ -171,6 +206,10 @@ class DilatedResidualDenseBlock(nn.Module):
         return torch.cat([x, self.fuse(torch.cat(feats, 1))], 1)
 
 
+def _after_load(module: "CADNIF", incompatible_keys) -> None:
+    module.redraw_published()
+
+
 class CADNIF(nn.Module):
     def __init__(
         self,
@@ -180,23 +219,45 @@ class CADNIF(nn.Module):
         merge_width: int = 64,
         num_blocks: int = 5,
         in_channels: int = 1,
+        stacking: str | None = None,
+        bn_running_stats: bool | None = None,
+        aux_attention: bool | None = None,
+        published_test_graph: bool = False,
+        published_seed: int = 0,
     ):
         super().__init__()
         if variant not in COMPONENTS:
             raise ValueError(f"unknown CADNIF variant {variant!r}; valid: {list(COMPONENTS)}")
         if in_channels != 1:
             raise ValueError("CADNIF fuses gray images (C = 1); fuse colour on the Y channel")
+        if stacking not in (None, "cross", "same"):
+            raise ConfigError(f"train.options.stacking: {stacking!r}; valid: 'cross', 'same'")
+        if published_test_graph and (not released or bn_running_stats or aux_attention):
+            raise ConfigError("train.options.published_test_graph: needs train.released=true and neither "
+                              "bn_running_stats nor aux_attention")
         self.variant = variant
         self.in_channels = in_channels  # read by fusion.inference and the trainer
         self.released = released
         self.attention, self.use_drdb, self.use_aux, self.global_residual = COMPONENTS[variant]
-        self.stacking = "cross" if released else "same"
+        self.stacking = stacking or ("same" if published_test_graph or not released else "cross")
+        self.bn_running_stats = (not released) if bn_running_stats is None else bool(bn_running_stats)
+        self.aux_attention = (not released) if aux_attention is None else bool(aux_attention)
+        self.published_test_graph = published_test_graph
+        self.published_seed = int(published_seed)
 
-        self.shallow_pair = _conv_bn_lrelu(6, width, 1)
+        batch_stats = not self.bn_running_stats
+        norm = partial(Norm, eps=TF_EPS, batch_stats=batch_stats) if released else partial(Norm, batch_stats=batch_stats)
+        # tf.layers' momentum 0.99; TF never ran these updates, so model-11 holds (0, 1) there
+        aux_norm = partial(Norm, eps=TF_AUX_EPS, momentum=0.01, batch_stats=batch_stats) if released else norm
+
+        def conv_bn_lrelu(cin: int, cout: int, k: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), norm(cout), nn.LeakyReLU(_SLOPE))
+
+        self.shallow_pair = conv_bn_lrelu(6, width, 1)
         if self.attention:
-            self.shallow_a = _conv_bn_lrelu(3, width, 1)
-            self.shallow_b = _conv_bn_lrelu(3, width, 1)
-            self.blocks = nn.ModuleList(CrossAttentionBlock(width) for _ in range(num_blocks))
+            self.shallow_a = conv_bn_lrelu(3, width, 1)
+            self.shallow_b = conv_bn_lrelu(3, width, 1)
+            self.blocks = nn.ModuleList(CrossAttentionBlock(width, released, norm) for _ in range(num_blocks))
             # conv k sees [block k output, c0, conv 1..k-1]: 32/48/64/80 channels
             self.dense_convs = nn.ModuleList(
                 _conv_lrelu((k + 2) * width, width, 3) for k in range(num_blocks - 1)
@@ -206,7 +267,7 @@ class CADNIF(nn.Module):
             self.dense_convs = nn.ModuleList(_conv_lrelu((k + 1) * width, width, 3) for k in range(num_blocks))
         dense_out = (num_blocks + 1) * width
         if self.use_aux:
-            self.aux = nn.ModuleList([CrossNonLocal(width), CrossNonLocal(width)])
+            self.aux = nn.ModuleList([CrossNonLocal(width, self.aux_attention, aux_norm) for _ in range(2)])
         merge_in = dense_out + (2 * width if self.use_aux else 0)
         self.merge_in = _conv_lrelu(merge_in, merge_width, 1)
         if self.use_drdb:
@@ -215,15 +276,60 @@ class CADNIF(nn.Module):
             self.merge_out = _conv_lrelu(2 * merge_width, merge_width, 1)
         tail_in = merge_width + (width if self.global_residual else 0)
         self.tail = nn.Sequential(
-            _conv_bn_lrelu(tail_in, merge_width, 3),
+            conv_bn_lrelu(tail_in, merge_width, 3),
             nn.Conv2d(merge_width, 1, 3, padding=1),
             nn.Tanh(),
         )
+        if published_test_graph:
+            self.redraw_published()
+            self.register_load_state_dict_post_hook(_after_load)
+
+    # ------------------------------------------------------------ the published test graph
+
+    def published_fresh_convs(self) -> list[nn.Conv2d]:
+        """The convs the published test script created fresh (in draw order): everything but the
+        top-level convs it restored by name (conv_iv, conv_i, conv_v, A_conv.., conv_1, m_conv_1,
+        conv_2, conv_3)."""
+        convs: list[nn.Conv2d] = []
+        for block in getattr(self, "blocks", []):
+            convs += [block.gate_a[0], block.gate_a[2], block.gate_b[0], block.gate_b[2], block.out[0]]
+        for nl in getattr(self, "aux", []):
+            convs += [nl.theta, nl.phi, nl.g, nl.w[0]]
+        if self.use_drdb:
+            convs += [c[0] for c in self.drdb.convs] + [self.drdb.fuse[0]]
+        return convs
+
+    @torch.no_grad()
+    def redraw_published(self) -> None:
+        """Re-draw what the published test script initialised afresh; deterministic in the seed.
+        Runs at construction and after every load_state_dict."""
+        if not self.published_test_graph:
+            return
+        gen = torch.Generator().manual_seed(self.published_seed)
+        for conv in self.published_fresh_convs():
+            w = torch.empty(conv.weight.shape, dtype=torch.float32)
+            nn.init.trunc_normal_(w, std=PUBLISHED_STD, a=-2 * PUBLISHED_STD, b=2 * PUBLISHED_STD, generator=gen)
+            conv.weight.copy_(w)
+            conv.bias.zero_()
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+    # ------------------------------------------------------------ forward
 
     def _streams(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stacking == "cross":
             return torch.cat([a, a, b], 1), torch.cat([b, b, a], 1)
         return torch.cat([a, a, a], 1), torch.cat([b, b, b], 1)
+
+    def _concat(self, att: torch.Tensor, convs: list[torch.Tensor]) -> torch.Tensor:
+        """Block output with the dense features, convs = [c0, conv 1, conv 2, ...]. The trained graph
+        orders them [conv k-1, ..., conv 2, block, conv 1, c0]: only a permutation of the next conv's
+        input channels, kept so that imported kernels are the TF variables, transposed."""
+        if self.released:
+            return torch.cat([*reversed(convs[2:]), att, *reversed(convs[:2])], 1)
+        return torch.cat([att, *convs], 1)
 
     def _dense(self, c0: torch.Tensor, x_a: torch.Tensor | None, x_b: torch.Tensor | None) -> torch.Tensor:
         if not self.attention:
@@ -235,18 +341,19 @@ class CADNIF(nn.Module):
         for k, block in enumerate(self.blocks):
             att = block(x_a, x_b, last)
             if k == len(self.blocks) - 1:
-                return torch.cat([att, *convs], 1)
-            last = self.dense_convs[k](torch.cat([att, *convs], 1))
+                return self._concat(att, convs)
+            last = self.dense_convs[k](self._concat(att, convs))
             convs.append(last)
         raise AssertionError("unreachable")
 
     def fuse_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """In eval mode images larger than a training window are fused in 132x132 windows
-        keeping the central 120x120, as the released test pipeline does: the non-local branch
-        is quadratic in pixels in time (a 132x132 window: ~0.3 s on 2 CPU cores) and was only
-        ever trained on 132x132 context."""
+        """Paper mode, eval: images larger than a training window are fused in 132x132 tiles keeping
+        the central 120x120 (a project choice: the non-local branch is quadratic in pixels in time,
+        ~0.3 s a 132x132 tile on 2 CPU cores). Released mode fuses the whole image, as the authors'
+        test script does (its batch-statistics BN depends on the whole image)."""
         h, w = a.shape[-2:]
-        if self.training or not self.use_aux or (h <= TILE and w <= TILE):
+        if (self.training or self.released or not (self.use_aux and self.aux_attention)
+                or (h <= TILE and w <= TILE)):
             return self._fuse_pair(a, b)
         return tiled(self._fuse_pair, a, b, TILE, TILE_BORDER)
 
@@ -266,7 +373,13 @@ class CADNIF(nn.Module):
             m = self.merge_out(self.drdb(m))
         if self.global_residual:
             m = torch.cat([m, c0], 1)
-        return (self.tail(m) + 1) / 2
+        out = (self.tail(m) + 1) / 2
+        if self.published_test_graph:
+            # scipy.misc.imsave byte-scales each image to its own min..max
+            lo = out.amin(dim=(1, 2, 3), keepdim=True)
+            span = out.amax(dim=(1, 2, 3), keepdim=True) - lo
+            out = (out - lo) / torch.where(span > 0, span, torch.ones_like(span))
+        return out
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """inputs: K >= 2 tensors B x 1 x H x W in [0, 1]; K > 2 are fused pairwise, left to right."""
@@ -294,12 +407,17 @@ register(
         task="ir-vis,medical,multi-focus,multi-exposure",
         paper="CADNIF (Shen et al.), cross attention-guided dense network, unsupervised unified fusion",
         notes={
-            "released": "trained-graph behaviour: [ir, ir, vi]/[vi, vi, ir] stacking, LeakyReLU in the DRDB; "
-            "loss 100 x [MSE + 3 x Laplacian MSE] (losses.CADNIFLoss)",
+            "released": "the authors' trained graph: [ir, ir, vi]/[vi, vi, ir] stacking, LeakyReLU after both "
+            "gate convs and in the DRDB, auxiliary branch x + BN(W x_other), BN on batch statistics in eval "
+            "(eps 1.001e-5, 1e-3 aux), whole images; loss 100 x [MSE + 3 x Laplacian MSE] on the whole "
+            "window (losses.CADNIFLoss)",
             "inputs": "gray; K > 2 inputs fused pairwise left to right",
-            "training": "132x132 windows, loss on the central 120x120 (CADNIFLoss crop_border=6)",
+            "training": "paper: 132x132 windows, loss on the central 120x120 (loss_crop_border 6); released: "
+            "the authors feed the central 120x120 of each 132x132 window and score all of it (crop 120, border 0)",
+            "weights": "fusion import-weights cadnif PREFIX (the authors' TF1 checkpoint, e.g. model-11)",
         },
+        options=dict(OPTIONS),
     )
 )
 
-__all__ = ["CADNIF", "CrossAttentionBlock", "CrossNonLocal", "DilatedResidualDenseBlock", "build_cadnif"]
+__all__ = ["CADNIF", "CrossAttentionBlock", "CrossNonLocal", "DilatedResidualDenseBlock", "Norm", "build_cadnif"]

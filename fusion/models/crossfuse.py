@@ -45,9 +45,15 @@ Ablations (Tables 1-2): `no-resoftmax` uses softmax(+X) in CA, `no-shift` never 
 and `F_Dense` by a dense block (3 layers, growth 64, ReLU, 3x3 to 128) + one 3x3 conv; the
 paper does not give their layers, so these widths are our choice.
 
-`released=True` also: IR shallow skip weighted by 0.5 (released decoder), local means summed
-over channels for the skip weights, BN after the final 1x1 conv. Not reproduced: the unused
-qkv weights of the released CA layers and the unused final norm of its SA modules.
+`released=True` also reproduces (each deviation has a named fix, RELEASED_OPTIONS; docs/models.md):
+IR shallow skip weighted by 0.5 (released decoder), local means summed over channels for the
+skip weights, BN after the final 1x1 conv; the released chaining of stacked CA blocks
+(crossfuse_cam.py; s2-c2, s3-c3 only); sizes not divisible by 8 as the released code handles
+them: max-pooling rounds down and the decoder output is centre-padded (reflect) back to the
+shallow features' size, instead of padding the input; Adam weight_decay 0.9 in every stage
+(`optimizer_overrides`, read by the trainer); the released stage-1 MS-SSIM (fusion.losses,
+selected from the train config). The released files' unused tensors (CA qkv, SA final norms,
+conv_gra) have no place here: fusion/weights/crossfuse.py lists them as ignored.
 """
 
 from __future__ import annotations
@@ -58,7 +64,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fusion.errors import ConfigError
 from fusion.models import ModelSpec, register
+from fusion.models.crossfuse_cam import (  # noqa: F401 - re-exported
+    MODALITIES,
+    Attention,
+    CrossAttentionMechanism,
+    TransformerBlock,
+    _from_tokens,
+    _from_windows,
+    _to_tokens,
+    _to_windows,
+)
 
 VARIANTS = {
     "full": "CrossFuse (s1-c1)",
@@ -72,7 +89,6 @@ VARIANTS = {
     "one-stage": "one-stage",
 }
 
-MODALITIES = ("ir", "vi")
 STAGES_TWO = ("autoencoder", "fusion")
 STAGES_ONE = ("joint",)
 _EPS = 1e-6
@@ -176,164 +192,7 @@ class AutoEncoder(nn.Module):
         return self.decoder(*self.encoder(x))
 
 
-# ---------------------------------------------------------------- stage 2: CAM
-
-
-class Attention(nn.Module):
-    """Multi-head attention. reverse=True is the paper's re-softmax: softmax(-QK^T / sqrt(d_head))."""
-
-    def __init__(self, dim: int, heads: int, cross: bool, reverse: bool):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} not divisible by {heads} heads")
-        self.heads = heads
-        self.cross = cross
-        self.reverse = reverse
-        if cross:
-            self.q = nn.Linear(dim, dim)
-            self.k = nn.Linear(dim, dim)
-            self.v = nn.Linear(dim, dim)
-        else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, d = t.shape
-        return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
-        if self.cross:
-            if query is None:
-                raise ValueError("cross attention needs the other modality's tokens as query")
-            q, k, v = self.q(query), self.k(x), self.v(x)
-        else:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self._split(q), self._split(k), self._split(v)
-        if self.reverse:
-            q = -q  # softmax((-Q) K^T s) = softmax(-(Q K^T s))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).flatten(2))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False, reverse: bool = False):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, cross=cross, reverse=reverse)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
-        q = None if query is None else self.norm1(query)
-        x = x + self.attn(self.norm1(x), q)
-        return x + self.mlp(self.norm2(x))
-
-
-def _to_windows(x: torch.Tensor, w: int) -> torch.Tensor:
-    b, c, h, wd = x.shape
-    x = x.reshape(b, c, h // w, w, wd // w, w).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(-1, c, w, w)
-
-
-def _from_windows(xw: torch.Tensor, w: int, b: int, h: int, wd: int) -> torch.Tensor:
-    c = xw.shape[1]
-    x = xw.reshape(b, h // w, wd // w, c, w, w).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, c, h, wd)
-
-
-def _to_tokens(xw: torch.Tensor, p: int) -> torch.Tensor:
-    """B' x C x w x w -> B' x (w/p)^2 x (C p p); a token is one p x p patch, channel-major."""
-    b, c, w, _ = xw.shape
-    n = w // p
-    return xw.reshape(b, c, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c * p * p)
-
-
-def _from_tokens(t: torch.Tensor, p: int, c: int, w: int) -> torch.Tensor:
-    b = t.shape[0]
-    n = w // p
-    return t.reshape(b, n, n, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, w, w)
-
-
-class CrossAttentionMechanism(nn.Module):
-    """CAM (Fig. 4) on B x C x H x W deep maps whose H and W are multiples of `window`."""
-
-    def __init__(
-        self,
-        channels: int = 128,
-        patch: int = 2,
-        window: int = 32,
-        depth: int = 1,
-        heads: int = 16,
-        mlp_ratio: float = 4.0,
-        resoftmax: bool = True,
-        shift: bool = True,
-        shift_in_training: bool = True,
-        shift_within_window: bool = False,
-    ):
-        super().__init__()
-        if window % (2 * patch):
-            raise ValueError(f"window {window} must be a multiple of twice the patch size {patch}")
-        self.channels, self.patch, self.window = channels, patch, window
-        self.shift = shift
-        self.shift_size = window // 2
-        self.shift_in_training = shift_in_training
-        self.shift_within_window = shift_within_window
-        dim = channels * patch * patch
-
-        def stack(cross: bool) -> nn.ModuleList:
-            return nn.ModuleList(
-                TransformerBlock(dim, heads, mlp_ratio, cross=cross, reverse=cross and resoftmax) for _ in range(depth)
-            )
-
-        self.sa1 = nn.ModuleDict({m: stack(False) for m in MODALITIES})
-        self.sa2 = nn.ModuleDict({m: stack(False) for m in MODALITIES})
-        # ca[m]: keys, values and residual from modality m, queries from the other one
-        self.ca = nn.ModuleDict({m: stack(True) for m in MODALITIES})
-        self.ca_norm = nn.ModuleDict({m: nn.LayerNorm(dim, eps=1e-6) for m in MODALITIES})
-
-    def shifting(self) -> bool:
-        return self.shift and (self.shift_in_training or not self.training)
-
-    def _roll(self, x: torch.Tensor, sign: int, shape: tuple[int, int, int]) -> torch.Tensor:
-        s = sign * self.shift_size
-        if self.shift_within_window:
-            return torch.roll(x, shifts=(s, s), dims=(2, 3))
-        b, h, w = shape
-        full = torch.roll(_from_windows(x, self.window, b, h, w), shifts=(s, s), dims=(2, 3))
-        return _to_windows(full, self.window)
-
-    def _self_attention(self, xw: torch.Tensor, modality: str, shape: tuple[int, int, int]) -> torch.Tensor:
-        p, c, w = self.patch, self.channels, self.window
-        t = _to_tokens(xw, p)
-        for blk in self.sa1[modality]:
-            t = blk(t)
-        xw = _from_tokens(t, p, c, w)
-        shift = self.shifting()
-        if shift:
-            xw = self._roll(xw, -1, shape)
-        t = _to_tokens(xw, p)
-        for blk in self.sa2[modality]:
-            t = blk(t)
-        xw = _from_tokens(t, p, c, w)
-        if shift:
-            xw = self._roll(xw, 1, shape)
-        return _to_tokens(xw, p)
-
-    def forward(self, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = ir.shape
-        shape = (b, h, w)
-        tok = {
-            "ir": self._self_attention(_to_windows(ir, self.window), "ir", shape),
-            "vi": self._self_attention(_to_windows(vi, self.window), "vi", shape),
-        }
-        fused = 0
-        for m, other in (("ir", "vi"), ("vi", "ir")):
-            t = tok[m]
-            for blk in self.ca[m]:
-                t = self.ca_norm[m](blk(t, query=tok[other]))
-            fused = fused + t
-        return _from_windows(_from_tokens(fused, self.patch, c, self.window), self.window, b, h, w)
+# ---------------------------------------------------------------- stage 2: CAM ablations
 
 
 class ConvFusion(nn.Module):
@@ -381,6 +240,22 @@ def skip_weights(a: torch.Tensor, b: torch.Tensor, level: str, sum_channels: boo
     return (ga / denom).detach(), (gb / denom).detach()
 
 
+def centre_pad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Reflect-pad x to `size`, the extra pixel of an odd difference at the bottom/right (the
+    released `UpsampleReshape_eval`)."""
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot centre-pad {tuple(x.shape[-2:])} to the smaller {tuple(size)}")
+    mode = "reflect" if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode=mode)
+
+
+def pad_to_at_least(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Replicate-pad bottom/right only where H or W is below `side`."""
+    ph, pw = max(0, side - x.shape[-2]), max(0, side - x.shape[-1])
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
 def _conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(_conv(cin, cout, k), nn.BatchNorm2d(cout))
 
@@ -400,6 +275,8 @@ class FusionDecoder(nn.Module):
         w_ir, w_vi = skip_weights(de["ir"], de["vi"], "deep", sum_channels=self.released)
         x = fused + w_ir * de["ir"] + w_vi * de["vi"]
         x = self.c4(self.up(self.c3(self.up(self.c2(self.up(self.c1(x)))))))
+        if x.shape[-2:] != sh["ir"].shape[-2:]:  # released sizing: pooling rounded down
+            x = centre_pad(x, sh["ir"].shape[-2:])
         s_ir, s_vi = skip_weights(sh["ir"], sh["vi"], "shallow", sum_channels=self.released)
         ir_gain = 0.5 if self.released else 1.0
         x = x + ir_gain * s_ir * sh["ir"] + s_vi * sh["vi"]
@@ -418,8 +295,10 @@ class CrossFuse(nn.Module):
         heads: int = 16,
         mlp_ratio: float = 4.0,
         in_channels: int = 1,
+        **fixes: bool,
     ):
         super().__init__()
+        self.fixes = released_fixes(released, fixes)
         if variant not in VARIANT_CONFIG:
             raise ValueError(f"unknown CrossFuse variant {variant!r}; valid: {list(VARIANT_CONFIG)}")
         if in_channels != 1:
@@ -443,12 +322,18 @@ class CrossFuse(nn.Module):
                 shift=cfg.shift,
                 shift_in_training=not released,
                 shift_within_window=released,
+                released_chaining=released and not self.fixes["fix_ca_chaining"],
             )
         elif cfg.fusion == "cnn":
             self.fusion = ConvFusion()
         else:
             self.fusion = DenseFusion()
         self.decoder = FusionDecoder(out_channels=in_channels, released=released)
+        # what the released sizing does to odd sizes, and the released Adam (trainer: Trainer.__init__)
+        self.released_sizing = released and not self.fixes["fix_odd_sizes"]
+        self.optimizer_overrides = (
+            {"weight_decay": RELEASED_WEIGHT_DECAY} if released and not self.fixes["fix_weight_decay"] else {}
+        )
 
     # -- stage 1
     def autoencode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
@@ -502,7 +387,10 @@ class CrossFuse(nn.Module):
         h, w = inputs[0].shape[-2:]
         sh, de = {}, {}
         for m, x in zip(MODALITIES, inputs):
-            sh[m], de[m] = self.encoders[m].encoder(pad_to_multiple(x, 8, minimum=16))
+            # released: no input padding, pooling rounds down, the decoder centre-pads its output
+            # (below 16 px the released code fails: deep maps too small for its reflect padding)
+            x = pad_to_at_least(x, 16) if self.released_sizing else pad_to_multiple(x, 8, minimum=16)
+            sh[m], de[m] = self.encoders[m].encoder(x)
         dh, dw = de["ir"].shape[-2:]
         if isinstance(self.fusion, CrossAttentionMechanism):
             fused = self.fusion(pad_to_multiple(de["ir"], self.window), pad_to_multiple(de["vi"], self.window))
@@ -511,6 +399,36 @@ class CrossFuse(nn.Module):
             fused = self.fusion(de["ir"], de["vi"])
         out = self.decoder(fused, sh, de)[..., :h, :w]
         return self._output(out)
+
+
+RELEASED_WEIGHT_DECAY = 0.9   # Adam(..., weight_decay=0.9) in both released training scripts
+
+# train.options.NAME: each fixes one bug of the released code (with train.released=true)
+RELEASED_OPTIONS = {
+    "fix_ca_chaining": "released only (s2-c2, s3-c3): every CA block takes its query from the other "
+                       "modality's SA output and key/value from the previous block's normalised output "
+                       "(released: query from the previous block's norm1 output, key from its output "
+                       "before the final norm)",
+    "fix_odd_sizes": "released only: reflect-pad the input to a multiple of 8 and crop the output "
+                     "(released: pooling rounds down, the decoder output is centre-padded back)",
+    "fix_weight_decay": "released only: Adam with train.weight_decay (released: weight_decay 0.9)",
+    "fix_ms_ssim": "released only: stage-1 loss with the standard MS-SSIM (released: pytorch_msssim "
+                   "normalize=True, factors (x+1)/2, last scale's SSIM to the power 4 w5, data range "
+                   "guessed from the image)",
+}
+
+
+def released_fixes(released: bool, given: dict[str, object]) -> dict[str, bool]:
+    unknown = sorted(set(given) - set(RELEASED_OPTIONS))
+    if unknown:
+        raise ConfigError(f"train.options.{unknown[0]}: not an option of crossfuse; valid: {sorted(RELEASED_OPTIONS)}")
+    for name, value in given.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"train.options.{name}: expected true or false, got {value!r}")
+        if value and not released:
+            raise ConfigError(f"train.options.{name}: fixes a bug of the released code; set train.released=true "
+                              "with it (the paper's model does not have the bug)")
+    return {name: bool(given.get(name, False)) for name in RELEASED_OPTIONS}
 
 
 def build_crossfuse(variant: str = "full", **options) -> CrossFuse:
@@ -530,8 +448,11 @@ register(
             "stages": "model.stages: ('autoencoder', 'fusion') or ('joint',) for one-stage; "
             "model.parameters_for(stage); stage 1 uses model.autoencode(x, 'ir'|'vi') and loss crossfuse_ae",
             "released": "shift only in eval and within windows, min-max output, 0.5 IR shallow skip, "
-            "channel-summed skip weights, BN on the last conv (trainer: Adam weight_decay 0.9, lr 1e-3)",
+            "channel-summed skip weights, BN on the last conv, released CA chaining (s2-c2, s3-c3), "
+            "floor pooling + centre-padded decoder output, Adam weight_decay 0.9, released stage-1 MS-SSIM "
+            "(the released lr 1e-3 is not set: use train.lr)",
         },
+        options=RELEASED_OPTIONS,
     )
 )
 
@@ -545,5 +466,7 @@ __all__ = [
     "FusionDecoder",
     "skip_weights",
     "pad_to_multiple",
+    "centre_pad",
+    "RELEASED_OPTIONS",
     "build_crossfuse",
 ]

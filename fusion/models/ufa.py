@@ -5,10 +5,9 @@ each a softmax across the K inputs, Eqs. 5-10) -> concat -> 1x1 FFB -> reconstru
 (Table II: ICB1-3 64->64 LeakyReLU, ICB4 64->3 sigmoid). Fully convolutional, so any
 input size works without padding tricks.
 
-`released=True` builds the graph of the authors' released weights (455,111 parameters):
-one bias-free 7x7 spatial-attention conv per input and a deeper reconstruction (six
-64->64 blocks before the output conv). The layer split is inferred from the released
-parameter count, which no other split of the documented layer types reproduces.
+`released=True` builds the authors' released network instead (fusion/models/ufa_released.py:
+their module names, their layer split, their attention formulas and its spatial-softmax bug;
+`fix_spatial_softmax=True` fixes that bug).
 """
 
 from __future__ import annotations
@@ -16,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from fusion.errors import ConfigError
 from fusion.models import ModelSpec, register
+from fusion.models.ufa_released import ReleasedUFAFuse
 
 VARIANTS = {
     "UFA": "UFA",          # channel + spatial attention (the paper's model)
@@ -33,14 +34,11 @@ def _conv_lrelu(cin: int, cout: int, slope: float) -> nn.Sequential:
 class UnityFusionAttention(nn.Module):
     """Eqs. 5-10: F' = Mc(F) * F, F'' = Ms(F') * F', softmaxes taken across the K inputs."""
 
-    def __init__(self, num_inputs: int, channel: bool, spatial: bool, per_input_spatial: bool, spatial_bias: bool):
+    def __init__(self, num_inputs: int, channel: bool, spatial: bool):
         super().__init__()
         self.channel = channel
         self.spatial = spatial
-        n_convs = num_inputs if per_input_spatial else 1
-        self.spatial_convs = nn.ModuleList(
-            nn.Conv2d(2, 1, 7, padding=3, bias=spatial_bias) for _ in range(n_convs if spatial else 0)
-        )
+        self.spatial_convs = nn.ModuleList(nn.Conv2d(2, 1, 7, padding=3) for _ in range(1 if spatial else 0))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.channel:
@@ -50,7 +48,7 @@ class UnityFusionAttention(nn.Module):
         if self.spatial:
             maps = []
             for k, f in enumerate(feats):
-                conv = self.spatial_convs[k % len(self.spatial_convs)]
+                conv = self.spatial_convs[0]
                 desc = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
                 maps.append(conv(desc))
             weights = torch.softmax(torch.stack(maps), dim=0)  # K,B,1,H,W
@@ -66,7 +64,6 @@ class UFAFuse(nn.Module):
         out_channels: int = 3,
         num_inputs: int = 2,
         width: int = 64,
-        released: bool = False,
         slope: float = 0.01,
     ):
         super().__init__()
@@ -83,11 +80,9 @@ class UFAFuse(nn.Module):
             num_inputs,
             channel=variant in ("UFA", "NO-SA"),
             spatial=variant in ("UFA", "NO-CA"),
-            per_input_spatial=released,
-            spatial_bias=not released,
         )
         self.ffb = nn.Conv2d(width * num_inputs, width, 1)
-        hidden = 6 if released else 3
+        hidden = 3
         self.reconstruct = nn.Sequential(
             *[_conv_lrelu(width, width, slope) for _ in range(hidden)],
             nn.Conv2d(width, out_channels, 3, padding=1),
@@ -107,7 +102,13 @@ class UFAFuse(nn.Module):
         return self.reconstruct(self.ffb(fused))
 
 
-def build_ufa(variant: str = "UFA", **options) -> UFAFuse:
+def build_ufa(variant: str = "UFA", released: bool = False, fix_spatial_softmax: bool = False,
+              **options) -> nn.Module:
+    if released:
+        return ReleasedUFAFuse(variant=variant, fix_spatial_softmax=fix_spatial_softmax, **options)
+    if fix_spatial_softmax:
+        raise ConfigError("train.options.fix_spatial_softmax: fixes a bug of the released graph; "
+                          "set train.released=true with it (the paper's model has a true softmax)")
     return UFAFuse(variant=variant, **options)
 
 
@@ -118,7 +119,10 @@ register(
         variants=VARIANTS,
         task="multifocus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
-        notes={"released": "authors' released graph, 455,111 parameters (RGB)"},
+        notes={"released": "the authors' AF network (455,111 parameters, RGB), their spatial-softmax bug kept; "
+                            "loss SSIM with a zero-padded window; xavier-normal init"},
+        options={"fix_spatial_softmax": "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) "
+                                        "(released: exp(a2) twice)"},
         supervised=True,
     )
 )

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import random
 import time
 import uuid
@@ -78,7 +79,9 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise ConfigError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available (use auto or cpu)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +126,7 @@ def amp_dtype(tcfg, device: torch.device) -> torch.dtype | None:
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
-    return {"released": cfg.train.released}
+    return {"released": cfg.train.released, **cfg.train.options}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -217,7 +220,11 @@ class Trainer:
         self.init = self._init_encoders(self.tcfg.init_from) if self.stage == "fusion" else {}
         params = self.model.parameters_for(self.stage) if self.stage != "single" else self.model.parameters()
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        # a model may own optimiser settings (a released model's Adam weight_decay): they win over train.*
+        owned = dict(getattr(self.model, "optimizer_overrides", {}))
+        if owned:
+            log.info("%s sets the optimiser's %s over train.* (see its train.options)", self.tcfg.model, owned)
+        self.optimizer = opt_cls(params, **{"lr": self.tcfg.lr, "weight_decay": self.tcfg.weight_decay, **owned})
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.tcfg.lr_step_epochs, gamma=0.1)
         self.loss_fn = build_loss("crossfuse_ae" if self.stage == "autoencoder" else self.tcfg.model, self.tcfg)
         self.amp_dtype = amp_dtype(self.tcfg, self.device)

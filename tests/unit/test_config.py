@@ -104,3 +104,18 @@ def test_relative_source_paths_are_relative_to_the_workspace(tmp_path):
     assert cfg.train.source.path == str((tmp_path.parent / "data" / "TNO").resolve())
     cfg = load_config(tmp_path, "tiny", ["train.source.layout=tno", "train.source.path=/abs/TNO"])
     assert cfg.train.source.path == "/abs/TNO"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "..", "x/../../y"])
+def test_stage_names_that_would_write_outside_prepared_are_refused(ws, name):
+    text = (ws / "params.yaml").read_text().replace("  test_sets: {}", f"  test_sets: {{'{name}': {{source: embedded}}}}")
+    (ws / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"data\.test_sets: .* is not a plain name"):
+        load_config(ws)
+
+
+def test_model_options_are_checked_against_the_model(ws):
+    cfg = load_config(ws, overrides=["train.released=true", "train.options={fix_spatial_softmax: true}"])
+    assert cfg.train.options == {"fix_spatial_softmax": True}
+    with pytest.raises(ConfigError, match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax'\]"):
+        load_config(ws, overrides=["train.options={fix_spatial_softmx: true}"])

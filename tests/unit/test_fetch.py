@@ -138,3 +138,28 @@ def test_builtin_catalogue_is_valid_and_every_layout_is_known():
     entries = load_catalogue()
     assert {"duts-tr", "roadscene", "msrs"} <= set(entries)
     assert all(e.layout in LAYOUTS and e.url.startswith(("http://", "https://")) for e in entries.values())
+
+
+def test_fetch_never_deletes_files_it_did_not_create(served, tmp_path):
+    base, root = served
+    entries = load_catalogue(catalogue(tmp_path, base, root))
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("a user's notes")
+    with pytest.raises(ConfigError, match=r"--dest .*mine: holds 1 file\(s\) fetch did not create \(notes.txt\).*--overwrite"):
+        fetch(entries["tno"], dest)
+    assert (dest / "notes.txt").read_text() == "a user's notes" and sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+    # a folder an earlier fetch made is refreshed in place; one a user then added to is refused
+    fetch(entries["tno"], tmp_path / "ok")
+    fetch(entries["tno"], tmp_path / "ok")
+    (tmp_path / "ok" / "ir" / "mine.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"ir/mine.png"):
+        fetch(entries["tno"], tmp_path / "ok")
+    fetch(entries["tno"], dest, overwrite=True)   # asked for by flag
+    assert not (dest / "notes.txt").exists()
+    cli = [sys.executable, "-m", "fusion", "data", "fetch", "--catalogue", str(catalogue(tmp_path, base, root))]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("keep")
+    refused = subprocess.run([*cli, "tno", "--dest", str(tmp_path / "c")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    assert (tmp_path / "c" / "keep.txt").read_text() == "keep"

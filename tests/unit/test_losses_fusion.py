@@ -114,14 +114,17 @@ def test_cadnif_multi_focus_weights():
     assert out["loss"].item() == pytest.approx((mse + grad).item(), rel=1e-5)
 
 
-def test_cadnif_released_loss_is_100_times_mse_plus_3_gradient_terms_whatever_the_task():
+def test_cadnif_released_loss_is_100_times_mse_plus_3_gradient_terms_on_the_whole_window_whatever_the_task():
+    """The trained graph is fed the 120x120 label window and scores all of it: no border crop."""
     ir, vi, f = _imgs(3)
     expected = 100 * (
-        _mse_pm1(f, ir, 6) + _mse_pm1(f, vi, 6) + 3 * _grad_pm1(f, vi, 6) + 3 * _grad_pm1(f, ir, 6)
+        _mse_pm1(f, ir, 0) + _mse_pm1(f, vi, 0) + 3 * _grad_pm1(f, vi, 0) + 3 * _grad_pm1(f, ir, 0)
     )
     for task in ("ir-vis", "medical"):
-        got = CADNIFLoss(task, released=True)(f, ir, vi)["loss"]
-        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+        loss = CADNIFLoss(task, released=True)
+        assert loss.crop_border == 0
+        assert loss(f, ir, vi)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert CADNIFLoss("ir-vis", released=True, crop_border=6).crop_border == 6   # an explicit border wins
 
 
 def test_cadnif_crop_ignores_the_border_band():
@@ -222,7 +225,7 @@ def test_build_loss_reads_config_fields_with_defaults():
     med = build_loss("cadnif", SimpleNamespace(task="medical", released=False, loss_crop_border=0))
     assert med.weights == (0.0, 1.0, 1.0, 0.0) and med.crop_border == 0
     rel = build_loss("cadnif", SimpleNamespace(task="medical", released=True))
-    assert rel.weights == (1.0, 1.0, 3.0, 3.0) and rel.scale == 100.0
+    assert rel.weights == (1.0, 1.0, 3.0, 3.0) and rel.scale == 100.0 and rel.crop_border == 0
     assert isinstance(build_loss("crossfuse", SimpleNamespace()), CrossFuseLoss)
     assert build_loss("crossfuse", SimpleNamespace(released=True)).released
     assert isinstance(build_loss("crossfuse_ae", SimpleNamespace()), CrossFuseAELoss)

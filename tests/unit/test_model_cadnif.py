@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from fusion.errors import ConfigError
 from fusion.models import MODELS, build_model, count_parameters
-from fusion.models.cadnif import CrossAttentionBlock, CrossNonLocal, DilatedResidualDenseBlock
+from fusion.models.cadnif import CrossAttentionBlock, CrossNonLocal, DilatedResidualDenseBlock, Norm
 
 VARIANTS = ["OD-Net", "CA-Net", "CA-DRDB-Net", "CA-DRDB-AU-Net", "CA-DRDB-AU-GRL-Net"]
 
@@ -199,3 +201,210 @@ def test_errors_and_registry():
     spec = MODELS["cadnif"]
     assert list(spec.variants) == VARIANTS
     assert "ir-vis" in spec.task and "medical" in spec.task
+
+
+# ---------------------------------------------------------------- released = the authors' trained graph
+
+TF_EPS, TF_AUX_EPS = 1.001e-5, 1e-3
+
+
+def _released(**options):
+    return build_model("cadnif", "CA-DRDB-AU-GRL-Net", released=True, **options)
+
+
+def _describe(model):
+    """Every leaf layer in registration order: kind, shape, activation parameters."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out.append((name, "conv", m.in_channels, m.out_channels, m.kernel_size[0], m.dilation[0], m.padding[0]))
+        elif isinstance(m, Norm):
+            out.append((name, "bn", m.num_features, m.eps, m.batch_stats))
+        elif isinstance(m, torch.nn.LeakyReLU):
+            out.append((name, "lrelu", m.negative_slope))
+        elif isinstance(m, (torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Tanh)):
+            out.append((name, type(m).__name__.lower()))
+    return out
+
+
+def _trained_graph_layers():
+    """The layers of model-11.meta, as docs/models.md states them."""
+    conv = lambda n, i, o, k, d=1: (n, "conv", i, o, k, d, d * (k // 2))  # noqa: E731
+    bn = lambda n, c, eps=TF_EPS: (n, "bn", c, eps, True)  # noqa: E731
+    lr = lambda n: (n, "lrelu", 0.2)  # noqa: E731
+    layers = []
+    for s, cin in (("shallow_pair", 6), ("shallow_a", 3), ("shallow_b", 3)):
+        layers += [conv(f"{s}.0", cin, 16, 1), bn(f"{s}.1", 16), lr(f"{s}.2")]
+    for k in range(5):
+        for gname in ("gate_a", "gate_b"):
+            g = f"blocks.{k}.{gname}"
+            layers += [conv(f"{g}.0", 32, 16, 3), lr(f"{g}.1"), conv(f"{g}.2", 16, 16, 3), lr(f"{g}.3"), (f"{g}.4", "sigmoid")]
+        layers += [conv(f"blocks.{k}.out.0", 48, 16, 3), bn(f"blocks.{k}.out.1", 16)]
+    for k, cin in enumerate((32, 48, 64, 80)):
+        layers += [conv(f"dense_convs.{k}.0", cin, 16, 3), lr(f"dense_convs.{k}.1")]
+    for k in range(2):
+        layers += [conv(f"aux.{k}.{n}", 16, 16, 1) for n in ("theta", "phi", "g")]
+        layers += [conv(f"aux.{k}.w.0", 16, 16, 1), bn(f"aux.{k}.w.1", 16, TF_AUX_EPS)]
+    layers += [conv("merge_in.0", 128, 64, 1), lr("merge_in.1")]
+    for i, cin in enumerate((64, 80, 96)):
+        layers += [conv(f"drdb.convs.{i}.0", cin, 16, 3, 2), lr(f"drdb.convs.{i}.1")]
+    layers += [conv("drdb.fuse.0", 112, 64, 1), lr("drdb.fuse.1"), conv("merge_out.0", 128, 64, 1), lr("merge_out.1")]
+    layers += [conv("tail.0.0", 80, 64, 3), bn("tail.0.1", 64), lr("tail.0.2"), conv("tail.1", 64, 1, 3), ("tail.2", "tanh")]
+    return layers
+
+
+def test_released_model_has_exactly_the_trained_graphs_layers():
+    assert _describe(_released()) == _trained_graph_layers()
+
+
+def _record(model, *inputs):
+    """Conv call order and every module's input / output, one forward pass in eval."""
+    calls, seen, hooks = [], {}, []
+    for name, m in model.named_modules():
+        def hook(mod, inp, out, name=name):
+            seen[name] = (inp, out)
+            if isinstance(mod, torch.nn.Conv2d):
+                calls.append(name)
+        hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model.eval()(*inputs)
+    for h in hooks:
+        h.remove()
+    return calls, seen
+
+
+def test_released_forward_runs_the_layers_in_the_graphs_order_and_never_the_attention():
+    calls, _ = _record(_released(), *_pair((12, 10)))
+    expected = ["shallow_pair.0", "shallow_a.0", "shallow_b.0"]
+    for k in range(5):
+        expected += [f"blocks.{k}.gate_a.0", f"blocks.{k}.gate_a.2", f"blocks.{k}.gate_b.0", f"blocks.{k}.gate_b.2",
+                     f"blocks.{k}.out.0"] + ([f"dense_convs.{k}.0"] if k < 4 else [])
+    expected += ["aux.0.w.0", "aux.1.w.0", "merge_in.0", "drdb.convs.0.0", "drdb.convs.1.0", "drdb.convs.2.0",
+                 "drdb.fuse.0", "merge_out.0", "tail.0.0", "tail.1"]
+    assert calls == expected   # theta / phi / g never run
+
+
+def test_released_dense_concatenations_follow_the_graphs_channel_order():
+    torch.manual_seed(0)
+    _, seen = _record(_released(), *_pair((9, 11)))
+    out = lambda n: seen[n][1]  # noqa: E731
+    c0, att = out("shallow_pair"), [out(f"blocks.{k}") for k in range(5)]
+    a = [out(f"dense_convs.{k}") for k in range(4)]
+    order = {0: [att[0], c0], 1: [att[1], a[0], c0], 2: [a[1], att[2], a[0], c0], 3: [a[2], a[1], att[3], a[0], c0]}
+    for k, parts in order.items():
+        torch.testing.assert_close(seen[f"dense_convs.{k}"][0][0], torch.cat(parts, 1), rtol=0, atol=0)
+    merge = [a[3], a[2], a[1], att[4], a[0], c0, out("aux.0"), out("aux.1")]
+    torch.testing.assert_close(seen["merge_in"][0][0], torch.cat(merge, 1), rtol=0, atol=0)
+    # each block's gates see [own stream, previous dense output]; the stream convs are ir then vi
+    x_ir, x_vi = out("shallow_a"), out("shallow_b")
+    torch.testing.assert_close(seen["blocks.2.gate_a"][0][0], torch.cat([x_ir, a[1]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(seen["blocks.2.gate_b"][0][0], torch.cat([x_vi, a[1]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(seen["tail"][0][0], torch.cat([out("merge_out"), c0], 1), rtol=0, atol=0)
+
+
+def test_released_gate_is_sigmoid_of_leaky_relu_after_both_convs():
+    paper, released = CrossAttentionBlock(16), CrossAttentionBlock(16, released=True)
+    for block in (paper, released):
+        with torch.no_grad():
+            block.gate_a[0].weight.zero_()
+            block.gate_a[0].bias.fill_(-1.0)            # first conv: -1 everywhere
+            block.gate_a[2].weight.zero_()
+            block.gate_a[2].bias.zero_()
+            for c in range(16):
+                block.gate_a[2].weight[c, c, 1, 1] = 1.0  # second conv: identity
+    x = torch.randn(1, 16, 5, 6)
+    g_paper, _ = paper.gates(x, x, x)
+    g_rel, _ = released.gates(x, x, x)
+    torch.testing.assert_close(g_paper, torch.full_like(x, 0.5))                      # sigmoid(ReLU(-1) = 0)
+    torch.testing.assert_close(g_rel, torch.full_like(x, torch.sigmoid(torch.tensor(-0.04)).item()))  # LReLU twice
+    torch.manual_seed(1)
+    block = CrossAttentionBlock(16, released=True)
+    xb, c = torch.randn(2, 16, 7, 5), torch.randn(2, 16, 7, 5)
+    lrelu = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
+    conv = lambda m, t: F.conv2d(t, m.weight, m.bias, padding=1)  # noqa: E731
+    want = torch.sigmoid(lrelu(conv(block.gate_b[2], lrelu(conv(block.gate_b[0], torch.cat([xb, c], 1))))))
+    torch.testing.assert_close(block.gates(xb, xb, c)[1], want)
+
+
+def test_released_aux_branch_is_x_plus_bn_of_w_x_other_and_ignores_theta_phi_g():
+    torch.manual_seed(0)
+    nl = _released().aux[0].eval()
+    x, other = torch.randn(1, 16, 6, 7), torch.randn(1, 16, 6, 7)
+    wx = F.conv2d(other, nl.w[0].weight, nl.w[0].bias)
+    mean, var = wx.mean((0, 2, 3), keepdim=True), wx.var((0, 2, 3), unbiased=False, keepdim=True)
+    bn = (wx - mean) / torch.sqrt(var + TF_AUX_EPS) * nl.w[1].weight.view(1, -1, 1, 1) + nl.w[1].bias.view(1, -1, 1, 1)
+    with torch.no_grad():
+        got = nl(x, other)
+        torch.testing.assert_close(got, x + bn)
+        for conv in (nl.theta, nl.phi, nl.g):
+            conv.weight.normal_()
+            conv.bias.normal_()
+        assert torch.equal(nl(x, other), got)
+
+
+def test_released_bn_uses_each_images_own_statistics_in_eval_with_tf_epsilons():
+    model = _released().eval()
+    eps = {round(m.eps, 8) for m in model.modules() if isinstance(m, Norm)}
+    assert eps == {TF_EPS, TF_AUX_EPS}
+    bn = model.shallow_pair[1]
+    # variance far below eps (as in model-11's shallow layers): eps sets the scale, 1.001e-5 vs 1e-5 shows
+    x = (torch.randn(2, 16, 5, 5) * 1e-4 + torch.arange(2.0).view(2, 1, 1, 1)).double()
+    bn = bn.double()
+    with torch.no_grad():
+        bn.running_mean.fill_(7.0)                  # running statistics play no part
+        bn.running_var.fill_(3.0)
+        got = bn(x)
+    mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+    rel = lambda eps: ((got - (x - mean) / torch.sqrt(var + eps)).abs().max() / got.abs().max()).item()  # noqa: E731
+    assert rel(TF_EPS) < 1e-9 and rel(1e-5) > 3e-5
+    with torch.no_grad():                            # per image: batching does not change a result
+        torch.testing.assert_close(bn(x[1:]), got[1:])
+
+
+def _changed(a, b):
+    return sorted({x[0] for x in set(_describe(a)) ^ set(_describe(b))})
+
+
+def test_each_fix_option_changes_exactly_what_it_names():
+    base = _released()
+    fixed_bn = _released(bn_running_stats=True)
+    assert _changed(base, fixed_bn) == sorted(n for n, m in base.named_modules() if isinstance(m, Norm))
+    assert all(not m.batch_stats for m in fixed_bn.modules() if isinstance(m, Norm))
+    fixed_aux = _released(aux_attention=True)
+    assert _changed(base, fixed_aux) == [] and [nl.attend for nl in fixed_aux.aux] == [True, True]
+    assert [nl.attend for nl in base.aux] == [False, False]
+    same = _released(stacking="same")
+    assert _changed(base, same) == [] and (base.stacking, same.stacking) == ("cross", "same")
+    a, b = _pair((8, 8))
+    outs = {}
+    for name, model in (("base", base), ("bn", fixed_bn), ("aux", fixed_aux), ("same", same)):
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            outs[name] = model.eval()(a, b)
+    assert all(not torch.allclose(outs["base"], outs[k]) for k in ("bn", "aux", "same"))
+    # the fixes are the paper's defaults
+    paper = build_model("cadnif", "CA-DRDB-AU-GRL-Net")
+    assert paper.bn_running_stats and paper.aux_attention and paper.stacking == "same"
+
+
+def test_released_fuses_whole_images_and_paper_mode_tiles_them():
+    sizes = {}
+    for name, model in (("paper", build_model("cadnif", "CA-DRDB-AU-GRL-Net")), ("released", _released())):
+        seen = []
+        model.shallow_pair.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+        with torch.no_grad():
+            model.eval()(*_pair((133, 100)))
+        sizes[name] = seen
+    assert sizes["released"] == [(133, 100)]
+    assert sizes["paper"] == [(132, 132)] * 2
+
+
+def test_options_are_registered_and_checked():
+    spec = MODELS["cadnif"]
+    assert set(spec.options) == {"stacking", "bn_running_stats", "aux_attention", "published_test_graph", "published_seed"}
+    with pytest.raises(ConfigError, match="stacking"):
+        _released(stacking="diagonal")
+    with pytest.raises(ConfigError, match="published_test_graph"):
+        build_model("cadnif", "CA-DRDB-AU-GRL-Net", published_test_graph=True)
+    with pytest.raises(ConfigError, match="not an option"):
+        _released(tiles=3)

@@ -322,3 +322,124 @@ def test_errors():
         model(*_pair((16, 16)), torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match="gray"):
         model(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+
+
+# ---------------------------------------------------------------- released mode and its fixes
+
+
+def test_released_options_are_registered_and_validated():
+    from fusion.errors import ConfigError
+    from fusion.models.crossfuse import RELEASED_OPTIONS
+
+    assert set(MODELS["crossfuse"].options) == set(RELEASED_OPTIONS) == {
+        "fix_ca_chaining", "fix_odd_sizes", "fix_weight_decay", "fix_ms_ssim"}
+    released = CrossFuse("s2-c2", window=4, released=True)
+    assert released.fusion.released_chaining and released.released_sizing
+    assert released.optimizer_overrides == {"weight_decay": 0.9}
+    fixed = CrossFuse("s2-c2", window=4, released=True, fix_ca_chaining=True, fix_odd_sizes=True, fix_weight_decay=True)
+    assert not fixed.fusion.released_chaining and not fixed.released_sizing and fixed.optimizer_overrides == {}
+    paper = _small("s2-c2")
+    assert not paper.fusion.released_chaining and not paper.released_sizing and paper.optimizer_overrides == {}
+    with pytest.raises(ConfigError, match="train.options.fix_ca_chaining: fixes a bug of the released code"):
+        build_model("crossfuse", "s2-c2", fix_ca_chaining=True)
+    with pytest.raises(ConfigError, match="train.options.fix_odd_sizes: expected true or false"):
+        build_model("crossfuse", "full", released=True, fix_odd_sizes="yes")
+    with pytest.raises(ConfigError, match="train.options.bogus: not an option of crossfuse"):
+        build_model("crossfuse", "full", released=True, bogus=True)
+
+
+def _randomise_norms(module, seed=1):
+    """Trained LayerNorms are not the identity; with gain 1 and bias 0 the two chainings nearly agree."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.weight.data = 1 + 0.5 * torch.randn(m.weight.shape, generator=g)
+            m.bias.data = 0.5 * torch.randn(m.bias.shape, generator=g)
+
+
+def _authors_cross_module(blocks, final_norm, x1, x2):
+    """The released `cross_atten_module.forward` with its `Block.forward(cross=True)`, line by line:
+    the list [query, key, value] goes from block to block."""
+    x = [x1, x2, x2]
+    for blk in blocks:
+        x_ = [blk.norm1(t) for t in x]
+        a = blk.attn
+        b, n, d = x_[0].shape
+        h = a.heads
+
+        def split(t):
+            return t.reshape(b, n, h, d // h).permute(0, 2, 1, 3)
+
+        q, k, v = split(a.q(x_[0])), split(a.k(x_[1])), split(a.v(x_[2]))
+        dp = -1 * ((q @ k.transpose(-2, -1)) * (d // h) ** -0.5)
+        out = x[2] + a.proj((dp.softmax(dim=-1) @ v).transpose(1, 2).flatten(2))
+        out = out + blk.mlp(blk.norm2(out))
+        x = [x_[0], out, out]
+        x[2] = final_norm(x[2])
+    return x[2]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_released_chaining_of_stacked_cross_attention_blocks_is_the_authors(depth):
+    cam_ = _small_cam(depth=depth, released_chaining=True)
+    _randomise_norms(cam_)
+    ir, vi = torch.randn(2, 4, 32), torch.randn(2, 4, 32)   # tokens: 2 windows x 4 tokens x (8 x 2 x 2)
+    with torch.no_grad():
+        # cross_atten1(ir, vi): query IR, key/value VI -> the project's VI branch; cross_atten2 -> IR
+        want_vi = _authors_cross_module(cam_.ca["vi"], cam_.ca_norm["vi"], ir, vi)
+        want_ir = _authors_cross_module(cam_.ca["ir"], cam_.ca_norm["ir"], vi, ir)
+        torch.testing.assert_close(cam_.cross_branch(vi, ir, "vi"), want_vi, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cam_.cross_branch(ir, vi, "ir"), want_ir, rtol=1e-4, atol=1e-5)
+        cam_.released_chaining = False   # the paper chaining (train.options.fix_ca_chaining) is another network
+        assert not torch.allclose(cam_.cross_branch(vi, ir, "vi"), want_vi, atol=1e-3)
+
+
+def test_one_block_chains_the_same_either_way():
+    cam_ = _small_cam(released_chaining=True)
+    _randomise_norms(cam_)
+    ir, vi = torch.randn(1, 4, 32), torch.randn(1, 4, 32)
+    with torch.no_grad():
+        want = _authors_cross_module(cam_.ca["vi"], cam_.ca_norm["vi"], ir, vi)
+        torch.testing.assert_close(cam_.cross_branch(vi, ir, "vi"), want, rtol=1e-4, atol=1e-5)
+        cam_.released_chaining = False
+        torch.testing.assert_close(cam_.cross_branch(vi, ir, "vi"), want, rtol=1e-4, atol=1e-5)
+
+
+def test_centre_pad_puts_the_odd_pixel_at_the_bottom_right():
+    from fusion.models.crossfuse import centre_pad
+
+    x = torch.arange(2 * 6 * 5, dtype=torch.float32).reshape(1, 2, 6, 5)
+    torch.testing.assert_close(centre_pad(x, (9, 8)), torch.nn.functional.pad(x, (1, 2, 1, 2), mode="reflect"))
+    torch.testing.assert_close(centre_pad(x, (10, 8)), torch.nn.functional.pad(x, (1, 2, 2, 2), mode="reflect"))
+    assert centre_pad(x, (6, 5)).shape == x.shape
+
+
+def test_released_sizing_floors_in_pooling_and_centre_pads_the_decoder_output():
+    torch.manual_seed(0)
+    model = CrossFuse("full", window=4, released=True).eval()
+    ir, vi = _pair((100, 76))
+    seen = {}
+    model.decoder.c4.register_forward_hook(lambda mod, inp, out: seen.update(c4=out.shape[-2:]))
+    with torch.no_grad():
+        out = model(ir, vi)
+        assert out.shape == (1, 1, 100, 76) and seen["c4"] == (96, 72)   # 100 // 8 * 8, 76 // 8 * 8
+        # hand reference: no input padding, deep maps 12 x 9, decoder output reflect-padded by 2 on every side
+        enc = {m: model.encoders[m].encoder(x) for m, x in (("ir", ir), ("vi", vi))}
+        sh, de = {m: e[0] for m, e in enc.items()}, {m: e[1] for m, e in enc.items()}
+        assert de["ir"].shape[-2:] == (12, 9)
+        fused = model.fusion(pad_to_multiple(de["ir"], 4), pad_to_multiple(de["vi"], 4))[..., :12, :9]
+        dec = model.decoder
+        w_ir, w_vi = skip_weights(de["ir"], de["vi"], "deep", sum_channels=True)
+        x = fused + w_ir * de["ir"] + w_vi * de["vi"]
+        x = dec.c4(dec.up(dec.c3(dec.up(dec.c2(dec.up(dec.c1(x)))))))
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+        s_ir, s_vi = skip_weights(sh["ir"], sh["vi"], "shallow", sum_channels=True)
+        ref = dec.last(x + 0.5 * s_ir * sh["ir"] + s_vi * sh["vi"])
+        torch.testing.assert_close(out, model._output(ref), rtol=1e-4, atol=1e-5)
+        # the fix pads the input instead: a different image
+        fixed = CrossFuse("full", window=4, released=True, fix_odd_sizes=True).eval()
+        fixed.load_state_dict(model.state_dict())
+        other = fixed(ir, vi)
+        assert other.shape == out.shape and not torch.allclose(other, out, atol=1e-3)
+        # below 16 px the released code fails: padded to 16, cropped back
+        assert model(*_pair((5, 13))).shape == (1, 1, 5, 13)

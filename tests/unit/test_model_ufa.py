@@ -50,7 +50,7 @@ def test_ablations_remove_the_attention_they_name():
 
 
 def test_attention_weights_are_a_softmax_across_inputs():
-    ufa = UnityFusionAttention(num_inputs=2, channel=True, spatial=False, per_input_spatial=False, spatial_bias=True)
+    ufa = UnityFusionAttention(num_inputs=2, channel=True, spatial=False)
     f = torch.ones(1, 4, 5, 5)
     out = ufa([f, f])
     # equal inputs -> equal weights of 1/2 each
