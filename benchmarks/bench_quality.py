@@ -36,7 +36,7 @@ SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
 SCRATCH = REPO / "benchmarks" / "scratch" / "quality"
 AUTHORS_CADNIF = SHARED / "reference" / "official" / "cadnif_iv" / "model-11"
-OPTIONS = ("minutes", "device", "test_pairs")
+OPTIONS = ("minutes", "device", "test_pairs", "jobs")
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +92,27 @@ JOBS = [
 CROSSFUSE_STAGE2 = {"batch_size": 2, "crop": 256, "lr": 1e-3}
 
 
-def run(quick: bool = False, minutes: float | None = None, device: str = "auto", test_pairs: int | None = None) -> list[dict]:
+def run(quick: bool = False, minutes: float | None = None, device: str = "auto", test_pairs: int | None = None,
+        jobs: list[str] | None = None) -> list[dict]:
     from benchmarks.machine import describe, slug
 
     if not DATA.is_dir():
         raise SystemExit(f"quality benchmark: the shared data is not at {DATA}")
+    known = [j.key for j in JOBS]
+    unknown = sorted(set(jobs or ()) - set(known))
+    if unknown:
+        raise SystemExit(f"quality benchmark: unknown job(s) {unknown}; jobs: {known}")
+    selected = [j for j in JOBS if not jobs or j.key in jobs]
     minutes = minutes if minutes is not None else (0.3 if quick else 20.0)
     test_pairs = test_pairs if test_pairs is not None else (2 if quick else None)
     machine = slug(describe()) + ("-quick" if quick else "")
     rows: list[dict] = []
     tables: list[str] = []
-    for n, job in enumerate(JOBS, 1):
+    for n, job in enumerate(selected, 1):
         start = time.perf_counter()
-        _say(f"job {n}/{len(JOBS)} {job.key}: training {minutes:g} min on {'+'.join(job.train)}")
+        _say(f"job {n}/{len(selected)} {job.key}: training {minutes:g} min on {'+'.join(job.train)}")
         result, train_info = _run_job(job, minutes, device, test_pairs, quick)
-        tables.append(_job_table(job, result, train_info, minutes))
+        tables.append(_job_table(job, result, train_info, minutes, device, test_pairs))
         for method, values in result.means.items():
             for metric, value in values.items():
                 rows.append({"benchmark": "quality", "measure": f"{job.key} {method} {metric}", "value": value, "unit": ""})
@@ -116,15 +122,28 @@ def run(quick: bool = False, minutes: float | None = None, device: str = "auto",
             {"benchmark": "quality", "measure": f"{job.key} job wall time", "value": time.perf_counter() - start, "unit": "s"},
         ]
     out = REPO / "benchmarks" / "results" / f"quality-{machine}.md"
-    header = (f"# Quality benchmark ({minutes:g} min of training per job, {device}, "
-              f"{'all' if test_pairs is None else test_pairs} test pairs per set)\n\n"
-              "Mean of each paper metric per method on the test set; best in bold. "
-              "`python -m benchmarks.run quality` (benchmarks/bench_quality.py).\n\n")
-    from fusion.io import write_bytes_atomic
-
-    write_bytes_atomic(out, (header + "\n".join(tables)).encode())
+    _write_tables(out, tables)
     print(f"wrote {out}")
     return rows
+
+
+HEADER = ("# Quality benchmark\n\nMean of each paper metric per method on the test set; best in bold. "
+          "`python -m benchmarks.run quality` (benchmarks/bench_quality.py).\n\n")
+
+
+def _write_tables(out: Path, tables: list[str]) -> None:
+    """One section per job; a run of some jobs (--jobs) replaces only their sections."""
+    from fusion.io import write_bytes_atomic
+
+    sections: dict[str, str] = {}
+    if out.is_file():
+        for part in out.read_text().split("\n## ")[1:]:
+            sections[part.split(" ", 1)[0]] = "## " + part.rstrip() + "\n"
+    for table in tables:
+        sections[table[3:].split(" ", 1)[0]] = table
+    order = [j.key for j in JOBS]
+    body = "\n".join(sections[k] for k in sorted(sections, key=lambda k: order.index(k) if k in order else len(order)))
+    write_bytes_atomic(out, (HEADER + body).encode())
 
 
 def _run_job(job: Job, minutes: float, device: str, test_pairs: int | None, quick: bool):
@@ -277,10 +296,12 @@ def _authors_cadnif(folder: Path) -> Path | None:
     return out
 
 
-def _job_table(job: Job, result, info: dict, minutes: float) -> str:
+def _job_table(job: Job, result, info: dict, minutes: float, device: str, test_pairs: int | None) -> str:
     from fusion.evaluate import markdown_table
 
-    title = (f"## {job.model} ({job.variant}), {job.task}: {result.test_set}\n\n"
+    pairs = len(result.rows) // max(1, len(result.methods))
+    title = (f"## {job.key} ({job.variant}) on {result.test_set}, {pairs} pairs "
+             f"({time.strftime('%Y-%m-%d')}, {device})\n\n"
              f"Trained {info['minutes']:.1f} min ({info['steps']} steps; budget {minutes:g} min) on "
              f"{' + '.join(job.train)}; recipe {job.recipe} ({job.note}).")
     return markdown_table(result.means, result.metric_names, result.seconds_per_pair, title)

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--minutes", type=float, help="quality: training minutes per job (default 20)")
     parser.add_argument("--device", default="auto", help="quality: auto | cpu | cuda")
     parser.add_argument("--test-pairs", type=int, help="quality: score only the first N pairs of each test set")
+    parser.add_argument("--jobs", type=lambda v: [j for j in v.split(",") if j],
+                        help="quality: only these jobs, e.g. ufa/multi-focus,cadnif/ir-vis")
     args = parser.parse_args(argv)
     names = args.names or [n for n in available() if n not in ON_REQUEST]
     if args.minutes is not None and args.minutes <= 0:

@@ -5,7 +5,7 @@ Each stage is also a flow of its own, so a user can run one alone:
     prepare(profile, overrides, workspace)        dvc add + repro + push (a no-op when nothing changed)
     train(profile, overrides, workspace, use_ray) MLflow run + training through Ray -> run id
     evaluate(run_id, workspace)                   the run's model and the baselines on its test set
-    promote(run_id, workspace)                    registry version; @champion only if it beats the champion
+    promote(run_id, workspace)                    registry version; @champion only if it beats the baselines and the champion
     sweep(name, overrides, workspace)             an experiment matrix as Ray Tune trials (params.yaml `sweeps:`)
 
 `nightly` chains them (and the sweep named by `nightly.sweep`, if any) and publishes a summary (Prefect artifact with links + MLflow). Runs
@@ -224,7 +224,7 @@ def evaluate(run_id: str, workspace: str | None = None) -> dict[str, Any]:
 
 @flow(name="promote", log_prints=True)
 def promote(run_id: str, workspace: str | None = None) -> dict[str, Any]:
-    """Register run `run_id`'s model; it becomes @champion only if it beats the current one."""
+    """Register run `run_id`'s model; it becomes @champion only if it beats the best baseline and the current one."""
     ws, cfg, run = _existing_run(workspace, run_id)
     from dataclasses import asdict
 

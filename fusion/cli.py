@@ -235,6 +235,7 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (model and metrics)")] = "cpu",
     figure_pairs: Annotated[int, typer.Option("--figure-pairs", min=1, help="Test pairs shown in the comparison figure")] = 3,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --fused: score the fused images present instead of failing on missing ones")] = False,
+    log_to: Annotated[Optional[str], typer.Option("--log-to", help="Also log the evaluation (eval/ artifacts, test/ and baseline/ metrics) to this MLflow run, e.g. an imported authors' model, so `fusion report` can compare it")] = None,
 ) -> None:
     """Score fusion results with every metric of docs/metrics.md, per pair and on average.
 
@@ -247,8 +248,8 @@ def evaluate(
     from fusion import evaluate as ev
     from fusion.io import write_json_atomic
 
-    if json_out is None and out is None:
-        _fail(FusionError("give --json OUT.json and/or --out DIR: where the scores go"))
+    if json_out is None and out is None and log_to is None:
+        _fail(FusionError("give --json OUT.json, --out DIR and/or --log-to RUN_ID: where the scores go"))
     try:
         if fused is not None:
             if model or baseline or prepared:
@@ -271,6 +272,12 @@ def evaluate(
             if result["sources_without_fused_image"]:
                 console.print(f"[yellow]skipped {len(result['sources_without_fused_image'])} source pair(s) without a fused image[/]")
             return
+        if log_to is not None and not model:
+            raise FusionError("--log-to logs a model's evaluation: give --model")
+        if log_to is not None:
+            from fusion.evaluate_logging import check_run
+
+            check_run(log_to)  # before any work
         test_set = _test_set(source_a, source_b, gt, prepared, split)
         methods, warm = {}, []
         if model:
@@ -285,6 +292,11 @@ def evaluate(
         with bar:
             result, samples = ev.evaluate_methods(test_set, methods, metric, device=device, keep_images=figure_pairs,
                                                   progress=progress, warm_up=warm)
+        if log_to is not None:
+            from fusion.evaluate_logging import log_evaluation
+
+            log_evaluation(log_to, result, samples, test_set, model_method=warm[0])
+            console.print(f"logged to MLflow run {log_to}: eval/ and test/ metrics")
     except FusionError as exc:
         _fail(exc)
     if json_out:
@@ -477,11 +489,13 @@ def models() -> None:
         for vid, paper_name in spec.variants.items():
             table.add_row(name, vid, paper_name, spec.task, f"{count_parameters(build_model(name, vid)):,}")
     Console().print(table)
+    from rich.markup import escape
+
     out = Console(soft_wrap=True)
     for name, spec in sorted(MODELS.items()):
         for opt, text in {"released": spec.notes.get("released", "the authors' released code"), **spec.options}.items():
             key = "train.released" if opt == "released" else f"train.options.{opt}"
-            out.print(f"[bold]{name}[/] {key}: {text}")
+            out.print(f"[bold]{name}[/] {key}: {escape(text)}")
 
 
 @app.command("import-weights")

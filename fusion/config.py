@@ -155,7 +155,9 @@ class TrainConfig(_Strict):
     stage: Literal["auto", "autoencoder", "fusion", "joint"] = "auto"
     # checkpoint (file, run folder or MLflow URI) whose stage-1 encoders start the fusion stage
     init_from: Optional[str] = None
-    loss_crop_border: int = Field(6, ge=0)   # CADNIF: loss on the central window (132 -> 120)
+    # CADNIF: pixels dropped on every side before the loss; null = the mode's own: 6 in paper mode
+    # (132 windows scored on their central 120), 0 with train.released (the trained graph scores all)
+    loss_crop_border: Optional[int] = Field(None, ge=0)
     lambda_l1: float = Field(0.2, ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
@@ -220,6 +222,9 @@ class PromoteConfig(_Strict):
     registry_prefix: str = "fusionflow"   # registered model: <prefix>-<task>-<model>
     metric: str = "auto"                  # auto: SSIM_gt where there is a ground truth, else Qabf
     min_improvement: float = Field(0.0, ge=0)
+    # @champion also needs a better `metric` than the best classical baseline scored on the same
+    # test data in the same run; otherwise @challenger, with the numbers in the reason
+    require_beat_baselines: bool = True
 
     @field_validator("metric")
     @classmethod

@@ -347,7 +347,7 @@ def rescore(cfg: Config, prepared: Prepared, target: tracking.TrackingTarget, ru
 
 
 def promote(cfg: Config, prepared: Prepared, run: RunInfo):
-    """Register the run's model; @champion only if it beats the current one (fusion.promotion)."""
+    """Register the run's model; @champion only if it beats the best baseline and the current one (fusion.promotion)."""
     from fusion.promotion import promote as decide
 
     return decide(run.target, run.run_id, cfg, lambda champ_id, metric: rescore(cfg, prepared, run.target, champ_id, metric))

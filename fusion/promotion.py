@@ -2,6 +2,8 @@
 
 Every evaluated nightly run is registered as a new version of `<prefix>-<task>-<model>`
 (source: the run's MLflow model, fusion/mlflow_model.py, which holds its best checkpoint). It takes the `@champion` alias only if it beats the
+best classical baseline scored in the same run (`promote.require_beat_baselines`, on by
+default: a model worse than averaging is not served) and the
 current champion on the task's validation metric, measured on the same test data (the
 `eval.test_set` tag: the sha256 of the test pairs' bytes); otherwise it becomes
 `@challenger`. When the champion was scored on other test data it is re-scored on the
@@ -43,6 +45,8 @@ class Decision:
     champion_version: str | None
     rescored: bool                # the champion was re-scored on the candidate's test set
     reason: str
+    best_baseline: str | None = None          # the classical baseline it had to beat, if required
+    baseline_value: float | None = None
 
 
 def model_name(cfg: Config) -> str:
@@ -90,8 +94,16 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
         champ = None
 
     champ_value, rescored = None, False
-    if champ is None:
-        alias, reason = CHAMPION, "no champion yet"
+    best_baseline, baseline_value, loses_to_baseline = None, None, None
+    if cfg.promote.require_beat_baselines:
+        best_baseline, baseline_value, loses_to_baseline = _against_baselines(run.data.metrics, metric, candidate,
+                                                                             higher, cfg.promote.min_improvement)
+    if loses_to_baseline is not None:
+        alias, reason = CHALLENGER, loses_to_baseline
+    elif champ is None:
+        alias, reason = CHAMPION, "no champion yet" + (
+            f"; {metric} {candidate:.6g} beats the best baseline {best_baseline} {baseline_value:.6g}"
+            if best_baseline else "")
     else:
         champ_run = c.get_run(champ.run_id)
         ours = run.data.tags.get(TEST_SET_TAG)
@@ -110,7 +122,7 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
                       f"{champ_value:.6g} by more than {margin:g}" + (" (champion re-scored on this test set)" if rescored else ""))
     c.set_registered_model_alias(name, alias, mv.version)
     decision = Decision(name, str(mv.version), alias, metric, higher, candidate, champ_value,
-                        str(champ.version) if champ else None, rescored, reason)
+                        str(champ.version) if champ else None, rescored, reason, best_baseline, baseline_value)
     tracking.set_tags(t, run_id, {"promote.model": name, "promote.version": decision.version, "promote.alias": alias,
                                   "promote.reason": reason})
     c.set_model_version_tag(name, mv.version, "promote.reason", reason)
@@ -120,6 +132,24 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
         tracking.log_artifact(t, run_id, path, "promote")
     log.info("%s v%s -> @%s: %s", name, decision.version, alias, reason)
     return decision
+
+
+def _against_baselines(metrics: dict[str, float], metric: str, candidate: float, higher: bool,
+                       margin: float) -> tuple[str | None, float | None, str | None]:
+    """(best baseline, its value, why the candidate may not be champion or None). The baselines
+    are the run's own `baseline/<method>/<metric>`: scored on the same test pairs."""
+    scores = {k.split("/")[1]: v for k, v in metrics.items()
+              if k.startswith("baseline/") and k.count("/") == 2 and k.endswith(f"/{metric}") and math.isfinite(v)}
+    if not scores:
+        return None, None, (f"no classical baseline was scored on {metric} in this run (evaluate.baselines), and "
+                            f"promote.require_beat_baselines is true")
+    best = (max if higher else min)(scores, key=scores.get)
+    value = scores[best]
+    beats = candidate > value + margin if higher else candidate < value - margin
+    if beats:
+        return best, value, None
+    return best, value, (f"{metric} {candidate:.6g} does not beat the best classical baseline {best} {value:.6g} on "
+                         f"the same test data (promote.require_beat_baselines)")
 
 
 def _recorded(t: tracking.TrackingTarget, run_id: str) -> Decision:

@@ -53,23 +53,14 @@ import torch.nn.functional as F
 from fusion.errors import ConfigError
 from fusion.models import ModelSpec, register
 
-VARIANTS = {
-    "OD-Net": "OD-Net",
-    "CA-Net": "CA-Net",
-    "CA-DRDB-Net": "CA-DRDB-Net",
-    "CA-DRDB-AU-Net": "CA-DRDB-AU-Net",
-    "CA-DRDB-AU-GRL-Net": "CA-DRDB-AU-GRL-Net (proposed)",
-}
+VARIANTS = {"OD-Net": "OD-Net", "CA-Net": "CA-Net", "CA-DRDB-Net": "CA-DRDB-Net", "CA-DRDB-AU-Net": "CA-DRDB-AU-Net",
+            "CA-DRDB-AU-GRL-Net": "CA-DRDB-AU-GRL-Net (proposed)"}
 DEFAULT_VARIANT = "CA-DRDB-AU-GRL-Net"
 
 # variant -> (cross attention, DRDB, auxiliary branch, global residual)
-COMPONENTS = {
-    "OD-Net": (False, False, False, False),
-    "CA-Net": (True, False, False, False),
-    "CA-DRDB-Net": (True, True, False, False),
-    "CA-DRDB-AU-Net": (True, True, True, False),
-    "CA-DRDB-AU-GRL-Net": (True, True, True, True),
-}
+COMPONENTS = {"OD-Net": (False, False, False, False), "CA-Net": (True, False, False, False),
+              "CA-DRDB-Net": (True, True, False, False), "CA-DRDB-AU-Net": (True, True, True, False),
+              "CA-DRDB-AU-GRL-Net": (True, True, True, True)}
 
 _SLOPE = 0.2
 TILE, TILE_BORDER = 132, 6  # project choice (paper mode): 132x132 tiles, central 120x120 kept
@@ -78,15 +69,15 @@ TF_AUX_EPS = 1e-3           # tf.layers.batch_normalization's default
 PUBLISHED_STD = 1e-3        # the released initialiser: truncated normal, cut at 2 std
 
 OPTIONS = {
-    "stacking": '"cross" ([ir, ir, vi] / [vi, vi, ir], the trained graph) or "same" ([ir]x3 / [vi]x3, the '
-    "paper and the released test script); default cross if released, else same",
+    "stacking": '"cross" (streams ir,ir,vi / vi,vi,ir: the trained graph) or "same" (ir x3 / vi x3: the paper '
+    "and the released test script); default cross if released, else same",
     "bn_running_stats": "BatchNorm on running statistics in eval (fixes the released batch-statistics BN at "
     "test time); default true, false if released",
     "aux_attention": "the auxiliary branch adds the cross non-local attention of Eq. 4 (fixes the released "
     "dead branch x + BN(W x_other)); default true, false if released",
     "published_test_graph": "released only: the graph of the authors' published images: checkpoint weights "
     "for the top-level convs only, attention blocks / non-local W / DRDB re-drawn from published_seed after "
-    "every load, BN scale 1 offset 0 on the image's statistics, [ir]x3/[vi]x3, output min-max rescaled",
+    "every load, BN scale 1 offset 0 on the image's statistics, streams ir x3 / vi x3, output min-max rescaled",
     "published_seed": "seed of published_test_graph's fresh draw (default 0)",
 }
 
@@ -105,7 +96,7 @@ class Norm(nn.BatchNorm2d):
         return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", batch_stats=True" if self.batch_stats else "")
+        return f"{super().extra_repr()}, batch_stats={self.batch_stats}"
 
 
 def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
@@ -137,11 +128,10 @@ class CrossAttentionBlock(nn.Module):
         super().__init__()
 
         def gate() -> nn.Sequential:
-            if released:
-                return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.LeakyReLU(_SLOPE),
-                                     nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(_SLOPE), nn.Sigmoid())
-            return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid())
+            act = partial(nn.LeakyReLU, _SLOPE) if released else nn.ReLU
+            tail = [nn.LeakyReLU(_SLOPE)] if released else []
+            return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), act(),
+                                 nn.Conv2d(width, width, 3, padding=1), *tail, nn.Sigmoid())
 
         self.gate_a = gate()
         self.gate_b = gate()
@@ -188,10 +178,8 @@ class CrossNonLocal(nn.Module):
 class DilatedResidualDenseBlock(nn.Module):
     """AHDRNet's DRDB as CADNIF uses it: the residual is a concatenation, so 64 in -> 128 out."""
 
-    def __init__(
-        self, width: int = 64, growth: int = 16, layers: int = 3, dilation: int = 2,
-        act: Callable[[], nn.Module] = nn.ReLU,
-    ):
+    def __init__(self, width: int = 64, growth: int = 16, layers: int = 3, dilation: int = 2,
+                 act: Callable[[], nn.Module] = nn.ReLU):
         super().__init__()
         self.convs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width + i * growth, growth, 3, padding=dilation, dilation=dilation), act())
@@ -211,20 +199,10 @@ def _after_load(module: "CADNIF", incompatible_keys) -> None:
 
 
 class CADNIF(nn.Module):
-    def __init__(
-        self,
-        variant: str = DEFAULT_VARIANT,
-        released: bool = False,
-        width: int = 16,
-        merge_width: int = 64,
-        num_blocks: int = 5,
-        in_channels: int = 1,
-        stacking: str | None = None,
-        bn_running_stats: bool | None = None,
-        aux_attention: bool | None = None,
-        published_test_graph: bool = False,
-        published_seed: int = 0,
-    ):
+    def __init__(self, variant: str = DEFAULT_VARIANT, released: bool = False, width: int = 16, merge_width: int = 64,
+                 num_blocks: int = 5, in_channels: int = 1, stacking: str | None = None,
+                 bn_running_stats: bool | None = None, aux_attention: bool | None = None,
+                 published_test_graph: bool = False, published_seed: int = 0):
         super().__init__()
         if variant not in COMPONENTS:
             raise ValueError(f"unknown CADNIF variant {variant!r}; valid: {list(COMPONENTS)}")
@@ -259,9 +237,7 @@ class CADNIF(nn.Module):
             self.shallow_b = conv_bn_lrelu(3, width, 1)
             self.blocks = nn.ModuleList(CrossAttentionBlock(width, released, norm) for _ in range(num_blocks))
             # conv k sees [block k output, c0, conv 1..k-1]: 32/48/64/80 channels
-            self.dense_convs = nn.ModuleList(
-                _conv_lrelu((k + 2) * width, width, 3) for k in range(num_blocks - 1)
-            )
+            self.dense_convs = nn.ModuleList(_conv_lrelu((k + 2) * width, width, 3) for k in range(num_blocks - 1))
         else:
             # OD-Net: the same dense growth without the blocks, conv k sees [c0, conv 1..k-1]
             self.dense_convs = nn.ModuleList(_conv_lrelu((k + 1) * width, width, 3) for k in range(num_blocks))
@@ -275,11 +251,8 @@ class CADNIF(nn.Module):
             self.drdb = DilatedResidualDenseBlock(merge_width, growth=width, act=act)
             self.merge_out = _conv_lrelu(2 * merge_width, merge_width, 1)
         tail_in = merge_width + (width if self.global_residual else 0)
-        self.tail = nn.Sequential(
-            conv_bn_lrelu(tail_in, merge_width, 3),
-            nn.Conv2d(merge_width, 1, 3, padding=1),
-            nn.Tanh(),
-        )
+        self.tail = nn.Sequential(conv_bn_lrelu(tail_in, merge_width, 3), nn.Conv2d(merge_width, 1, 3, padding=1),
+                                  nn.Tanh())
         if published_test_graph:
             self.redraw_published()
             self.register_load_state_dict_post_hook(_after_load)
@@ -407,7 +380,7 @@ register(
         task="ir-vis,medical,multi-focus,multi-exposure",
         paper="CADNIF (Shen et al.), cross attention-guided dense network, unsupervised unified fusion",
         notes={
-            "released": "the authors' trained graph: [ir, ir, vi]/[vi, vi, ir] stacking, LeakyReLU after both "
+            "released": "the authors' trained graph: streams ir,ir,vi / vi,vi,ir, LeakyReLU after both "
             "gate convs and in the DRDB, auxiliary branch x + BN(W x_other), BN on batch statistics in eval "
             "(eps 1.001e-5, 1e-3 aux), whole images; loss 100 x [MSE + 3 x Laplacian MSE] on the whole "
             "window (losses.CADNIFLoss)",

@@ -117,7 +117,7 @@ register(
         name="ufa",
         builder=build_ufa,
         variants=VARIANTS,
-        task="multifocus",
+        task="multi-focus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
         notes={"released": "the authors' AF network (455,111 parameters, RGB), their spatial-softmax bug kept; "
                             "loss SSIM with a zero-padded window; xavier-normal init"},

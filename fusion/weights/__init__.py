@@ -155,15 +155,23 @@ def import_weights(model: str, files: Sequence[str | Path], out: str | Path, ove
     return out, result
 
 
+def _tf_prefix(p: Path) -> Path | None:
+    from fusion.weights.tf_checkpoint import resolve_prefix
+
+    prefix = resolve_prefix(p)
+    return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
+
+
 def _is_tf_prefix(p: Path) -> bool:
-    return p.with_name(p.name + ".index").is_file()
+    return _tf_prefix(p) is not None
 
 
 def _sha256_source(p: Path, sha256_file: Callable[[Path], str]) -> str | dict[str, str]:
-    """A TF checkpoint prefix names several files: hash each."""
-    if p.is_file():
+    """A TF checkpoint (named by its prefix or any of its files) is several files: hash each."""
+    prefix = _tf_prefix(p)
+    if prefix is None:
         return sha256_file(p)
-    parts = sorted(q for q in p.parent.iterdir() if q.name.startswith(p.name + "."))
+    parts = sorted(q for q in prefix.parent.iterdir() if q.name.startswith(prefix.name + ".") and q.is_file())
     return {q.name: sha256_file(q) for q in parts}
 
 

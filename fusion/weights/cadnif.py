@@ -118,7 +118,8 @@ def read_cadnif(files: Sequence[Path]) -> Imported:
     notes = [
         f"{len(dead)} variables of the two dense blocks DRDB1/DRDB2 (merging/dilation1_*, dilation2_*) ignored: "
         "the trained graph never uses their output",
-        f"{len(ignored) - len(dead)} optimiser variables (Adam slots, beta powers, global step) ignored",
+        (f"{len(ignored) - len(dead)} optimiser variables (Adam slots, beta powers, global step) ignored"
+         if len(ignored) > len(dead) else "no optimiser variables in the file (the authors' Saver kept the model's only)"),
         "theta/phi/g of the non-local branch imported at their untrained initial values: the trained graph "
         "computes that attention but nothing consumes it (released: x + BN(W x_other))",
         "the non-local BNs' moving statistics were never updated (0 and 1 in the file); the other BNs' are "

@@ -124,7 +124,9 @@ def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace,
     from flows import nightly as flows
     from fusion import pipeline
 
-    set_params(workspace, nightly={"retries": 2, "retry_delay_seconds": [0.1]})
+    # the champion-against-champion mechanics; the baseline rule has a test of its own below
+    set_params(workspace, nightly={"retries": 2, "retry_delay_seconds": [0.1]},
+               promote={"require_beat_baselines": False})
     real, calls = pipeline.prepare, []
 
     def flaky(*args, **kwargs):
@@ -223,7 +225,12 @@ def test_each_stage_runs_alone_as_its_own_flow(workspace):
     scores = flows.evaluate(run_id=run_id, workspace=str(workspace))
     assert "SSIM_gt" in scores["means"][next(iter(scores["means"]))]
     decision = flows.promote(run_id=run_id, workspace=str(workspace))
-    assert decision["alias"] == "champion" and decision["metric"] == "SSIM_gt"
+    # the first model is champion only if it also beats the best classical baseline of its run
+    assert decision["metric"] == "SSIM_gt" and decision["best_baseline"] is not None
+    beats = decision["candidate"] > decision["baseline_value"]
+    assert decision["alias"] == ("champion" if beats else "challenger")
+    if not beats:
+        assert f"does not beat the best classical baseline {decision['best_baseline']}" in decision["reason"]
     with pytest.raises(ConfigError, match="run nope: no config/resolved.json"):
         flows.evaluate(run_id="nope", workspace=str(workspace))
 

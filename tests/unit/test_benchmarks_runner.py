@@ -26,7 +26,7 @@ def test_options_reach_only_benchmarks_that_take_them_and_heavy_ones_run_on_requ
     plain = types.ModuleType("benchmarks.bench_plain")
     plain.run = lambda quick=False: [{"benchmark": "plain", "measure": "x", "value": 1.0, "unit": "s"}]
     heavy = types.ModuleType("benchmarks.bench_quality")
-    heavy.OPTIONS = ("minutes", "device", "test_pairs")
+    heavy.OPTIONS = ("minutes", "device", "test_pairs", "jobs")
 
     def heavy_run(quick=False, **options):
         seen.update(options)
@@ -39,7 +39,7 @@ def test_options_reach_only_benchmarks_that_take_them_and_heavy_ones_run_on_requ
     data = json.loads(runner.main(["--out", str(tmp_path / "a.json")]).read_text())
     assert {r["benchmark"] for r in data["rows"]} == {"plain"} and not seen   # quality only when named
     runner.main(["quality", "--minutes", "2.5", "--test-pairs", "3", "--out", str(tmp_path / "b.json")])
-    assert seen == {"minutes": 2.5, "device": "auto", "test_pairs": 3}
+    assert seen == {"minutes": 2.5, "device": "auto", "test_pairs": 3, "jobs": None}
 
 
 def test_bad_benchmark_options_are_refused(tmp_path):

@@ -239,6 +239,9 @@ def test_import_weights_writes_a_checkpoint_that_fuses_as_the_trained_graph(tmp_
     out, result = import_weights("cadnif", [PREFIX.with_name("model-11.index")], tmp_path / "authors.pt")
     model, payload = model_from_checkpoint(out)
     assert payload["model_options"] == {"released": True} and payload["ignored_source_tensors"] == result.ignored
+    # named by its .index, the checkpoint is still hashed whole: every file of the prefix
+    hashed = payload["source_files"][0]["sha256"]
+    assert {"model-11.index", "model-11.data-00000-of-00001"} <= set(hashed)
     ir, vi = _pair(8)
     with torch.no_grad():
         got = model(ir, vi)[0, 0].numpy()

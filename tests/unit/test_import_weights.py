@@ -154,3 +154,38 @@ def test_register_puts_the_authors_weights_in_the_registry(authors_ufa, workspac
             for k in "AB")
     fused = pyfunc.predict(pd.DataFrame({"image_0": [a], "image_1": [b]}))["fused"][0]
     assert cv2.imdecode(np.frombuffer(fused, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+
+
+def test_registered_authors_run_is_evaluated_and_reported_beside_the_baselines(authors_ufa, workspace, tmp_path,
+                                                                              shared_data):
+    """import --register, then `fusion evaluate --log-to` on that run, then `fusion report`."""
+    import cv2
+    from mlflow import MlflowClient
+
+    src, _ = authors_ufa
+    proc = _cli("ufa", src, "--out", tmp_path / "ufa.pt", "--register", "authors-ufa", "--workspace", workspace)
+    assert proc.returncode == 0, proc.stderr
+    uri = f"sqlite:///{workspace / 'mlflow/store/mlflow.db'}"
+    run_id = MlflowClient(tracking_uri=uri).get_model_version("authors-ufa", "1").run_id
+    for side, k in (("a", "A"), ("b", "B")):
+        (tmp_path / side).mkdir()
+        for n in ("01", "02"):
+            img = cv2.imread(str(shared_data / f"mf/Lytro20/lytro-{n}-{k}.jpg"))[:48, :64]
+            cv2.imwrite(str(tmp_path / side / f"{n}.png"), img)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    fusion = [sys.executable, "-m", "fusion"]
+    ev = subprocess.run([*fusion, "evaluate", "--model", f"runs:/{run_id}", "--source-a", str(tmp_path / "a"),
+                         "--source-b", str(tmp_path / "b"), "-b", "average", "-m", "Qabf", "-m", "EN",
+                         "--log-to", run_id], capture_output=True, text=True, env=env, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert {"test/Qabf", "test/EN", "baseline/average/Qabf"} <= set(run.data.metrics)
+    rep = subprocess.run([*fusion, "report", run_id, "--workspace", str(workspace), "--out", str(tmp_path / "rep")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert "authors-ufa" in table and "average" in table
+    missing = subprocess.run([*fusion, "evaluate", "--model", f"runs:/{run_id}", "--source-a", str(tmp_path / "a"),
+                              "--source-b", str(tmp_path / "b"), "--log-to", "nope"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert missing.returncode == 2 and "--log-to nope: no such run" in missing.stderr

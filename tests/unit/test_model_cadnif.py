@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -236,8 +238,7 @@ def _trained_graph_layers():
     for s, cin in (("shallow_pair", 6), ("shallow_a", 3), ("shallow_b", 3)):
         layers += [conv(f"{s}.0", cin, 16, 1), bn(f"{s}.1", 16), lr(f"{s}.2")]
     for k in range(5):
-        for gname in ("gate_a", "gate_b"):
-            g = f"blocks.{k}.{gname}"
+        for g in (f"blocks.{k}.gate_a", f"blocks.{k}.gate_b"):
             layers += [conv(f"{g}.0", 32, 16, 3), lr(f"{g}.1"), conv(f"{g}.2", 16, 16, 3), lr(f"{g}.3"), (f"{g}.4", "sigmoid")]
         layers += [conv(f"blocks.{k}.out.0", 48, 16, 3), bn(f"blocks.{k}.out.1", 16)]
     for k, cin in enumerate((32, 48, 64, 80)):
@@ -260,12 +261,12 @@ def test_released_model_has_exactly_the_trained_graphs_layers():
 def _record(model, *inputs):
     """Conv call order and every module's input / output, one forward pass in eval."""
     calls, seen, hooks = [], {}, []
+
+    def hook(mod, inp, out, name):
+        seen[name] = (inp, out)
+        calls.extend([name] if isinstance(mod, torch.nn.Conv2d) else [])
     for name, m in model.named_modules():
-        def hook(mod, inp, out, name=name):
-            seen[name] = (inp, out)
-            if isinstance(mod, torch.nn.Conv2d):
-                calls.append(name)
-        hooks.append(m.register_forward_hook(hook))
+        hooks.append(m.register_forward_hook(partial(hook, name=name)))
     with torch.no_grad():
         model.eval()(*inputs)
     for h in hooks:
