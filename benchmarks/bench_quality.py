@@ -112,7 +112,7 @@ def run(quick: bool = False, minutes: float | None = None, device: str = "auto",
         start = time.perf_counter()
         _say(f"job {n}/{len(selected)} {job.key}: training {minutes:g} min on {'+'.join(job.train)}")
         result, train_info = _run_job(job, minutes, device, test_pairs, quick)
-        tables.append(_job_table(job, result, train_info, minutes, device, test_pairs))
+        tables.append(_job_table(job, result, train_info, minutes, str(_device(device)), test_pairs))
         for method, values in result.means.items():
             for metric, value in values.items():
                 rows.append({"benchmark": "quality", "measure": f"{job.key} {method} {metric}", "value": value, "unit": ""})

@@ -479,7 +479,10 @@ def sync(workspace: Workspace = None) -> None:
 
 @app.command()
 def models() -> None:
-    """List every registered model and its variants (paper names beside config identifiers)."""
+    """List every registered model and its variants (paper names beside config identifiers), then each model's
+    train.released and train.options."""
+    from rich.markup import escape
+
     from fusion.models import MODELS, build_model, count_parameters
 
     table = Table(title="Registered models")
@@ -489,8 +492,6 @@ def models() -> None:
         for vid, paper_name in spec.variants.items():
             table.add_row(name, vid, paper_name, spec.task, f"{count_parameters(build_model(name, vid)):,}")
     Console().print(table)
-    from rich.markup import escape
-
     out = Console(soft_wrap=True)
     for name, spec in sorted(MODELS.items()):
         for opt, text in {"released": spec.notes.get("released", "the authors' released code"), **spec.options}.items():
@@ -512,10 +513,9 @@ def import_weights(
 ) -> None:
     """Turn the authors' published weights into a fusionflow checkpoint of the released model.
 
-    The checkpoint works with `fusion fuse --model`, `fusion evaluate --model` and as an MLflow
-    model; it records the source files' sha256 and which source tensors the released forward
-    pass does not use. Weights are read as data only (no pickled code runs); a missing, extra
-    or mis-shaped tensor is refused with its name and nothing is written.
+    The checkpoint works with `fusion fuse --model`, `fusion evaluate --model` and as an MLflow model; it records the source files' sha256 and which source tensors the released forward pass does not use.
+
+    Weights are read as data only (no pickled code runs); a missing, extra or mis-shaped tensor is refused with its name and nothing is written.
     """
     from fusion.weights import IMPORTERS
     from fusion.weights import import_weights as run_import

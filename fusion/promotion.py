@@ -1,12 +1,12 @@
 """Champion promotion in the MLflow model registry.
 
 Every evaluated nightly run is registered as a new version of `<prefix>-<task>-<model>`
-(source: the run's MLflow model, fusion/mlflow_model.py, which holds its best checkpoint). It takes the `@champion` alias only if it beats the
-best classical baseline scored in the same run (`promote.require_beat_baselines`, on by
-default: a model worse than averaging is not served) and the
-current champion on the task's validation metric, measured on the same test data (the
-`eval.test_set` tag: the sha256 of the test pairs' bytes); otherwise it becomes
-`@challenger`. When the champion was scored on other test data it is re-scored on the
+(source: the run's MLflow model, fusion/mlflow_model.py, which holds its best checkpoint).
+It takes the `@champion` alias only if it beats the best classical baseline scored in the
+same run (`promote.require_beat_baselines`, on by default: a model worse than averaging is
+not served) and the current champion on the task's validation metric, measured on the same
+test data (the `eval.test_set` tag: the sha256 of the test pairs' bytes); otherwise it
+becomes `@challenger`. When the champion was scored on other test data it is re-scored on the
 candidate's test set first, so the two numbers always compare like with like. The
 decision and the numbers behind it are logged on the candidate run (tags `promote.*` and
 `promote/decision.json`) and on the model version.
@@ -116,7 +116,7 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
             alias, reason = CHAMPION, f"champion v{champ.version} has no comparable {metric} (different test data, not re-scored)"
         else:
             margin = cfg.promote.min_improvement
-            better = candidate > champ_value + margin if higher else candidate < champ_value - margin
+            better = _beats(candidate, champ_value, higher, margin)
             alias = CHAMPION if better else CHALLENGER
             reason = (f"{metric} {candidate:.6g} {'beats' if better else 'does not beat'} champion v{champ.version} "
                       f"{champ_value:.6g} by more than {margin:g}" + (" (champion re-scored on this test set)" if rescored else ""))
@@ -134,6 +134,10 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
     return decision
 
 
+def _beats(candidate: float, other: float, higher: bool, margin: float) -> bool:
+    return candidate > other + margin if higher else candidate < other - margin
+
+
 def _against_baselines(metrics: dict[str, float], metric: str, candidate: float, higher: bool,
                        margin: float) -> tuple[str | None, float | None, str | None]:
     """(best baseline, its value, why the candidate may not be champion or None). The baselines
@@ -145,8 +149,7 @@ def _against_baselines(metrics: dict[str, float], metric: str, candidate: float,
                             f"promote.require_beat_baselines is true")
     best = (max if higher else min)(scores, key=scores.get)
     value = scores[best]
-    beats = candidate > value + margin if higher else candidate < value - margin
-    if beats:
+    if _beats(candidate, value, higher, margin):
         return best, value, None
     return best, value, (f"{metric} {candidate:.6g} does not beat the best classical baseline {best} {value:.6g} on "
                          f"the same test data (promote.require_beat_baselines)")
