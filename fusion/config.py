@@ -342,7 +342,7 @@ class Config(_Strict):
     def _known_names(self) -> "Config":
         # Deferred imports: the registries import torch, config must stay cheap to load.
         from fusion.data.sources import LAYOUT_TASKS, validate_spec
-        from fusion.models import MODELS
+        from fusion.models import MODELS, check_options
 
         for name, entry in self.sources.items():
             spec = registry_spec(name, entry)
@@ -373,11 +373,7 @@ class Config(_Strict):
                 f"train.variant: unknown variant {self.train.variant!r} of {self.train.model}; "
                 f"valid: {list(variants)}"
             )
-        known = MODELS[self.train.model].options
-        for key in self.train.options:
-            if key not in known:
-                raise ValueError(f"train.options.{key}: not an option of {self.train.model}; "
-                                 f"valid: {sorted(known) or 'none'}")
+        check_options(self.train.model, self.train.options)   # a ConfigError is a ValueError
         return self
 
     def flat(self) -> dict[str, Any]:

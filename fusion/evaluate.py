@@ -254,6 +254,18 @@ def score_batch(sources: Sequence[np.ndarray], fused: Sequence[np.ndarray], gt: 
     return out
 
 
+def run_metrics(result: EvalResult, model_method: str, prefix: str = "test") -> dict[str, float]:
+    """An evaluation's means as logged to its MLflow run: `<prefix>/<metric>` for the model,
+    `baseline/<method>/<metric>` (under `<prefix>/` for other test sets) for the rest, each
+    method's seconds per pair beside them; non-finite means are left out."""
+    out: dict[str, float] = {}
+    for method, values in result.means.items():
+        key = prefix if method == model_method else ("baseline/" if prefix == "test" else f"{prefix}/baseline/") + method
+        out.update({f"{key}/{k}": v for k, v in values.items() if math.isfinite(v)})
+        out[f"{key}/seconds_per_pair"] = result.seconds_per_pair[method]
+    return out
+
+
 def means_by_method(rows: list[dict], methods: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, float]]:
     return {m: {n: float(np.mean([r[n] for r in rows if r["method"] == m])) for n in names} for m in methods}
 

@@ -35,7 +35,7 @@ def check_run(run_id: str) -> None:
 
 def log_evaluation(run_id: str, result, samples: list[dict], test_set, model_method: str) -> None:
     from fusion import tracking
-    from fusion.evaluate import save_samples, write_reports
+    from fusion.evaluate import run_metrics, save_samples, write_reports
     from fusion.promotion import TEST_SET_TAG
     from fusion.report import evaluation_figure
 
@@ -46,9 +46,5 @@ def log_evaluation(run_id: str, result, samples: list[dict], test_set, model_met
         evaluation_figure(samples, test_set.source_labels, result.methods, folder / "figure.png", title=test_set.name)
         save_samples(samples, folder / "samples", test_set.source_labels)
         tracking.log_artifacts(t, run_id, folder, "eval")
-    metrics = {}
-    for method, values in result.means.items():
-        prefix = "test" if method == model_method else f"baseline/{method}"
-        metrics.update({tracking.metric_key(f"{prefix}/{k}"): v for k, v in values.items()})
-    tracking.log_metrics(t, run_id, metrics)
+    tracking.log_metrics(t, run_id, run_metrics(result, model_method))
     tracking.set_tags(t, run_id, {TEST_SET_TAG: test_set.version()})

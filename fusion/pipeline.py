@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -257,7 +256,7 @@ def _score(cfg: Config, run: RunInfo, methods: dict, label: str, test_set, label
            prefix: str, device):
     """Score `methods` on `test_set`; reports, figure and samples to the run under `artifact_dir`,
     means as `<prefix>/<metric>` for the model and `baseline/<method>/...` (prefixed) for the rest."""
-    from fusion.evaluate import evaluate_methods, save_samples, write_reports
+    from fusion.evaluate import evaluate_methods, run_metrics, save_samples, write_reports
     from fusion.report import evaluation_figure
 
     result, samples = evaluate_methods(test_set, methods, _applicable(cfg.evaluate.metrics, test_set.has_gt), device=device,
@@ -271,12 +270,7 @@ def _score(cfg: Config, run: RunInfo, methods: dict, label: str, test_set, label
     sample_dir = eval_dir / "samples"
     save_samples(samples, sample_dir, labels)
     tracking.log_artifacts(run.target, run.run_id, sample_dir, f"{artifact_dir}/samples")
-    final = {}
-    for method, values in result.means.items():
-        key = prefix if method == label else ("baseline/" if prefix == "test" else f"{prefix}/baseline/") + method
-        final.update({f"{key}/{k}": v for k, v in values.items() if math.isfinite(v)})
-        final[f"{key}/seconds_per_pair"] = result.seconds_per_pair[method]
-    tracking.log_metrics(run.target, run.run_id, final)
+    tracking.log_metrics(run.target, run.run_id, run_metrics(result, label, prefix))
     return result
 
 

@@ -51,10 +51,18 @@ def build_model(name: str, variant: str, **options) -> nn.Module:
     spec = MODELS[name]
     if variant not in spec.variants:
         raise ConfigError(f"train.variant: unknown variant {variant!r} of {name}; valid: {list(spec.variants)}")
-    unknown = sorted(set(options) - {"released"} - set(spec.options))
-    if unknown:
-        raise ConfigError(f"train.options.{unknown[0]}: not an option of {name}; valid: {sorted(spec.options) or 'none'}")
+    check_options(name, [k for k in options if k != "released"])
     return spec.builder(variant=variant, **options)
+
+
+def check_options(name: str, keys) -> None:
+    """train.options names must be options of the model (its registry entry lists them)."""
+    from fusion.errors import ConfigError
+
+    known = MODELS[name].options
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(f"train.options.{unknown[0]}: not an option of {name}; valid: {sorted(known) or 'none'}")
 
 
 def count_parameters(model: nn.Module) -> int:

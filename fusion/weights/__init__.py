@@ -130,7 +130,7 @@ def import_weights(model: str, files: Sequence[str | Path], out: str | Path, ove
     if out.exists() and out.is_dir():
         raise ConfigError(f"--out {out}: is a folder, give a file name (e.g. {out / 'authors.pt'})")
     for f in files:
-        if not Path(f).is_file() and not _is_tf_prefix(Path(f)):
+        if not Path(f).is_file() and _tf_prefix(Path(f)) is None:
             raise DataError(f"{f}: file not found")
     result, net = convert(model, files)
     sources = [{"file": Path(f).name, "sha256": _sha256_source(Path(f), sha256_file)} for f in files]
@@ -160,10 +160,6 @@ def _tf_prefix(p: Path) -> Path | None:
 
     prefix = resolve_prefix(p)
     return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
-
-
-def _is_tf_prefix(p: Path) -> bool:
-    return _tf_prefix(p) is not None
 
 
 def _sha256_source(p: Path, sha256_file: Callable[[Path], str]) -> str | dict[str, str]:
