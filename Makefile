@@ -1,7 +1,7 @@
 # The two commands a new user needs:
 #   make run    install (first time) and run the nightly pipeline on the embedded default data
 #   make test   install (first time) and run the test suite (what CI runs)
-.PHONY: run test test-slow bench repro lock mlflow-ui clean install
+.PHONY: run test test-slow bench repro lock mlflow-ui clean install wheels gpu-check
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,14 @@ test-slow: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+# An offline GPU machine (README "On a GPU"): `make wheels` here (network), copy the checkout with
+# .wheels/ there, `make gpu-check` there (no venv: its own Python with PyTorch, PYTHON=...).
+wheels:
+	bash scripts/wheels.sh
+
+gpu-check:
+	bash scripts/gpu-check.sh
 
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -4,6 +4,7 @@
     python -m benchmarks.run pipeline        # one benchmark (module benchmarks/bench_<name>.py)
     python -m benchmarks.run --quick         # small inputs: checks the benchmarks themselves run
     python -m benchmarks.run quality --minutes 5 --device cuda   # options of benchmarks that take them
+    python -m benchmarks.run gpu --jobs speed,compile            # the GPU rows (bench_gpu.py; make gpu-check)
 
 Each benchmark module exposes `run(quick) -> list[dict]` rows with keys
 benchmark, measure, value, unit. Comparisons are measured side by side in one run and
@@ -27,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-# Run only when named: the quality benchmark trains each model for 20 minutes.
-ON_REQUEST = {"quality"}
+# Run only when named: the quality benchmark trains each model for 20 minutes; the GPU one
+# (bench_gpu.py, `make gpu-check`) needs a CUDA device.
+ON_REQUEST = {"quality", "gpu", "tiling"}  # tiling: a 12 MP pair under 4 GB, ~10 min on 2 cores
 
 
 def available() -> list[str]:

@@ -14,11 +14,47 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fusion.errors import FusionError
 
-app = typer.Typer(
+
+def _flags_without_type() -> None:
+    """Typer prints a value type beside every option; a flag takes no value, so its `<bool>`
+    only widens the table (and wraps every help text at 80 columns)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type(self, ctx):
+        # "<int range> [x>=1]" says the range twice and sets the column's width for every row
+        return None if self.is_flag else (shown(self, ctx) or "").replace(" range>", ">") or None
+
+    TyperOption.display_type_rich = display_type  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
+class _App(typer.Typer):
+    """The entry point: an OSError of a full or read-only disk that no command turned into a
+    FusionError (a library writing its own files) still ends in one line, not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        from fusion.errors import DISK_ERRNOS, output_error
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except OSError as exc:
+            import errno
+
+            if errno.errorcode.get(exc.errno or 0) not in DISK_ERRNOS:
+                raise
+            console.print(f"[bold red]error:[/] {escape(str(output_error(exc.filename or 'output', exc)))}")
+            raise SystemExit(2) from None
+
+
+app = _App(
     help="fusionflow: train, evaluate and ship deep image-fusion models "
     "(prepare data with DVC, train with Ray, track with MLflow, orchestrate with Prefect).",
     no_args_is_help=True,
@@ -33,10 +69,12 @@ console = Console(stderr=True, soft_wrap=True)  # errors stay one greppable line
 
 Workspace = Annotated[
     Optional[Path],
-    typer.Option("--workspace", "-w", help="Folder with params.yaml and dvc.yaml [default: $FUSIONFLOW_WORKSPACE or this checkout]"),
+    # parentheses: rich would take "[default: ...]" for a style tag and print nothing of it
+    typer.Option("--workspace", "-w", help="Folder with params.yaml and dvc.yaml (default: the current folder or the nearest "
+                 "one above it with both, else $FUSIONFLOW_WORKSPACE, else this checkout)"),
 ]
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile from params.yaml: smoke (minutes on a CPU), tiny (tests), paper, or default (no overrides)")]
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a parameter, e.g. --set train.lr=2e-4 (repeatable)")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a parameter, e.g. --set train.lr=2e-4 (repeatable)")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -60,6 +98,29 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to make a workspace (created if missing)")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Replace a params.yaml or dvc.yaml that differs from the default")] = False,
+) -> None:
+    """Create a workspace: default params.yaml and dvc.yaml, .gitignore, git, DVC.
+
+    For a team's own repository, with fusionflow installed by pip: commands run in the folder (or below it) use it. A file already there and different is refused unless --force; .gitignore only gets the missing lines.
+    """
+    from fusion.init_workspace import init_workspace
+
+    try:
+        report = init_workspace(directory, force=force)
+    except FusionError as exc:
+        _fail(exc)
+    out = Console()
+    out.print(f"[bold]workspace[/] {report.root}")
+    out.print(f"wrote: {', '.join(report.written) or 'nothing'}; kept: {', '.join(report.kept) or 'nothing'}")
+    for note in report.notes:
+        out.print(note)
+    out.print(f"next: cd {report.root} && fusion data prepare && fusion run")
+
+
+@app.command()
 def run(
     profile: Profile = "smoke",
     overrides: Overrides = None,
@@ -69,12 +130,7 @@ def run(
 ) -> None:
     """Run the nightly pipeline end to end as a Prefect flow.
 
-    Builds the embedded SYNTHETIC multi-focus dataset (DVC-versioned), trains UFA-Fuse
-    through Ray, evaluates it beside the classical baselines (and on every prepared test set
-    of its task), registers it in MLflow as @champion only if it beats the current champion,
-    logs everything to MLflow and prints where to look. Unchanged data, config and code:
-    the trained model and its evaluation are reused (Prefect cache). Set MLFLOW_TRACKING_URI, PREFECT_API_URL
-    or RAY_ADDRESS to use shared servers instead of the embedded defaults.
+    Builds the embedded SYNTHETIC multi-focus dataset (DVC-versioned), trains UFA-Fuse through Ray, evaluates it beside the classical baselines (and on every prepared test set of its task), registers it in MLflow as @champion only if it beats the best classical baseline and the current champion (else @challenger), logs everything to MLflow and prints where to look. Unchanged data, config and code: the trained model and its evaluation are reused (Prefect cache). Set MLFLOW_TRACKING_URI, PREFECT_API_URL or RAY_ADDRESS to use shared servers instead of the embedded defaults.
     """
     from fusion.config import load_config, resolve_workspace
 
@@ -82,10 +138,14 @@ def run(
         ws = resolve_workspace(workspace)
         load_config(ws, profile, overrides)  # fail fast, before Prefect starts
         from flows.nightly import nightly
+        from fusion.interrupts import shield_prefect_server
 
+        shield_prefect_server()
         summary = nightly(profile=profile, overrides=overrides, workspace=str(ws), use_ray=not no_ray)
     except FusionError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(workspace)
     print_summary(summary)
     if summary_json:
         from fusion.io import write_json_atomic
@@ -114,42 +174,57 @@ def train(
     overrides: Overrides = None,
     workspace: Workspace = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Train in this process instead of through Ray")] = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint (last.pt)")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN_ID|PATH", help="Continue an MLflow run (RUN_ID: the same run, from its last checkpoint, with its own configuration and executor), or with --out a checkpoint (OUT/last.pt)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder (no Ray, no MLflow: a plain local run)")] = None,
 ) -> None:
     """Train on the prepared data (runs `fusion data prepare` first) and log to MLflow.
 
-    With --out, trains in this process into that folder without tracking (resumable with
-    --resume OUT/last.pt): the quickest loop for experimenting on the trainer itself.
+    Ctrl-C marks the MLflow run KILLED and prints the `--resume RUN_ID` that continues it.
+
+    With --out, trains in this process into that folder without tracking (resumable with --resume OUT/last.pt): the quickest loop for experimenting on the trainer itself.
     """
-    from fusion import pipeline
+    from fusion import interrupts, pipeline
     from fusion.config import load_config, resolve_workspace
 
     try:
         ws = resolve_workspace(workspace)
+        if resume is not None and out is None:
+            if Path(resume).exists():
+                raise FusionError(f"--resume {resume}: a checkpoint file continues an untracked run; add --out, or give "
+                                  "the MLflow run id to continue a tracked run")
+            if overrides:
+                raise FusionError(f"--set {overrides[0]}: a resumed run keeps the configuration it was started with")
+            run, ckpt = interrupts.resume(ws, resume, use_ray=not no_ray)
+            Console().print(f"checkpoints in {ckpt}; MLflow run {run.run_id} (resumed)")
+            return
         cfg = load_config(ws, profile, overrides)
         if out is not None:  # before any work: never replace a finished run's checkpoints unasked
-            from fusion.train.loop import BEST, LAST
+            from fusion.train.loop import BEST, LAST, Trainer
 
             held = [out / n for n in (LAST, BEST) if (out / n).exists()]
             if held and resume is None:
                 raise FusionError(f"--out {out}: holds the checkpoints of an earlier run ({held[0].name}); continue it "
                                   f"with --resume {out / LAST} or train into another folder")
-        prepared = pipeline.prepare(ws, cfg)
-        if out is not None:
-            from fusion.train.loop import Trainer
-
-            state = Trainer(cfg, prepared.root).fit(out, resume_from=resume)
+            prepared = pipeline.prepare(ws, cfg)
+            state = Trainer(cfg, prepared.root).fit(out, resume_from=Path(resume) if resume else None)
             Console().print(f"trained {state.epoch} epochs; checkpoints in {out}")
             return
-        run = pipeline.start(ws, cfg, prepared)
-        ckpt = pipeline.train(cfg, prepared, run, use_ray=not no_ray)
-        from fusion import tracking
-
-        tracking.end_run(run.target, run.run_id)
+        run, ckpt = interrupts.train_new(ws, cfg, use_ray=not no_ray)
         Console().print(f"checkpoints in {ckpt}; MLflow run {run.run_id}")
     except FusionError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(workspace, out)
+
+
+def _interrupted(workspace: Optional[Path], out: Optional[Path] = None) -> None:
+    """Ctrl-C: runs left open become KILLED, one line says how to continue, exit 130."""
+    from rich.markup import escape
+
+    from fusion.interrupts import EXIT_INTERRUPTED, interrupted
+
+    console.print(f"[bold yellow]{escape(interrupted(workspace, out))}[/]", highlight=False)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @app.command()
@@ -165,13 +240,7 @@ def sweep(
 ) -> None:
     """Run an experiment matrix (tasks x models x variants x seeds x grid) as Ray Tune trials.
 
-    One MLflow parent run per sweep, one child run per trial; the parent holds the trial
-    table (sweep/trials.md) and a comparison table per task (report/<task>/report.md).
-    CrossFuse's two-stage variants start from one shared stage-1 trial. A trial whose worker
-    dies is restarted from its last checkpoint; a bad configuration fails its trial alone;
-    the budget stops trials at an epoch boundary as out_of_time. Running the same sweep
-    again continues it. Local Ray by default; set RAY_ADDRESS to use a cluster.
-    --set applies to every trial (e.g. --set train.epochs=5).
+    One MLflow parent run per sweep, one child run per trial; the parent holds the trial table (sweep/trials.md) and a comparison table per task (report/<task>/report.md). CrossFuse's two-stage variants start from one shared stage-1 trial. A trial whose worker dies is restarted from its last checkpoint; a bad configuration fails its trial alone; the budget stops trials at an epoch boundary as out_of_time. Running the same sweep again continues it. Local Ray by default; set RAY_ADDRESS to use a cluster. --set applies to every trial (e.g. --set train.epochs=5).
     """
     from fusion.sweep.runner import plan, run_sweep
 
@@ -227,11 +296,11 @@ def evaluate(
     prepared: Annotated[Optional[Path], typer.Option("--prepared", help="A prepared dataset (manifest.json + split/{near,far,gt}) instead of --source-a/-b")] = None,
     split: Annotated[str, typer.Option("--split", help="Split of --prepared to evaluate")] = "test",
     fused: Annotated[Optional[Path], typer.Option("--fused", help="Folder of already-fused images to score (no model needed)")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID, runs:/RUN_ID/checkpoints/best.pt, models:/NAME@ALIAS)")] = None,
-    baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Classical baseline(s) to evaluate alongside (repeatable; 'all' for every one)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint file, run folder, or MLflow URI (runs:/RUN_ID or models:/NAME@ALIAS; a file in a run: runs:/RUN_ID/ checkpoints/best.pt)")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", metavar="NAME", help="Classical baseline(s) to evaluate alongside (repeatable; 'all' for every one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair values and means here")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write table.md, table.csv, per_pair.csv, summary.json and figure.png here (with --fused: table.md, table.csv, summary.json)")] = None,
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Only these metrics (repeatable) [default: all that apply]")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", metavar="NAME", help="Only these metrics (repeatable) [default: all that apply]")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (model and metrics)")] = "cpu",
     figure_pairs: Annotated[int, typer.Option("--figure-pairs", min=1, help="Test pairs shown in the comparison figure")] = 3,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --fused: score the fused images present instead of failing on missing ones")] = False,
@@ -262,12 +331,13 @@ def evaluate(
             if json_out:
                 write_json_atomic(json_out, result)
             if out:
-                means = {fused.name: result["means"]}
-                write_json_atomic(out / "summary.json", result)
-                from fusion.io import write_bytes_atomic
+                from fusion.io import staged_files, write_bytes_atomic
 
-                write_bytes_atomic(out / "table.md", ev.markdown_table(means, result["metrics"]).encode())
-                write_bytes_atomic(out / "table.csv", ev.csv_table(means, result["metrics"]).encode())
+                means = {fused.name: result["means"]}
+                with staged_files(out) as stage:
+                    write_json_atomic(stage / "summary.json", result)
+                    write_bytes_atomic(stage / "table.md", ev.markdown_table(means, result["metrics"]).encode())
+                    write_bytes_atomic(stage / "table.csv", ev.csv_table(means, result["metrics"]).encode())
             _print_means({fused.name: result["means"]}, result["metrics"], f"{result['count']} fused images in {fused}")
             if result["sources_without_fused_image"]:
                 console.print(f"[yellow]skipped {len(result['sources_without_fused_image'])} source pair(s) without a fused image[/]")
@@ -297,18 +367,21 @@ def evaluate(
 
             log_evaluation(log_to, result, samples, test_set, model_method=warm[0])
             console.print(f"logged to MLflow run {log_to}: eval/ and test/ metrics")
+        if json_out:
+            write_json_atomic(json_out, result.to_json())
+        if out:
+            from fusion.io import staged_files
+            from fusion.report import evaluation_figure
+
+            with staged_files(out) as stage:  # all of the reports or none (a full disk part-way)
+                paths = ev.write_reports(result, stage)
+                evaluation_figure(samples, test_set.source_labels, result.methods, stage / "figure.png",
+                                  title=test_set.name)
+                ev.save_samples(samples, stage / "samples", test_set.source_labels)
+            names = [*(p.name for p in paths.values()), "figure.png", "samples/"]
+            console.print(f"reports in {out}: {', '.join(names)}")
     except FusionError as exc:
         _fail(exc)
-    if json_out:
-        write_json_atomic(json_out, result.to_json())
-    if out:
-        from fusion.report import evaluation_figure
-
-        paths = ev.write_reports(result, out)
-        labels = test_set.source_labels
-        figure = evaluation_figure(samples, labels, result.methods, out / "figure.png", title=test_set.name)
-        ev.save_samples(samples, out / "samples", labels)
-        console.print(f"reports: {', '.join(str(p) for p in (*paths.values(), figure))}")
     _print_means(result.means, result.metric_names, f"{len(test_set)} pairs of {test_set.name}", result.seconds_per_pair)
 
 
@@ -330,8 +403,8 @@ def _print_means(means: dict, names: list[str], title: str, seconds: dict | None
     best = best_by_metric(means, names)
     table = Table(title=title)
     table.add_column("metric")
-    for m in means:
-        table.add_column(m, justify="right")
+    for m in means:  # method names break at their underscores rather than being cut ("choose_m…")
+        table.add_column(escape(m).replace("_", "_\n"), justify="right", overflow="fold")
     for n in names:
         table.add_row(n, *(f"[bold]{means[m][n]:.4f}[/]" if m in best[n] and len(means) > 1 else f"{means[m][n]:.4f}" for m in means))
     if seconds:
@@ -382,6 +455,8 @@ def fuse(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="float32; bfloat16 (CPUs with AVX512-BF16/AMX, GPUs) or float16 (GPUs) run the model under autocast: faster, outputs within a few gray levels")] = "float32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never one of the source images)")] = False,
+    tile: Annotated[str, typer.Option("--tile", metavar="auto|none|N", help="auto: whole image if it fits in --max-memory, else overlapping tiles (same result within a gray level); none: whole image; N: tiles of N px")] = "auto",
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", metavar="SIZE", help="Memory budget, e.g. 4GB (default: 3/4 of the free RAM); what cannot fit is refused before fusing")] = None,
 ) -> None:
     """Fuse two or more images with a trained model and write the result.
 
@@ -389,7 +464,8 @@ def fuse(
     """
     import time
 
-    from fusion.inference import fuse as run_fuse, load_model, model_label
+    from fusion.inference import check_fits, fuse as run_fuse, load_model, model_label
+    from fusion.tiling import parse_memory, parse_tile
     from fusion.io import read_image, write_image
     from fusion.train.loop import autocast_dtype, pick_device
 
@@ -405,10 +481,12 @@ def fuse(
             raise FusionError(f"--out {out}: already exists; pass --overwrite to replace it")
         dev = pick_device(device)
         autocast_dtype(precision, dev, "--precision")  # refuse a bad value before loading anything
+        tile_side, budget = parse_tile(tile), parse_memory(max_memory)
         net, payload = load_model(model, dev)
+        check_fits(net, images, dev, precision, tile_side, budget)  # from the headers, before decoding
         sources = [read_image(p) for p in images]
         start = time.perf_counter()
-        fused = run_fuse(net, sources, dev, precision)
+        fused = run_fuse(net, sources, dev, precision, tile_side, budget, progress=sys.stderr.isatty())
         seconds = time.perf_counter() - start
         write_image(out, fused)
     except FusionError as exc:
@@ -425,10 +503,7 @@ def reproduce(
 ) -> None:
     """Train a past run again from its recorded git commit and DVC data version, and compare.
 
-    The commit is checked out into a temporary git worktree and the data materialised there from
-    the run's dvc.lock (DVC cache or remote): your checkout and prepared data are not touched.
-    Exit status 0: identical (within --tolerance); 1: different; 2: cannot be reproduced (dirty
-    tree at the time, revision or data version missing), with the reason.
+    The commit is checked out into a temporary git worktree and the data materialised there from the run's dvc.lock (DVC cache or remote): your checkout and prepared data are not touched. Exit status 0: identical (within --tolerance); 1: different; 2: cannot be reproduced (dirty tree at the time, revision or data version missing), with the reason.
     """
     from fusion.config import resolve_workspace
     from fusion.reproduce import reproduce as run_reproduction
@@ -481,19 +556,24 @@ def sync(workspace: Workspace = None) -> None:
 def models() -> None:
     """List every registered model and its variants (paper names beside config identifiers), then each model's
     train.released and train.options."""
-    from rich.markup import escape
 
     from fusion.models import MODELS, build_model, count_parameters
 
-    table = Table(title="Registered models")
-    for col in ("model", "variant (config)", "paper name", "task", "parameters"):
-        table.add_column(col)
+    from rich import box
+
+    # names are typed into configs and looked up in papers: never cut; the task list wraps instead
+    table = Table(title="Registered models", box=box.SIMPLE_HEAD)
+    table.add_column("model", no_wrap=True)
+    table.add_column("variant (config)", no_wrap=True)
+    table.add_column("paper name", no_wrap=True)
+    table.add_column("parameters", no_wrap=True, justify="right")
     for name, spec in sorted(MODELS.items()):
         for vid, paper_name in spec.variants.items():
-            table.add_row(name, vid, paper_name, spec.task, f"{count_parameters(build_model(name, vid)):,}")
+            table.add_row(name, vid, paper_name, f"{count_parameters(build_model(name, vid)):,}")
     Console().print(table)
     out = Console(soft_wrap=True)
     for name, spec in sorted(MODELS.items()):
+        out.print(f"[bold]{name}[/] tasks: {spec.task.replace(',', ', ')}")
         for opt, text in {"released": spec.notes.get("released", "the authors' released code"), **spec.options}.items():
             key = "train.released" if opt == "released" else f"train.options.{opt}"
             out.print(f"[bold]{name}[/] {key}: {escape(text)}")
@@ -631,8 +711,8 @@ def data_sources(
         _fail(exc)
     table = Table(title=f"sources registry ({ws / 'params.yaml'})")
     for col in ("name", "layout", "path", "records", "status"):
-        table.add_column(col)
-    failed = False
+        table.add_column(col, overflow="fold")
+    failures: list[tuple[str, str]] = []
     for name in sorted(cfg.sources):
         spec = source_spec(cfg, name, ws)
         try:
@@ -643,10 +723,14 @@ def data_sources(
                 status = "ok (all decoded)"
             count = str(len(recs))
         except FusionError as exc:
-            failed, count, status = True, "-", str(exc)
+            failures.append((name, str(exc)))
+            count, status = "-", "failed (below)"
         table.add_row(name, spec.layout, str(cfg.sources[name]["path"]), count, status)
     Console().print(table if cfg.sources else "no sources registered: add them under `sources:` in params.yaml")
-    if failed:
+    # Below the table, never in a cell: a cell wraps or cuts file names at the terminal's width.
+    for name, problem in failures:
+        console.print(f"[bold red]error:[/] sources.{name}: {escape(problem)}", highlight=False, crop=False)
+    if failures:
         raise typer.Exit(2)
 
 
@@ -808,9 +892,9 @@ def schedule_show(workspace: Workspace = None) -> None:
 
     try:
         ws, cfg = _nightly_config(workspace)
+        cron, tz = schedule_of(cfg)
     except FusionError as exc:
         _fail(exc)
-    cron, tz = schedule_of(cfg)
     it = croniter(cron, datetime.datetime.now(ZoneInfo(tz)))
     n = cfg.nightly
     out = Console()
@@ -825,8 +909,7 @@ def schedule_show(workspace: Workspace = None) -> None:
 def schedule_serve(workspace: Workspace = None) -> None:
     """Register the nightly deployment and run its scheduled and triggered runs in this process (until Ctrl-C).
 
-    Uses PREFECT_API_URL (a Prefect server: `prefect server start`); trigger a run at once with
-    `prefect deployment run fusionflow-nightly/nightly`.
+    Uses PREFECT_API_URL (a Prefect server: `prefect server start`); trigger a run at once with `prefect deployment run fusionflow-nightly/nightly`.
     """
     from flows.deploy import serve
 
@@ -843,15 +926,16 @@ def schedule_deploy(
     workspace: Workspace = None,
 ) -> None:
     """Register the nightly deployment with a work pool; run `prefect worker start --pool POOL` to execute it."""
-    from flows.deploy import deploy
+    from flows.deploy import deploy, schedule_of
 
     try:
         ws, cfg = _nightly_config(workspace)
         deployment_id = deploy(ws, cfg, pool)
+        cron, tz = schedule_of(cfg)
     except FusionError as exc:
         _fail(exc)
-    Console(soft_wrap=True).print(f"deployment fusionflow-nightly/nightly ({deployment_id}) on work pool {pool}; "
-                    f"start a worker: prefect worker start --pool {pool}")
+    Console(soft_wrap=True).print(f"deployment fusionflow-nightly/nightly ({deployment_id}) on work pool {pool}, "
+                                  f"'{cron}' in {tz}, runs in {ws}; start a worker: prefect worker start --pool {pool}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,6 @@ silently ignored), and every error names the offending key.
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -17,9 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fusion.errors import ConfigError
-
-PARAMS_FILE = "params.yaml"
-WORKSPACE_ENV = "FUSIONFLOW_WORKSPACE"
+# re-exported: callers import the workspace helpers from here
+from fusion.workspace import PARAMS_FILE, WORKSPACE_ENV, project_root, read_params, resolve_workspace  # noqa: F401
 
 
 class _Strict(BaseModel):
@@ -254,8 +252,12 @@ class NightlyConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from prefect._internal.schemas.validators import validate_cron_string  # the check the schedule gets
-
+        try:
+            from prefect._internal.schemas.validators import validate_cron_string  # the check the schedule gets
+        except ImportError:
+            # a core install (GPU machines, no orchestration stack): no schedule can run here, and
+            # wherever Prefect is installed the expression is checked on every load
+            return v
         try:
             return validate_cron_string(v)
         except ValueError as exc:
@@ -406,26 +408,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def project_root() -> Path:
-    """The checkout this package was installed from (editable install), if it has params.yaml."""
-    return Path(__file__).resolve().parents[1]
-
-
-def resolve_workspace(workspace: str | Path | None = None) -> Path:
-    """Workspace = the directory holding params.yaml, dvc.yaml and the pipeline outputs.
-
-    Explicit argument, then $FUSIONFLOW_WORKSPACE, then the project checkout. Never the
-    current directory, so a command behaves the same wherever it is started.
-    """
-    candidate = Path(workspace or os.environ.get(WORKSPACE_ENV) or project_root()).expanduser().resolve()
-    if not (candidate / PARAMS_FILE).is_file():
-        raise ConfigError(
-            f"workspace {candidate}: no {PARAMS_FILE} there; pass --workspace or set {WORKSPACE_ENV} "
-            f"to a directory created by `fusion init` or a fusionflow checkout"
-        )
-    return candidate
-
-
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -462,19 +444,6 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
                 f"edit them in {PARAMS_FILE} instead"
             )
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return tree
-
-
-def read_params(workspace: Path) -> dict[str, Any]:
-    path = workspace / PARAMS_FILE
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
     return tree
 
 

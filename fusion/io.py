@@ -18,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from fusion.errors import DataError
+from fusion.errors import DataError, output_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -65,13 +65,16 @@ def write_image(path: str | Path, img: np.ndarray) -> str:
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(payload)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -93,9 +96,12 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     A failure (bad input, Ctrl-C) leaves the previous `out` untouched and no partial copy.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise output_error(out, exc) from exc
     try:
         yield tmp
         if out.exists():
@@ -108,6 +114,35 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(out: str | Path) -> Iterator[Path]:
+    """Write a command's files under a temporary sibling folder, then move each into `out`.
+
+    Unlike atomic_directory this keeps what `out` already holds (a user's folder); a
+    failure part-way (a full disk, Ctrl-C) leaves `out` as it was. The moves are renames on
+    one file system: they need no space, so the last step cannot fail for a full disk.
+    """
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise output_error(out, exc) from exc
+    try:
+        yield tmp
+        try:
+            out.mkdir(exist_ok=True)
+            for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                dest = out / src.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+        except OSError as exc:
+            raise output_error(out, exc) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_images(folder: Path) -> list[Path]:

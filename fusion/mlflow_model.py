@@ -8,6 +8,10 @@ served over REST (`mlflow models serve`). It returns a DataFrame with a binary c
 `fused` (PNG). Gray models fuse the luminance and restore the colour source's chroma, as
 `fusion fuse` does; more images than the model takes are fused pairwise.
 
+A bad request (a missing column, bytes that are no image, images of different sizes, fewer
+than two images) raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server
+answers with 400 and the message, instead of its generic error with a server traceback.
+
 The model folder holds the checkpoint under `artifacts/` and the `fusion` package under
 `code/`, so loading it needs the libraries in its requirements, not a fusionflow checkout:
 
@@ -18,12 +22,14 @@ The model folder holds the checkpoint under `artifacts/` and the `fusion` packag
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 
 import mlflow.pyfunc
 
 MAX_INPUTS = 8
 ARTIFACT_PATH = "model"
+_log = logging.getLogger(__name__)
 _REQUIREMENTS = ("torch", "numpy", "opencv-python-headless", "pydantic", "pyyaml", "pandas")
 
 
@@ -37,27 +43,85 @@ class FusionModel(mlflow.pyfunc.PythonModel):
         self.model, self.payload = model_from_checkpoint(context.artifacts["checkpoint"], self.device)
 
     def predict(self, context, model_input, params=None):
-        import cv2
-        import numpy as np
         import pandas as pd
 
-        from fusion.errors import DataError
+        from fusion.errors import FusionError
         from fusion.inference import fuse
         from fusion.io import encode_png
 
         columns = [f"image_{k}" for k in range(MAX_INPUTS) if f"image_{k}" in model_input.columns]
         fused = []
         for row, values in enumerate(model_input[columns].itertuples(index=False)):
-            images = []
-            for name, data in zip(columns, values):
-                if data is None or (isinstance(data, float) and np.isnan(data)):
-                    continue
-                img = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
-                if img is None:
-                    raise DataError(f"row {row}, {name}: cannot decode the image bytes")
-                images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-            fused.append(encode_png(fuse(self.model, images, self.device)))
+            images = _row_images(row, columns, values)
+            try:
+                fused.append(encode_png(fuse(self.model, images, self.device)))
+            except FusionError as exc:  # about the inputs, in words fit for the caller
+                raise bad_request(f"row {row}: {exc}") from None
+            except Exception as exc:
+                # the scoring server would send a traceback full of server paths; keep it in the log
+                _log.exception("fusing row %d failed", row)
+                raise _server_error(f"row {row}: the model failed ({type(exc).__name__}); see the server log") from None
         return pd.DataFrame({"fused": fused})
+
+
+def bad_request(message: str):
+    """What the scoring server answers with 400 and `message` (MLflow's INVALID_PARAMETER_VALUE)."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(message)
+
+
+def _server_error(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    return MlflowException(message, error_code=INTERNAL_ERROR)
+
+
+def _row_images(row: int, columns: list[str], values) -> list:
+    """The row's decoded RGB images; a 400 naming the cell for anything that is not 2..8 images of one size."""
+    import numpy as np
+
+    images, names = [], []
+    for name, data in zip(columns, values):
+        if data is None or (isinstance(data, float) and np.isnan(data)):
+            continue
+        images.append(_decode(row, name, data))
+        names.append(name)
+    if len(images) < 2:
+        given = ", ".join(names) or "none"
+        raise bad_request(f"row {row}: {len(images)} image(s) ({given}); the model fuses 2 to {MAX_INPUTS} images "
+                          f"given as image_0, image_1, ... image_{MAX_INPUTS - 1}")
+    sizes = [f"{n} {img.shape[1]}x{img.shape[0]}" for n, img in zip(names, images)]
+    if len({img.shape[:2] for img in images}) != 1:
+        raise bad_request(f"row {row}: the images differ in size ({', '.join(sizes)}; width x height); "
+                          f"fusion needs registered images of one size")
+    return images
+
+
+def _decode(row: int, name: str, data):
+    import base64
+    import binascii
+
+    import cv2
+    import numpy as np
+
+    if isinstance(data, str):
+        # JSON carries bytes as base64; MLflow decodes it for dataframe_split/records but the
+        # `inputs` format hands the text through
+        try:
+            data = base64.b64decode("".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"row {row}, {name}: text that is not base64; send the encoded image bytes "
+                              f"(base64 in JSON)") from None
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise bad_request(f"row {row}, {name}: expected encoded image bytes, got {type(data).__name__}")
+    buf = np.frombuffer(bytes(data), np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:
+        raise bad_request(f"row {row}, {name}: cannot decode the image bytes ({buf.size} bytes; "
+                          f"expected PNG, JPEG, TIFF, BMP or another format OpenCV reads)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def signature():

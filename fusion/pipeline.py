@@ -6,6 +6,7 @@ Ray and MLflow are reached only through their adapters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -63,6 +64,10 @@ def new_workspace(dest: Path, source: Path | None = None) -> Path:
 
 def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:
     """Embedded photographs -> `dvc add data` -> `dvc repro` -> `dvc push`."""
+    from fusion.prepare_local import dvc_installed, prepare_without_dvc
+
+    if not dvc_installed():  # a core install (offline GPU machine): the data as it is, unversioned
+        return prepare_without_dvc(workspace, cfg)
     versioning.ensure_repo(workspace)
     raw = workspace / cfg.data.embedded.out
     if not embedded.is_complete(raw):
@@ -169,12 +174,33 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         from fusion.train.distributed import train_with_ray
 
         _executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
-        train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
-                       tracking=asdict(run.target), run_id=run.run_id, spool=run.dir / SPOOL)
+        with _ray_interrupts():
+            train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
+                           tracking=asdict(run.target), run_id=run.run_id, spool=run.dir / SPOOL)
     else:
         train_in_process(cfg, prepared, run, ckpt_dir)
     publish(run, ckpt_dir)
     return ckpt_dir
+
+
+@contextlib.contextmanager
+def _ray_interrupts():
+    """Ctrl-C during Ray training as a KeyboardInterrupt. Ray Train answers SIGINT in its own
+    handler: it aborts the training, and Ray's client then raises SystemExit, so an interrupted
+    run would end as if the command had exited. That handler stays installed after training
+    (a later Ctrl-C would meet a dead controller): the previous one comes back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as exc:  # the process was told to stop (SIGINT, SIGTERM): the run is killed, not failed
+        raise KeyboardInterrupt(f"Ray training stopped (exit {exc.code})") from exc
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def train_in_process(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path, callbacks: list = (),

@@ -22,11 +22,50 @@ from pathlib import Path
 from typing import Iterator
 
 from fusion import tracking
+from fusion.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPOOL = "mlflow-spool.jsonl"
 _FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_FIELDS = {"metrics": ("metrics", "step", "ts"), "artifact": ("path", "artifact_path"), "tags": ("tags",)}
+
+
+class SpoolError(DataError):
+    """A spool file holds a line that is not a tracking record (edited, or cut by a crash)."""
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records waiting in `path`, in order; a line that is not one raises SpoolError
+    naming the file and line, and nothing is delivered (the order must be kept)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpoolError(f"{path}: unreadable tracking spool ({exc}); move it aside to train or sync without it "
+                         "(its records are then not delivered)") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            problem = _problem(record)
+        except ValueError as exc:  # not JSON (a line cut by a crash mid-write, an edit)
+            problem = str(exc)[:80]
+        if problem:
+            raise SpoolError(f"{path}: line {n} is not a tracking record ({problem}); repair or delete that line "
+                             "(its record is then lost) and run `fusion sync`")
+        records.append(record)
+    return records
+
+
+def _problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if record.get("kind") not in _FIELDS:
+        return f"unknown kind {record.get('kind')!r}"
+    missing = [f for f in ("run_id", *_FIELDS[record["kind"]]) if f not in record]
+    return f"no {', '.join(missing)}" if missing else None
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -81,7 +120,7 @@ class Spool:
             return True
         if not force and time.monotonic() - self._last_failure < self.retry_seconds:
             return False
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = read_records(self.path)
         for i, record in enumerate(records):
             try:
                 with _fast_failure():
@@ -142,9 +181,9 @@ def _deliver(target: tracking.TrackingTarget, run_id: str, record: dict) -> None
 def sync(workspace: Path, target: tracking.TrackingTarget) -> dict[str, int]:
     """Replay every run's spool under `workspace/runs/`; returns {spool file: records left}."""
     left = {}
-    for path in sorted((workspace / "runs").glob(f"*/{SPOOL}")):
-        first = json.loads(path.read_text().splitlines()[0])
-        spool = Spool(target, first["run_id"], path)
+    spools = {path: read_records(path) for path in sorted((workspace / "runs").glob(f"*/{SPOOL}"))}
+    for path, records in spools.items():  # a corrupt one stops the sync before any is replayed
+        spool = Spool(target, records[0]["run_id"] if records else "", path)
         spool.flush(force=True)
         left[str(path)] = spool.pending
     return left

@@ -616,8 +616,20 @@ class _Decoded(NamedTuple):
     all_zero: bool
 
 
+# First bytes of the formats a suffix promises: a file that lacks them is another kind of
+# file (a text file, a link to one), not a damaged image, and is reported as such.
+_SIGNATURES = {".png": (b"\x89PNG", "PNG"), ".jpg": (b"\xff\xd8", "JPEG"), ".jpeg": (b"\xff\xd8", "JPEG")}
+
+
 def _decode(path: Path) -> _Decoded | str:
-    """Decoded facts about one image, or the problem with it."""
+    """Decoded facts about one image, or the problem with it (naming a symlink's target)."""
+    found = _decode_file(path)
+    if isinstance(found, str) and path.is_symlink():
+        return f"{found}; the file is a symlink to {path.resolve()}"
+    return found
+
+
+def _decode_file(path: Path) -> _Decoded | str:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -626,6 +638,9 @@ def _decode(path: Path) -> _Decoded | str:
         return "empty file"
     raw = data.tobytes()
     suffix = path.suffix.lower()
+    if suffix in _SIGNATURES and not raw.startswith(_SIGNATURES[suffix][0]):
+        looks = "text" if raw[:512].isascii() else "binary data"
+        return f"not a {_SIGNATURES[suffix][1]} image: its content is {looks}, not {suffix} data"
     # libjpeg decodes a truncated JPEG into grey filler with only a warning: check the end markers.
     if suffix in (".jpg", ".jpeg") and raw.rstrip(b"\0")[-2:] != b"\xff\xd9":
         return "truncated JPEG (no end-of-image marker)"

@@ -103,12 +103,17 @@ class UFAFuse(nn.Module):
 
 
 def build_ufa(variant: str = "UFA", released: bool = False, fix_spatial_softmax: bool = False,
-              **options) -> nn.Module:
+              luma: bool = False, **options) -> nn.Module:
     if released:
+        if luma:
+            raise ConfigError("train.options.luma: the released network is the authors' RGB graph; set "
+                              "train.options.luma=false with train.released=true (the smoke profile sets luma)")
         return ReleasedUFAFuse(variant=variant, fix_spatial_softmax=fix_spatial_softmax, **options)
     if fix_spatial_softmax:
         raise ConfigError("train.options.fix_spatial_softmax: fixes a bug of the released graph; "
                           "set train.released=true with it (the paper's model has a true softmax)")
+    if luma:
+        return UFAFuse(variant=variant, in_channels=1, out_channels=1, **options)
     return UFAFuse(variant=variant, **options)
 
 
@@ -122,7 +127,13 @@ register(
         notes={"released": "the authors' AF network (455,111 parameters, RGB), their spatial-softmax bug kept; "
                             "loss SSIM with a zero-padded window; xavier-normal init"},
         options={"fix_spatial_softmax": "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) "
-                                        "(released: exp(a2) twice)"},
+                                        "(released: exp(a2) twice)",
+                 # Not in the paper. Twelve convolutions without a skip learn the small differences
+                 # between R, G and B long after the structure: after the CPU main job's 250 steps an
+                 # RGB network paints every image in its training set's mean tint (sepia).
+                 "luma": "paper network on Y of YCrCb, one channel in and out; the chroma is restored "
+                         "from the sources at inference, as for the gray models (not in the paper, which "
+                         "fuses RGB; the smoke profile's CPU main job uses it)"},
         supervised=True,
     )
 )

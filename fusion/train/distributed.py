@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 1024**2
 
 
+# Ray Train's placement-group cleaner asks the State API, which lives in the dashboard, whether
+# its controller is alive, once a second; without a dashboard (a local instance) each answer
+# is a warning forwarded to the driver: 135 identical lines in one nightly run. The cleaner
+# only matters when a controller dies ungracefully, which ray.shutdown() covers locally.
+_NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_ray_workers() -> None:
+    """worker_process_setup_hook: runs in every Ray worker process before its first task."""
+    for name in _NOISY_WORKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray() -> dict[str, Any]:
     import ray
 
@@ -33,11 +46,12 @@ def init_ray() -> dict[str, Any]:
     import fusion
 
     common = dict(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    hook = {"worker_process_setup_hook": quiet_ray_workers}
     if address:
         # Ship the package so cluster nodes run the same code as this checkout.
-        ray.init(address=address, runtime_env={"py_modules": [str(Path(fusion.__file__).parent)]}, **common)
+        ray.init(address=address, runtime_env={"py_modules": [str(Path(fusion.__file__).parent)], **hook}, **common)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, runtime_env=hook,
                  object_store_memory=OBJECT_STORE_BYTES, **common)
     return ray.cluster_resources()
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from fusion.config import Config
 from fusion.data.dataset import RandomCropPairs
 from fusion.data.training import training_data
-from fusion.errors import ConfigError, DataError
+from fusion.errors import ConfigError, DataError, output_error
 from fusion.losses import build_loss
 from fusion.models import MODELS, build_model, count_parameters
 
@@ -131,13 +131,20 @@ def model_options(cfg: Config) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    except RuntimeError as exc:  # torch.save's zip writer reports a failed write as RuntimeError
+        if "writ" not in str(exc) and "inline_container" not in str(exc):
+            raise
+        raise output_error(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -156,8 +163,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     payload = load_checkpoint(path, map_location=device)
-    model = build_model(payload["model"], payload["variant"], **payload["model_options"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = build_model(payload["model"], payload["variant"], **payload["model_options"])
+    except ConfigError as exc:  # the tags name no model we have: say so about the file, not about train.*
+        raise DataError(f"{path}: its tags (model {payload['model']!r}, variant {payload['variant']!r}) name no "
+                        f"registered network ({exc})") from exc
+    try:
+        result = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as exc:  # same names, other shapes (strict=False still refuses those)
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise DataError(f"{path}: its weights do not fit {payload['model']} {payload['variant']} ({first}): a "
+                        "checkpoint of another variant or options under a wrong tag") from exc
+    if result.missing_keys or result.unexpected_keys:
+        # strict loading would raise a RuntimeError listing hundreds of keys; one line names the cause
+        raise DataError(f"{path}: its weights are not those of {payload['model']} {payload['variant']} "
+                        f"({len(result.missing_keys)} missing, e.g. {result.missing_keys[:2]}; "
+                        f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:2]}): a checkpoint "
+                        "of another model or variant under a wrong tag")
     # the layout it trained in: channels-last and NCHW kernels round differently
     return model.to(device, memory_format=memory_format(model)).eval(), payload
 

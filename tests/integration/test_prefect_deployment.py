@@ -6,53 +6,16 @@ while the first runs is cancelled instead of running beside it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import free_port, wait_http
+from tests.integration.conftest import PREFECT, stop_process
 
 pytestmark = pytest.mark.integration
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def prefect_server(tmp_path, monkeypatch):
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (SQLite) under tmp_path."""
-    port = free_port()
-    home = tmp_path / "prefect-server-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "prefect-server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(f"{api}/health", timeout=120, proc=proc)
-        monkeypatch.setenv("PREFECT_API_URL", api)
-        # this process read its Prefect settings when another test first imported Prefect
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: api}):
-            yield api
-    finally:
-        _stop(proc)
-        log.close()
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -106,7 +69,7 @@ def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(p
         assert a.state.is_completed(), a.state
         assert b.state.is_cancelled(), b.state  # never ran beside the first
     finally:
-        _stop(serve)
+        stop_process(serve)
         log.close()
 
     store = f"sqlite:///{workspace / 'mlflow/store/mlflow.db'}"
@@ -123,10 +86,11 @@ def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(p
     assert "prefect worker start --pool fusionflow-test" in deployed.stdout
     with get_client(sync_client=True) as pc:
         dep = pc.read_deployment_by_name("fusionflow-nightly/nightly")
-        assert dep.work_pool_name == "fusionflow-test" and dep.entrypoint == "flows/nightly.py:nightly"
+        assert dep.work_pool_name == "fusionflow-test" and dep.entrypoint == "flows.nightly.nightly"
+        assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(workspace)}}]
         assert dep.schedules[0].schedule.cron == "30 3 * * 1-5"
         third = run_deployment("fusionflow-nightly/nightly", timeout=0)
-        worker = subprocess.run([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
+        worker = subprocess.run([PREFECT, "worker", "start", "--pool",
                                  "fusionflow-test", "--run-once"], env=env, capture_output=True, text=True, timeout=300)
         state = pc.read_flow_run(third.id).state
     assert state.is_completed(), (state, worker.stdout[-2000:], worker.stderr[-2000:])

@@ -44,3 +44,32 @@ def test_unknown_profile_lists_valid_ones():
     proc = fusion("run", "--workspace", str(REPO), "--profile", "nightlyy")
     assert proc.returncode == 2
     assert "profile 'nightlyy' is not defined" in proc.stderr and "smoke" in proc.stderr
+
+
+def test_models_never_cuts_a_variant_name_at_80_columns():
+    import os
+    import re
+
+    from fusion.models import MODELS
+
+    proc = subprocess.run([sys.executable, "-m", "fusion", "models"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "80"})
+    variants = {(m, v) for m, spec in MODELS.items() for v in spec.variants}
+    rows = {tuple(re.split(r"\s{2,}", ln.strip())[:2]) for ln in proc.stdout.splitlines()}
+    assert variants <= rows  # each variant whole on its model's row
+    for spec in MODELS.values():
+        for paper in spec.variants.values():
+            assert paper in proc.stdout
+    table = proc.stdout.split(" tasks: ")[0].splitlines()[:-1]
+    assert max(len(ln) for ln in table) <= 80 and "…" not in proc.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["evaluate"], ["fuse"], ["train"], ["data", "patches"], ["sweep"]])
+def test_help_fits_80_columns_without_flag_types(command):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "fusion", *command, "--help"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert "<bool>" not in proc.stdout and " range>" not in proc.stdout and "…" not in proc.stdout
+    assert max(len(ln) for ln in proc.stdout.splitlines()) <= 80

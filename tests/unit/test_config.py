@@ -117,5 +117,5 @@ def test_stage_names_that_would_write_outside_prepared_are_refused(ws, name):
 def test_model_options_are_checked_against_the_model(ws):
     cfg = load_config(ws, overrides=["train.released=true", "train.options={fix_spatial_softmax: true}"])
     assert cfg.train.options == {"fix_spatial_softmax": True}
-    with pytest.raises(ConfigError, match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax'\]"):
+    with pytest.raises(ConfigError, match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'luma'\]"):
         load_config(ws, overrides=["train.options={fix_spatial_softmx: true}"])

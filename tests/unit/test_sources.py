@@ -350,6 +350,17 @@ def test_undecodable_image(irvis):
     assert len(good) == 5 and "cannot decode image" in report[0].problem
 
 
+def test_a_symlink_to_a_text_file_is_named_as_such_not_as_a_truncated_image(irvis, tmp_path):
+    target = tmp_path / "passwd"
+    target.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (irvis / "vi" / "05.png").unlink()
+    (irvis / "vi" / "05.png").symlink_to(target)
+    good, report = check_pairs(load_tno(irvis), skip_bad=True)
+    assert len(good) == 5
+    assert report[0].path == irvis / "vi" / "05.png"
+    assert report[0].problem == f"not a PNG image: its content is text, not .png data; the file is a symlink to {target}"
+
+
 def test_empty_folder_named(irvis):
     for p in (irvis / "vi").iterdir():
         p.unlink()
