@@ -45,6 +45,16 @@ class _App(typer.Typer):
 
         try:
             return super().__call__(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            # a core install (the GPU check's wheels) lacks the orchestration stack: say which part
+            stack = {"ray": "Ray", "mlflow": "MLflow", "prefect": "Prefect", "dvc": "DVC"}
+            top = (exc.name or "").split(".")[0]
+            if top not in stack:
+                raise
+            console.print(f"[bold red]error:[/] this command needs {stack[top]} ({top} is not installed); the core "
+                          "commands (fuse, evaluate, train --out, models) run without it: pip install fusionflow "
+                          "with its dependencies for the rest")
+            raise SystemExit(2) from None
         except OSError as exc:
             import errno
 
@@ -206,7 +216,13 @@ def train(
                 raise FusionError(f"--out {out}: holds the checkpoints of an earlier run ({held[0].name}); continue it "
                                   f"with --resume {out / LAST} or train into another folder")
             prepared = pipeline.prepare(ws, cfg)
-            state = Trainer(cfg, prepared.root).fit(out, resume_from=Path(resume) if resume else None)
+            created = not out.exists()
+            try:
+                state = Trainer(cfg, prepared.root).fit(out, resume_from=Path(resume) if resume else None)
+            except FusionError:
+                if created and out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()  # a folder this command made and could not fill (full disk, bad data)
+                raise
             Console().print(f"trained {state.epoch} epochs; checkpoints in {out}")
             return
         run, ckpt = interrupts.train_new(ws, cfg, use_ray=not no_ray)
@@ -219,8 +235,6 @@ def train(
 
 def _interrupted(workspace: Optional[Path], out: Optional[Path] = None) -> None:
     """Ctrl-C: runs left open become KILLED, one line says how to continue, exit 130."""
-    from rich.markup import escape
-
     from fusion.interrupts import EXIT_INTERRUPTED, interrupted
 
     console.print(f"[bold yellow]{escape(interrupted(workspace, out))}[/]", highlight=False)

@@ -89,6 +89,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _partial_sibling(out: Path) -> Path:
+    """A new empty folder beside `out` (same file system: the final renames are atomic)."""
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise output_error(out, exc) from exc
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary sibling name; replace `out` only on success.
@@ -96,12 +107,7 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     A failure (bad input, Ctrl-C) leaves the previous `out` untouched and no partial copy.
     """
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise output_error(out, exc) from exc
+    tmp = _partial_sibling(out)
     try:
         yield tmp
         if out.exists():
@@ -125,12 +131,7 @@ def staged_files(out: str | Path) -> Iterator[Path]:
     one file system: they need no space, so the last step cannot fail for a full disk.
     """
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise output_error(out, exc) from exc
+    tmp = _partial_sibling(out)
     try:
         yield tmp
         try:

@@ -43,6 +43,29 @@ def workspace(tmp_path) -> Path:
     return new_workspace(tmp_path / "ws", REPO)
 
 
+@pytest.fixture
+def cfg(tmp_path):
+    """load_config(tiny profile, nested overrides) on a copy of params.yaml:
+    `cfg(**{"train.model": "cadnif"})` (a test module may define its own `cfg`)."""
+    import shutil
+
+    from fusion.config import load_config
+
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+
+    def make(**overrides):
+        tree: dict = {}
+        for dotted, value in overrides.items():
+            node = tree
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return load_config(tmp_path, "tiny", tree)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def embedded_raw(tmp_path_factory) -> Path:
     from fusion.data.embedded import export_embedded

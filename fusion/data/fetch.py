@@ -33,7 +33,7 @@ from typing import Callable
 
 import yaml
 
-from fusion.errors import ConfigError, DataError
+from fusion.errors import ConfigError, DataError, output_error
 from fusion.io import atomic_directory, write_json_atomic
 
 CATALOGUE = Path(__file__).with_name("catalogue.yaml")
@@ -87,12 +87,19 @@ def download(url: str, dest: Path, progress: Callable[[int, int | None], None] |
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.download")
         try:
             digest = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+            try:
+                fh = open(tmp, "wb")
+            except OSError as exc:
+                raise output_error(dest, exc) from exc
+            with fh, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = resp.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
                 done = 0
                 for chunk in iter(lambda: resp.read(CHUNK), b""):
-                    fh.write(chunk)
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:  # our disk, not the network: retrying cannot help
+                        raise output_error(dest, exc) from exc
                     digest.update(chunk)
                     done += len(chunk)
                     if progress:

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from fusion.data.manifest import relative, write_bad_inputs
 from fusion.data.parallel import map_ordered
 from fusion.errors import ConfigError, DataError
+from fusion.errors import output_error
 from fusion.io import atomic_directory, read_image, sha256_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,10 @@ def _cut_group(job) -> tuple[int, dict | None, list[str]]:
     if not len(arr):
         return index, {"file": None, "count": 0, "planes": arr.shape[1]}, []
     name = f"shard-{index:05d}.npy"
-    np.save(Path(folder) / name, arr)
+    try:
+        np.save(Path(folder) / name, arr)
+    except OSError as exc:  # numpy reports a short write without an errno ("N requested and M written")
+        raise output_error(Path(folder) / name, exc) from exc
     return index, {"file": name, "count": len(arr), "planes": arr.shape[1], "sha256": sha256_file(Path(folder) / name)}, []
 
 

@@ -9,12 +9,9 @@ the GPU (`GPU_CHECK_ALLOW_CPU=1 scripts/gpu-check.sh` does that).
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
-
-from tests.conftest import REPO
 
 ON_CPU = os.environ.get("FUSION_GPU_TESTS_ON_CPU") == "1"
 
@@ -37,26 +34,6 @@ def precisions(device: torch.device) -> list[str]:
     if device.type == "cpu" or torch.cuda.is_bf16_supported():
         out.append("bfloat16")
     return out
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    """load_config(tiny profile, nested overrides): `cfg(**{"train.model": "cadnif"})`."""
-    from fusion.config import load_config
-
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-
-    def make(**overrides):
-        tree: dict = {}
-        for dotted, value in overrides.items():
-            node = tree
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return load_config(tmp_path, "tiny", tree)
-
-    return make
 
 
 def precision_overrides(precision: str) -> dict:

@@ -122,6 +122,7 @@ def test_ctrl_c_in_train_kills_the_run_and_resume_finishes_the_same_run(referenc
     _resume_and_check(ws, _killed_run(ws, rc, err), expected)
 
 
+@pytest.mark.slow  # ~2 min on 2 cores: `make test-slow`; the in-process variant above runs in every suite
 def test_ctrl_c_in_ray_training_kills_the_run_and_ray_resumes_from_its_checkpoint(reference, tmp_path):
     ws, expected = reference
     rc, err, _ = _interrupt(ws, tmp_path / "ray.log", "train", "--workspace", str(ws), *SETTINGS, ray=True)

@@ -189,3 +189,12 @@ def test_train_out_without_dvc_or_prepared_data_says_how_to_build_it(without_sta
     assert "Traceback" not in line and len(line.splitlines()) <= 3   # one line, wrapped by the terminal at most
     assert "multifocus_synthetic" in line and "fusion data synth-multifocus" in line and "train.source" in line
     assert not out.exists() and not (ws / ".dvc").exists() and not (ws / "prepared").exists()
+
+
+def test_a_command_that_needs_the_stack_names_it_in_one_line(without_stack, tmp_path):
+    """`fusion report` reads MLflow: on a core install it used to end in a ModuleNotFoundError traceback."""
+    ws = _workspace(tmp_path, None)
+    proc = _fusion(without_stack, "report", "--experiment", "fusionflow", "--workspace", ws, "--out", tmp_path / "r",
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "this command needs MLflow (mlflow is not installed)" in proc.stderr

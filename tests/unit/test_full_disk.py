@@ -20,6 +20,7 @@ import torch
 
 from fusion.models import build_model
 from fusion.train.loop import CHECKPOINT_FORMAT
+from tests.unit.test_fetch import catalogue, served  # noqa: F401 (served is a fixture)
 
 LYTRO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mf" / "Lytro20"
 
@@ -99,7 +100,7 @@ def test_train_on_a_full_disk_names_the_checkpoint(tmp_path):
     proc = _cli("train", "--out", out, "-p", "tiny", "--set", "train.device=cpu", file_limit=1_000_000)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{out}" in proc.stderr and "cannot write" in proc.stderr, proc.stderr
-    assert _leftovers(tmp_path) == [] and not any(out.glob("*.pt"))
+    assert _leftovers(tmp_path) == [] and not out.exists()  # the folder it made, empty, is gone too
 
 
 def _nobody_can_run_python() -> bool:
@@ -135,3 +136,27 @@ def test_write_errors_say_what_the_user_can_do(code, hint):
 
     err = output_error("/x/out.png", OSError(code, os.strerror(code)))
     assert str(err).startswith(f"/x/out.png: cannot write ({os.strerror(code)}); ") and hint in str(err)
+
+
+def test_fetch_onto_a_full_disk_is_one_line_and_leaves_no_partial_dataset(tmp_path, served):
+    base, root = served
+    cat = catalogue(tmp_path, base, root)
+    dest = tmp_path / "dest"
+    proc = _cli("data", "fetch", "--catalogue", cat, "tno", "--dest", dest, file_limit=20_000)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "cannot write" in proc.stderr and "full" in proc.stderr, proc.stderr
+    assert not any(p.suffix == ".png" for p in dest.rglob("*")) and _leftovers(tmp_path) == []
+
+
+def test_patches_onto_a_full_disk_is_one_line_and_leaves_no_shards(tmp_path, shared_data):
+    import shutil
+
+    from tests.conftest import REPO
+
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = _cli("data", "patches", "--workspace", tmp_path, "--out", "patches", "--window", "48", "--stride", "32",
+                "--set", "train.source.layout=tno", "--set", f"train.source.path={shared_data / 'irvis/TNO42'}",
+                "--set", "train.source.test_fraction=0.1", file_limit=200_000)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "cannot write" in proc.stderr and "full" in proc.stderr, proc.stderr
+    assert not (tmp_path / "patches").exists() and _leftovers(tmp_path) == []

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from fusion.config import load_config
 from fusion.errors import ConfigError
 from fusion.train.loop import LAST, Trainer, _centre_crop, adapt_channels, load_checkpoint
-from tests.conftest import REPO
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-
-    def make(**overrides):
-        tree: dict = {}
-        for dotted, value in overrides.items():
-            node = tree
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return load_config(tmp_path, "tiny", tree)
-
-    return make
 
 
 @pytest.fixture
