@@ -25,7 +25,8 @@ from tests.unit.test_fetch import catalogue, served  # noqa: F401 (served is a f
 LYTRO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mf" / "Lytro20"
 
 
-def _cli(*args, file_limit: int | None = None, user: int | None = None, cwd: Path | None = None):
+def _cli(*args, file_limit: int | None = None, user: int | None = None, cwd: Path | None = None,
+         pythonpath: Path | None = None):
     def limit():
         if file_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited across exec: writes fail with EFBIG
@@ -35,6 +36,8 @@ def _cli(*args, file_limit: int | None = None, user: int | None = None, cwd: Pat
             os.setuid(user)
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True,
                           timeout=300, preexec_fn=limit, env=env, cwd=cwd)
 
@@ -96,8 +99,19 @@ def test_evaluate_on_a_full_disk_writes_no_partial_reports(tmp_path, checkpoint,
 
 
 def test_train_on_a_full_disk_names_the_checkpoint(tmp_path):
+    from tests.unit.test_core_without_stack import BLOCKER
+
     out = tmp_path / "run"
-    proc = _cli("train", "--out", out, "-p", "tiny", "--set", "train.device=cpu", file_limit=1_000_000)
+    # `train --out` prepares the workspace first; prepare it with room, then train with DVC
+    # absent (the core install's path: the prepared data as it is), so that only the trainer
+    # writes under the limit: DVC's own index would hit it first on a clean clone
+    prepared = _cli("data", "prepare")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    site = tmp_path / "no-stack"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    proc = _cli("train", "--out", out, "-p", "tiny", "--set", "train.device=cpu", file_limit=1_000_000,
+                pythonpath=site)  # the tiny UFA-Fuse checkpoint: 1.38 MB of weights alone
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{out}" in proc.stderr and "cannot write" in proc.stderr, proc.stderr
     assert _leftovers(tmp_path) == [] and not out.exists()  # the folder it made, empty, is gone too
