@@ -62,8 +62,11 @@ def _interrupt(ws: Path, log: Path, *command: str, ray: bool) -> tuple[int, str,
     (exit status, stderr, seconds from the signal to the exit)."""
     before = set((ws / "runs").iterdir())
     with open(log, "w") as err:  # a file, not a pipe: Ray's log lines would fill a pipe nobody reads
+        # SIGINT back to its default first: a suite started in the background (`make test &`, nohup)
+        # hands its children SIGINT ignored, and a Python started so never sees Ctrl-C; a terminal's does
         proc = subprocess.Popen([sys.executable, "-m", "fusion", *command], stdout=subprocess.DEVNULL, stderr=err,
-                                env=ENV, cwd=REPO, start_new_session=True)
+                                env=ENV, cwd=REPO, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 400
         while proc.poll() is None and time.monotonic() < deadline:
             new = [d for d in (ws / "runs").iterdir() if d not in before]
