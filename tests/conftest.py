@@ -90,6 +90,17 @@ def shared_data() -> Path:
     return SHARED / "data"
 
 
+def terminate(proc, timeout: float = 20.0) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL if it lingers."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     import socket
 
@@ -136,9 +147,5 @@ def mlflow_server(tmp_path):
         wait_http(f"{url}/health", proc=proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()

@@ -21,7 +21,7 @@ from fusion import mlflow_model
 from fusion.inference import fuse, load_model
 from fusion.models import build_model
 from fusion.train.loop import CHECKPOINT_FORMAT
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, terminate, wait_http
 
 pytestmark = pytest.mark.integration
 MODEL = "fusionflow-serve-test"
@@ -67,11 +67,7 @@ def served(tmp_path):
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
         yield f"http://127.0.0.1:{port}/invocations", ckpt
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()
 
 
