@@ -1,7 +1,7 @@
 # The two commands a new user needs:
 #   make run    install (first time) and run the nightly pipeline on the embedded default data
 #   make test   install (first time) and run the test suite (what CI runs)
-.PHONY: run test test-slow bench repro lock mlflow-ui clean install wheels gpu-check
+.PHONY: run test test-fast test-slow lint format bench repro lock mlflow-ui clean install install-test wheels gpu-check
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,15 +10,33 @@ PROFILE ?= smoke
 install:
 	bash scripts/install.sh
 
+install-test:
+	bash scripts/install.sh --test
+
 run: install
 	$(BIN)/fusion run --profile $(PROFILE)
 
-test: install
+# lint and types first (seconds), then the whole suite (what CI runs)
+test: install-test lint
 	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest
 
-test-slow: install
+# the unit tier: no servers, no Ray, no subprocess trainings (a few minutes)
+test-fast: install-test
+	$(BIN)/python -m pytest tests/unit -m "not slow and not gpu and not integration" -q
+
+test-slow: install-test
 	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# rewrite the code in the project's format and apply ruff's safe fixes
+format: install-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: install
 	$(BIN)/python -m benchmarks.run
@@ -37,11 +55,9 @@ repro: install
 mlflow-ui: install
 	bash mlflow/server.sh
 
-# Refresh requirements.lock from the current environment (after editing pyproject.toml).
+# Regenerate requirements.lock and requirements-test.lock (with hashes) after editing pyproject.toml.
 lock:
-	{ echo "# Exact versions of every dependency except torch (installed first by scripts/install.sh,"; \
-	  echo "# CPU or CUDA build by machine). Regenerate after changing pyproject.toml: make lock"; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|fusionflow)=='; } > requirements.lock
+	bash scripts/lock.sh
 
 clean:
 	rm -rf prepared runs reports mlflow/store benchmarks/scratch

@@ -174,8 +174,7 @@ def _variants(quick: bool) -> list[tuple[str, str]]:
 
 def _training_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | None) -> None:
     from benchmarks.bench_models import _TrainCfg
-    from fusion.losses import build_loss
-    from fusion.models import MODELS
+    from fusion.models import MODELS, build_loss
 
     steps, warmup = (1, 1) if quick else (5, 2)
     for name, variant in _variants(quick):
@@ -248,7 +247,7 @@ def _inference_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
     from fusion.errors import DataError
     from fusion.inference import fuse, prepare_for_inference
     from fusion.models import build_model
-    from fusion.train.loop import memory_format
+    from fusion.device import memory_format
 
     side = 64 if quick else 520
     repeats, warmup = (1, 1) if quick else (10, 2)
@@ -293,7 +292,7 @@ def _metric_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
     hw = (96, 128) if quick else (576, 768)
     a, b = _pair(hw, 1)
     fused = fuse_baseline("laplacian_pyramid", [a, b])
-    names = [n for n, info in metrics.METRICS.items() if not info.needs_gt]
+    names = metrics.select_metrics(None, has_gt=False).names
     repeats = 1 if quick else 10
     suite = _median_seconds(lambda: metrics.compute(a, b, fused, names=names, device=device), repeats, device)
     rows.add(f"metric suite ({len(names)} metrics), one {hw[1]}x{hw[0]} pair on {device.type}", suite * 1e3, "ms")
@@ -308,7 +307,7 @@ def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | 
     `CompiledForward(..., inference=True)` run it; eager beside it in the same run."""
     from benchmarks.bench_models import _TrainCfg
     from fusion.inference import fuse, prepare_for_inference
-    from fusion.losses import build_loss
+    from fusion.models import build_loss
     from fusion.models import build_model
     from fusion.train.compiled import CompiledForward
 
@@ -350,7 +349,7 @@ def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | 
 
 def run(quick: bool = False, minutes: float | None = None, device: str = "auto", test_pairs: int | None = None,
         jobs: list[str] | None = None) -> list[dict]:
-    from fusion.train.loop import pick_device
+    from fusion.device import pick_device
 
     jobs = list(jobs or JOBS)
     unknown = sorted(set(jobs) - set(JOBS))

@@ -111,7 +111,7 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     from fusion.losses import L1SSIMLoss
     from fusion.models import build_model
     from fusion.train.compiled import CompiledForward
-    from fusion.train.loop import cpu_has_bfloat16
+    from fusion.device import cpu_has_bfloat16
 
     rows = []
     side = 128 if quick else 520
@@ -190,7 +190,7 @@ def _ufa_against_released(quick: bool) -> list[dict]:
 
 def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
     from fusion.inference import fuse, prepare_for_inference
-    from fusion.losses import build_loss
+    from fusion.models import build_loss
     from fusion.models import MODELS, build_model, count_parameters
 
     rows = [_row("torch threads", torch.get_num_threads(), "threads"),

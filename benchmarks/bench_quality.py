@@ -179,14 +179,14 @@ def _run_job(job: Job, minutes: float, device: str, test_pairs: int | None, quic
 
 
 def _device(device: str):
-    from fusion.train.loop import pick_device
+    from fusion.device import pick_device
 
     return pick_device(device)
 
 
 def _config(job: Job, recipe: dict, device: str, extra: dict | None = None):
     from fusion.config import load_config
-    from fusion.train.loop import cpu_has_bfloat16
+    from fusion.device import cpu_has_bfloat16
 
     dev = _device(device)
     source = None if job.train == ("synthetic",) else job.train[0]
@@ -197,7 +197,7 @@ def _config(job: Job, recipe: dict, device: str, extra: dict | None = None):
 
 
 def _train(job: Job, folder: Path, minutes: float, device: str, quick: bool) -> tuple[Path, dict]:
-    from fusion.inference import checkpoint_in
+    from fusion.checkpoint import checkpoint_in
     from fusion.train.loop import Trainer
 
     # the data is built before the clock starts: the budget is training time

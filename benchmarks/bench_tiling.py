@@ -57,7 +57,7 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, int, str]:
 
 def run(quick: bool = False) -> list[dict]:
     from fusion.models import build_model
-    from fusion.train.loop import CHECKPOINT_FORMAT
+    from fusion.checkpoint import CHECKPOINT_FORMAT
 
     (w, h), budget = ((1200, 900), "1GB") if quick else ((4000, 3000), "4GB")
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,7 +79,7 @@ def _config(model: str, variant: str, task: str, device: torch.device, recipe: d
 
 
 def _fit(cfg, data_root: Path | None, folder: Path, seconds: float) -> tuple[Path, dict]:
-    from fusion.inference import checkpoint_in
+    from fusion.checkpoint import checkpoint_in
     from fusion.train.loop import Trainer
 
     for stale in folder.glob("*.pt"):  # this job's own scratch from an earlier run: start over

@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from fusion.config import Config
 from fusion.errors import ConfigError, FusionError
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.flows import Flow
 
 DEPLOYMENT = "nightly"
 FLOW = "fusionflow-nightly"
@@ -141,7 +146,8 @@ def serve(ws: Path, cfg: Config) -> None:
 
     options = _options(ws, cfg)
     check_api()
-    prefect_serve(nightly.to_deployment(name=DEPLOYMENT, **options))
+    # Prefect's sync/async dispatch returns the deployment itself outside an event loop
+    prefect_serve(cast("RunnerDeployment", nightly.to_deployment(name=DEPLOYMENT, **options)))
 
 
 def deploy(ws: Path, cfg: Config, pool: str) -> str:
@@ -162,7 +168,9 @@ def deploy(ws: Path, cfg: Config, pool: str) -> str:
                 pass
         # the workspace, not this checkout, is what the worker enters (LocalStorage -> a
         # set_working_directory pull step); the flow itself is imported from the installed package
-        remote = flow.from_source(source=str(ws), entrypoint=ENTRYPOINT)
-        return str(remote.to_deployment(name=DEPLOYMENT, work_pool_name=pool, **options).apply())
+        # Prefect's sync/async dispatch returns values themselves outside an event loop
+        remote = cast("Flow[..., Any]", flow.from_source(source=str(ws), entrypoint=ENTRYPOINT))
+        deployment = cast("RunnerDeployment", remote.to_deployment(name=DEPLOYMENT, work_pool_name=pool, **options))
+        return str(deployment.apply())
     except httpx.HTTPError as exc:
         raise _refused(exc, f"registering {FLOW}/{DEPLOYMENT} on work pool {pool}") from None

@@ -32,7 +32,8 @@ import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -41,6 +42,16 @@ from prefect.cache_policies import NO_CACHE
 from fusion import pipeline, tracking
 from fusion.config import Config, load_config, resolve_workspace
 from fusion.errors import FusionError
+from fusion.git_info import git_diff_hash, git_state
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import Flow
+    from prefect.states import State
+
+    from fusion.evaluate import EvalResult
+    from fusion.promotion import Decision
+    from fusion.sweep.runner import SweepResult
 
 WEBHOOK_ENV = "FUSIONFLOW_NOTIFY_WEBHOOK"
 CACHE_DAYS = 30
@@ -50,7 +61,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- retry and cache policy
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException | None) -> bool:
     """Worth retrying: infrastructure failed, not the inputs. fusionflow's own errors name a
     bad parameter or file, and a retry would fail the same way."""
     seen = set()
@@ -61,9 +72,9 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return True
         module = type(exc).__module__
-        if any(c.__name__ == "MlflowException" for c in type(exc).__mro__):
-            # the server answered: only its "try again" codes are transient (a missing run is not)
-            return getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+        if tracking.is_mlflow_error(exc):
+            # unreachable, or "try again" codes: transient (a missing run is not)
+            return tracking.unreachable(exc)
         if module.startswith("ray"):
             # Ray wraps a worker's exception; a deterministic one shows by name in the text
             return not any(n in str(exc) for n in ("ConfigError", "DataError", "ReproducibilityError"))
@@ -90,10 +101,10 @@ def _digest(*parts: Any) -> str:
 
 def _train_key(context, args: dict) -> str | None:
     cfg: Config = args["cfg"]
-    git = tracking.git_state()
+    git = git_state()
     if git["git.commit"] == "unknown":
         return None  # code not under git: nothing pins it, train again
-    code = git["git.commit"] + ("+" + tracking.git_diff_hash() if git["git.dirty"] == "true" else "")
+    code = git["git.commit"] + ("+" + git_diff_hash() if git["git.dirty"] == "true" else "")
     target = tracking.target(cfg, args["workspace"])
     prepared: pipeline.Prepared = args["prepared"]
     return "train-" + _digest(str(args["workspace"]), target.uri, target.experiment, prepared.version,
@@ -146,23 +157,21 @@ def train_task(workspace: Path, cfg: Config, prepared: pipeline.Prepared, use_ra
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, cache_expiration=timedelta(days=CACHE_DAYS), persist_result=True,
       retry_condition_fn=_retry_transient)
-def evaluate_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo):
+def evaluate_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo) -> EvalResult | None:
     ckpt_dir = run.dir / "checkpoints"
     if not ckpt_dir.is_dir():  # trained elsewhere (another machine, a cleaned runs/): fetch them
-        import mlflow.artifacts
-
-        mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run.run_id}/checkpoints", dst_path=str(run.dir),
-                                            tracking_uri=run.target.uri)
+        tracking.download(run.target.uri, f"runs:/{run.run_id}/checkpoints", run.dir)
     return pipeline.evaluate(cfg, prepared, run, ckpt_dir)
 
 
 @task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def promote_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo):
+def promote_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo) -> Decision:
     return pipeline.promote(cfg, prepared, run)
 
 
 @task(name="sweep", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def sweep_task(workspace: Path, name: str, overrides: list[str] | None = None, budget_minutes: float | None = None):
+def sweep_task(workspace: Path, name: str, overrides: list[str] | None = None,
+               budget_minutes: float | None = None) -> SweepResult:
     # no Prefect cache needed: running a sweep again continues it (finished trials are kept)
     from fusion.sweep.runner import run_sweep
 
@@ -248,7 +257,7 @@ def sweep(name: str = "smoke", overrides: list[str] | None = None, workspace: st
 # --------------------------------------------------------------------------- the nightly flow
 
 
-def notify_failure(flow_, flow_run, state) -> None:
+def notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:  # names as in FlowStateHook
     """on_failure hook: log, and POST a JSON summary to the webhook when one is configured
     ($FUSIONFLOW_NOTIFY_WEBHOOK, else nightly.notify_webhook of the workspace's params.yaml)."""
     message = state.message or "failed"
@@ -261,7 +270,7 @@ def notify_failure(flow_, flow_run, state) -> None:
             url = None
     if not url:
         return
-    payload = {"flow": flow_.name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
+    payload = {"flow": flow.name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
                "state": state.type.value, "message": message, "parameters": flow_run.parameters}
     request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
@@ -284,7 +293,9 @@ def nightly(
     start = time.perf_counter()
     ws, cfg = _config(workspace, profile, overrides)
     opts = _stage_options(cfg)
-    progress = create_progress_artifact(0.0, key="nightly-progress", description="prepare -> train -> evaluate -> promote")
+    # Prefect's sync/async dispatch returns the id itself outside an event loop
+    progress = cast(UUID, create_progress_artifact(0.0, key="nightly-progress",
+                                                   description="prepare -> train -> evaluate -> promote"))
 
     def step(done: float, label: str) -> None:
         update_progress_artifact(progress, done)

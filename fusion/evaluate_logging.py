@@ -22,15 +22,13 @@ def _target():
 
 
 def check_run(run_id: str) -> None:
-    from mlflow.exceptions import MlflowException
-
     from fusion import tracking
 
     t = _target()
     try:
-        tracking.client(t).get_run(run_id)
-    except MlflowException as exc:
-        raise FusionError(f"--log-to {run_id}: no such run in {t.uri} ({str(exc).splitlines()[0]})") from None
+        tracking.get_run(t, run_id)
+    except tracking.RunNotFound as exc:
+        raise FusionError(f"--log-to {run_id}: no such run in {t.uri} ({exc.detail})") from None
 
 
 def log_evaluation(run_id: str, result, samples: list[dict], test_set, model_method: str) -> None:

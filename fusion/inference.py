@@ -8,8 +8,6 @@ gray sources repeated to three channels. The output is gray only when every sour
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,74 +15,24 @@ import cv2
 import numpy as np
 import torch
 
+from fusion.checkpoint import inference_payload, model_from_checkpoint, resolve_checkpoint
+from fusion.device import autocast_dtype, memory_format
 from fusion.errors import DataError
-from fusion.train.loop import autocast_dtype, memory_format
+from fusion.models import MODELS, checkpoint_stage
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
-_MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "http://", "https://", "file://")
-
-
-def checkpoint_in(folder: Path) -> Path:
-    """best.pt, else last.pt, in `folder` or its checkpoints/ or artifacts/ (an MLflow model folder)."""
-    for sub in (folder, folder / "checkpoints", folder / "artifacts"):
-        for name in CHECKPOINT_NAMES:
-            if (sub / name).is_file():
-                return sub / name
-    raise DataError(f"{folder}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}) in this folder, its checkpoints/ or artifacts/")
-
-
-def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Path:
-    """A local checkpoint file for `spec`: a .pt file, a run folder, or an MLflow artifact URI.
-
-    `runs:/RUN_ID` alone means that run's best checkpoint (checkpoints/best.pt, else last.pt);
-    any other MLflow URI (runs:/RUN_ID/path, models:/name@alias, mlflow-artifacts:/...) is
-    downloaded with MLflow's client from the tracking server in MLFLOW_TRACKING_URI.
-    """
-    text = str(spec)
-    if not text.startswith(_MLFLOW_SCHEMES):
-        path = Path(text)
-        if path.is_file():
-            return path
-        if path.is_dir():
-            return checkpoint_in(path)
-        raise DataError(f"--model {text}: no such checkpoint file or folder (or use an MLflow URI such as runs:/RUN_ID)")
-
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from fusion.tracking import current_uri
-
-    uri_store = current_uri()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per command, not a tqdm bar
-    dest = Path(download_dir or tempfile.mkdtemp(prefix="fusionflow-model-"))
-    candidates = [text]
-    if text.startswith("runs:/") and text.rstrip("/").count("/") == 1:
-        candidates = [f"{text.rstrip('/')}/checkpoints/{name}" for name in CHECKPOINT_NAMES]
-    errors = []
-    for uri in candidates:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=uri_store))
-        except (MlflowException, OSError) as exc:
-            errors.append(f"{uri}: {str(exc).splitlines()[0]}")
-            continue
-        return local if local.is_file() else checkpoint_in(local)
-    raise DataError(f"--model {text}: cannot download a checkpoint from {uri_store} ({'; '.join(errors)})")
-
-
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on `device`, checkpoint payload). Checkpoints load as data only."""
-    from fusion.train.loop import model_from_checkpoint
-
     path = resolve_checkpoint(spec)
     model, payload = model_from_checkpoint(path, device)  # eval mode, in the layout it trained in
-    if payload.get("stage") == "autoencoder":
-        raise DataError(f"--model {spec}: a CrossFuse stage-1 (auto-encoder) checkpoint does not fuse; train the "
-                        f"fusion stage from it (train.init_from={spec}) and use that checkpoint")
-    payload = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "scheduler", "scaler", "torch_rng")}
-    payload["path"] = str(path)
-    return model, payload
+    stage = checkpoint_stage(payload)
+    if not stage.fuses:
+        nxt = [s.name for s in MODELS[payload["model"]].stages(payload["variant"]) if s.starts_from == stage.name]
+        raise DataError(f"--model {spec}: a {model_label(payload, variant=False)} {stage.label or stage.name} checkpoint "
+                        f"does not fuse; train the {' or '.join(nxt)} stage from it (train.init_from={spec}) and use "
+                        "that checkpoint")
+    return model, inference_payload(payload, path)
 
 
 def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -94,13 +42,13 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().to(memory_format=memory_format(model))
 
 
-def model_label(payload: dict) -> str:
-    from fusion.models import MODELS
-
+def model_label(payload: dict, variant: bool = True) -> str:
+    """How tables and logs name a checkpoint's model: "UFA-Fuse (UFA)", "CADNIF (..., released)"."""
     spec = MODELS.get(payload.get("model", ""))
-    name = {"ufa": "UFA-Fuse", "cadnif": "CADNIF", "crossfuse": "CrossFuse"}.get(payload.get("model"), payload.get("model", "model"))
-    variant = payload.get("variant")
-    paper = spec.variants.get(variant, variant) if spec else variant
+    name = spec.display_name if spec else payload.get("model", "model")
+    if not variant:
+        return name
+    paper = spec.variants.get(payload.get("variant"), payload.get("variant")) if spec else payload.get("variant")
     if (payload.get("model_options") or {}).get("released"):
         paper = f"{paper}, released" if paper else "released"
     return f"{name} ({paper})" if paper else name

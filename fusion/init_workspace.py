@@ -53,7 +53,7 @@ def pipeline_text() -> str:
     tree = yaml.safe_load(text)
     for stage in tree["stages"].values():
         body = stage.get("do", stage)   # foreach stages keep theirs under `do`
-        deps = [d for d in body.get("deps", []) if not (d.startswith("fusion/") and d.endswith(".py"))]
+        deps = [d for d in body.get("deps", []) if not d.startswith("fusion/")]  # modules and packages
         if deps:
             body["deps"] = deps
         else:

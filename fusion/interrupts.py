@@ -82,17 +82,15 @@ def train_new(workspace: Path, cfg: Config, use_ray: bool) -> tuple[pipeline.Run
 def resume(workspace: Path, spec: str, use_ray: bool) -> tuple[pipeline.RunInfo, Path]:
     """Continue the MLflow run `spec` (RUN_ID or runs:/RUN_ID) from its last checkpoint, with
     the configuration and the executor (Ray or in-process) it was started with."""
-    from mlflow.exceptions import MlflowException
-
     run_id = run_id_of(spec)
     if run_id is None:
         raise FusionError(f"--resume {spec}: neither a checkpoint file nor an MLflow run id (32 hex digits)")
     target = tracking.target(load_config(workspace), workspace)
     tracking.reachable(target.uri)
     try:
-        held = tracking.client(target).get_run(run_id)
-    except MlflowException as exc:
-        raise FusionError(f"--resume {run_id}: no such run in {target.uri} ({str(exc).splitlines()[0]})") from None
+        held = tracking.get_run(target, run_id)
+    except tracking.RunNotFound as exc:
+        raise FusionError(f"--resume {run_id}: no such run in {target.uri} ({exc.detail})") from None
     if held.info.status == "FINISHED":
         raise FusionError(f"--resume {run_id}: that run is FINISHED, nothing to continue; train a new one without --resume")
     cfg = pipeline.run_config(target, run_id)

@@ -310,25 +310,3 @@ class CrossFuseLoss(nn.Module):
         gradient = F.mse_loss(lap_f * s, self.gradient_target(ir, vi) * s)
         total = intensity + self.w_grad * gradient
         return {"loss": total, "intensity": intensity.detach(), "gradient": gradient.detach()}
-
-
-# Unsupervised losses take (fused, *sources); supervised ones (pred, target). Config fields not
-# (yet) in TrainConfig are read with defaults: task, loss_crop_border.
-LOSSES = {
-    "ufa": lambda cfg: L1SSIMLoss(cfg.lambda_l1, released=getattr(cfg, "released", False)),
-    "cadnif": lambda cfg: CADNIFLoss(
-        task=getattr(cfg, "task", "ir-vis"),
-        released=getattr(cfg, "released", False),
-        # None (unset): the mode's default, 6 in paper mode, 0 (the whole window) if released
-        crop_border=getattr(cfg, "loss_crop_border", None),
-    ),
-    "crossfuse": lambda cfg: CrossFuseLoss(released=getattr(cfg, "released", False)),
-    # train.options.fix_ms_ssim: the standard MS-SSIM in released mode
-    "crossfuse_ae": lambda cfg: CrossFuseAELoss(
-        released=getattr(cfg, "released", False) and not (getattr(cfg, "options", None) or {}).get("fix_ms_ssim", False)
-    ),
-}
-
-
-def build_loss(model_name: str, train_cfg) -> nn.Module:
-    return LOSSES[model_name](train_cfg)

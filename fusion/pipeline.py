@@ -17,21 +17,12 @@ from fusion import tracking, versioning
 from fusion.config import Config
 from fusion.data import embedded
 from fusion.data.manifest import data_version
+from fusion.data.prepared import Prepared
+from fusion.git_info import git_state
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"
-
-
-@dataclass(frozen=True)
-class Prepared:
-    root: Path
-    raw_hash: str
-    data_hash: str
-    stages_ran: list[str]
-    stages_skipped: list[str]
-    counts: dict[str, int]
-    version: str = "unknown"   # sha256 of the prepared set's manifest (fusion.data.manifest)
 
 
 @dataclass
@@ -55,10 +46,13 @@ def new_workspace(dest: Path, source: Path | None = None) -> Path:
     source = source or project_root()
     stages = (yaml.safe_load((source / "dvc.yaml").read_text()) or {}).get("stages", {})
     deps = [d for st in stages.values() for d in (st.get("do") or st).get("deps", [])]  # foreach stages: under `do`
-    code_deps = {d for d in deps if (source / d).is_file()}
+    code_deps = {d for d in deps if (source / d).is_file() or (d.startswith("fusion/") and (source / d).is_dir())}
     for rel in sorted({PARAMS_FILE, "dvc.yaml", *code_deps}):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / rel, dest / rel)
+        if (source / rel).is_dir():  # a package (fusion/data/sources): its modules, not the bytecode
+            shutil.copytree(source / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source / rel, dest / rel)
     return dest
 
 
@@ -96,17 +90,11 @@ def current_data(workspace: Path, cfg: Config, ran: list[str] = (), skipped: lis
 
 def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
     """The resolved configuration a run was started with (its config/resolved.json)."""
-    import tempfile
-
-    import mlflow.artifacts
-
     from fusion.errors import ConfigError
 
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            text = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/config/resolved.json",
-                                                            dst_path=tmp, tracking_uri=target.uri)).read_text()
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing run/artifact
+        text = tracking.read_text(target, f"runs:/{run_id}/config/resolved.json")
+    except Exception as exc:  # MLflow raises several kinds for a missing run/artifact
         raise ConfigError(f"run {run_id}: no config/resolved.json in {target.uri} ({str(exc).splitlines()[0]})") from None
     return Config.model_validate(json.loads(text))
 
@@ -130,7 +118,7 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
     name = name or run_name(cfg)
     target = target or tracking.target(cfg, workspace)
     tags = {
-        **tracking.git_state(),
+        **git_state(),
         "data.raw_md5": prepared.raw_hash,
         "data.dvc_md5": prepared.data_hash,
         "data.version": prepared.version,
@@ -170,7 +158,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
     ckpt_dir = run.dir / "checkpoints"
     if use_ray:
-        from fusion.tracking_spool import SPOOL
+        from fusion.tracking import SPOOL
         from fusion.train.distributed import train_with_ray
 
         _executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
@@ -209,8 +197,9 @@ def train_in_process(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Pa
     previous attempt left one (a retried sweep trial). Returns the TrainState."""
     import torch
 
-    from fusion.tracking_spool import SPOOL
-    from fusion.train.loop import LAST, Trainer
+    from fusion.tracking import SPOOL
+    from fusion.checkpoint import LAST
+    from fusion.train.loop import Trainer
 
     _executor_tags(cfg, run, executor, torch.get_num_threads())
     last = ckpt_dir / LAST
@@ -219,7 +208,7 @@ def train_in_process(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Pa
 
 
 def _executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> None:
-    from fusion.train.loop import pick_device
+    from fusion.device import pick_device
 
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
     tracking.set_tags(run.target, run.run_id, {"train.executor": executor, "train.threads": str(threads),
@@ -228,18 +217,18 @@ def _executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> No
 
 def publish(run: RunInfo, ckpt_dir: Path) -> None:
     """Log the checkpoints and (for models that fuse) the MLflow model folder to the run."""
-    from fusion.inference import checkpoint_in
-    from fusion.tracking_spool import SPOOL, Spool
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import checkpoint_in, load_checkpoint
+    from fusion.models import checkpoint_stage
+    from fusion.tracking import SPOOL, Spool
 
     spool = Spool(run.target, run.run_id, run.dir / SPOOL)
     for f in sorted(ckpt_dir.glob("*.pt")):
         spool.log_artifact(f, "checkpoints")
     best = checkpoint_in(ckpt_dir)
-    if load_checkpoint(best).get("stage") != "autoencoder":  # stage-1 auto-encoders do not fuse
+    if checkpoint_stage(load_checkpoint(best)).fuses:  # CrossFuse's stage-1 auto-encoders do not
         import shutil
 
-        from fusion import mlflow_model
+        from fusion.tracking import model_flavor as mlflow_model
 
         model_dir = run.dir / mlflow_model.ARTIFACT_PATH
         shutil.rmtree(model_dir, ignore_errors=True)  # a retried stage writes it again
@@ -254,14 +243,17 @@ def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
     metric; log the tables, per-pair values, sample images and the comparison figure."""
     from fusion.data.test_sets import load_test_set
     from fusion.evaluate import baseline_methods, model_method
-    from fusion.inference import checkpoint_in, model_label
-    from fusion.train.loop import model_from_checkpoint, pick_device
+    from fusion.checkpoint import checkpoint_in, model_from_checkpoint
+    from fusion.device import pick_device
+    from fusion.inference import model_label
+    from fusion.models import checkpoint_stage
 
     device = pick_device(cfg.train.device)
     model, payload = model_from_checkpoint(checkpoint_in(ckpt_dir), device)
-    if payload.get("stage") == "autoencoder":
-        log.info("CrossFuse stage 1 trains auto-encoders, which do not fuse: nothing to evaluate; "
-                 "train the fusion stage with train.init_from=runs:/%s", run.run_id)
+    stage = checkpoint_stage(payload)
+    if not stage.fuses:
+        log.info("%s %s checkpoints do not fuse: nothing to evaluate; train the next stage with "
+                 "train.init_from=runs:/%s", model_label(payload, variant=False), stage.label or stage.name, run.run_id)
         return None
     label = model_label(payload)
     test_set, labels, title = _test_set(cfg, prepared)
@@ -333,9 +325,10 @@ def _test_set(cfg: Config, prepared: Prepared):
 
 def _applicable(names: list[str], has_gt: bool) -> list[str]:
     """The configured metrics this test set supports: *_gt metrics need a ground truth."""
-    from fusion.metrics import METRICS
+    from fusion.metrics import ALL, select_metrics
 
-    return [n for n in names if n == "all" or has_gt or not METRICS[n].needs_gt]
+    unusable = select_metrics(names, has_gt).unusable
+    return [n for n in names if n == ALL or n not in unusable]
 
 
 def _caption_metric(result) -> str | None:
@@ -350,16 +343,13 @@ def rescore(cfg: Config, prepared: Prepared, target: tracking.TrackingTarget, ru
     re-scored on a candidate's test data before the two are compared)."""
     from fusion.evaluate import evaluate_methods, model_method
     from fusion.inference import load_model
-    from fusion.train.loop import pick_device
+    from fusion.device import pick_device
 
     import tempfile
 
-    import mlflow.artifacts
-
     device = pick_device(cfg.train.device)
     with tempfile.TemporaryDirectory(prefix="fusionflow-champion-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints", dst_path=tmp,
-                                                    tracking_uri=target.uri)
+        local = tracking.download(target.uri, f"runs:/{run_id}/checkpoints", Path(tmp))
         model, _ = load_model(local, device)
     test_set, _, _ = _test_set(cfg, prepared)
     result, _ = evaluate_methods(test_set, {"champion": model_method(model, device)}, [metric], device=device)

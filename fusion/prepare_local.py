@@ -37,7 +37,7 @@ def dvc_installed() -> bool:
 
 def prepare_without_dvc(workspace: Path, cfg: Config):
     from fusion.data.manifest import MANIFEST, data_version
-    from fusion.pipeline import Prepared
+    from fusion.data.prepared import Prepared
     from fusion.versioning import RAW_DIR, output_hashes
 
     out = cfg.data.synth_multifocus.out

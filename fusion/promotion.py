@@ -1,7 +1,7 @@
 """Champion promotion in the MLflow model registry.
 
 Every evaluated nightly run is registered as a new version of `<prefix>-<task>-<model>`
-(source: the run's MLflow model, fusion/mlflow_model.py, which holds its best checkpoint).
+(source: the run's MLflow model, fusion/tracking/model_flavor.py, which holds its best checkpoint).
 It takes the `@champion` alias only if it beats the best classical baseline scored in the
 same run (`promote.require_beat_baselines`, on by default: a model worse than averaging is
 not served) and the current champion on the task's validation metric, measured on the same
@@ -62,8 +62,6 @@ def metric_for(cfg: Config, has_gt: bool) -> str:
 def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) -> Decision:
     """Register `run_id` and move the aliases. `rescore(champion_run_id, metric) -> float`
     scores the champion on the candidate's test set (needed when their test data differ)."""
-    from mlflow.exceptions import MlflowException
-
     from fusion.metrics import METRICS
 
     c = tracking.client(t)
@@ -79,19 +77,13 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
     candidate = run.data.metrics[key]
     higher = METRICS[metric].higher_is_better
     name = model_name(cfg)
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description=f"{cfg.train.model} fusion models for {cfg.train.task}; "
-                                                    f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison")
+    tracking.ensure_registered_model(c, name, f"{cfg.train.model} fusion models for {cfg.train.task}; "
+                                              f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison")
     logged = {a.path for a in c.list_artifacts(run_id)}
     source = f"runs:/{run_id}/model" if "model" in logged else f"runs:/{run_id}/checkpoints"
     mv = c.create_model_version(name, source=source, run_id=run_id,
                                 tags={"variant": cfg.train.variant, TEST_SET_TAG: run.data.tags.get(TEST_SET_TAG, "unknown")})
-    try:
-        champ = c.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champ = None
+    champ = tracking.version_by_alias(c, name, CHAMPION)
 
     champ_value, rescored = None, False
     best_baseline, baseline_value, loses_to_baseline = None, None, None
@@ -147,7 +139,7 @@ def _against_baselines(metrics: dict[str, float], metric: str, candidate: float,
     if not scores:
         return None, None, (f"no classical baseline was scored on {metric} in this run (evaluate.baselines), and "
                             f"promote.require_beat_baselines is true")
-    best = (max if higher else min)(scores, key=scores.get)
+    best = (max if higher else min)(scores, key=scores.__getitem__)
     value = scores[best]
     if _beats(candidate, value, higher, margin):
         return best, value, None
@@ -156,9 +148,4 @@ def _against_baselines(metrics: dict[str, float], metric: str, candidate: float,
 
 
 def _recorded(t: tracking.TrackingTarget, run_id: str) -> Decision:
-    import mlflow.artifacts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/promote/decision.json",
-                                                   dst_path=tmp, tracking_uri=t.uri)
-        return Decision(**json.loads(Path(path).read_text()))
+    return Decision(**json.loads(tracking.read_text(t, f"runs:/{run_id}/promote/decision.json")))

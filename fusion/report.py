@@ -119,19 +119,19 @@ class RunsReport:
 def select_runs(client, experiment: str | None = None, run_ids: Sequence[str] = (), parent: str | None = None,
                 filter_string: str = "") -> list:
     """Runs by id, by parent run (its children), or by experiment (+ MLflow filter string)."""
-    from mlflow.exceptions import MlflowException
+    from fusion.tracking import mlflow_error
 
     runs = []
     for rid in run_ids:
         try:
             runs.append(client.get_run(rid))
-        except MlflowException as exc:
+        except mlflow_error() as exc:
             raise DataError(f"run {rid}: not found in the tracking store ({str(exc).splitlines()[0]})") from exc
     if parent or experiment:
         if parent:
             try:
                 exp_ids = [client.get_run(parent).info.experiment_id]
-            except MlflowException as exc:
+            except mlflow_error() as exc:
                 raise DataError(f"--parent {parent}: run not found") from exc
             filt = f"tags.mlflow.parentRunId = '{parent}'" + (f" and {filter_string}" if filter_string else "")
         else:
@@ -141,7 +141,7 @@ def select_runs(client, experiment: str | None = None, run_ids: Sequence[str] = 
             exp_ids, filt = [exp.experiment_id], filter_string
         try:
             found = client.search_runs(exp_ids, filter_string=filt, order_by=["attributes.start_time ASC"], max_results=1000)
-        except MlflowException as exc:
+        except mlflow_error() as exc:
             raise DataError(f"--filter {filter_string!r}: {str(exc).splitlines()[0]}") from exc
         runs += [r for r in found if r.data.tags.get("fusionflow.report") != "true"]
     seen, unique = set(), []
@@ -283,9 +283,7 @@ def _gray_png(path: Path) -> bool:
 
 def _log(client, report: RunsReport, log_to: str | None, experiment_id: str, artifact_path: str = "report") -> str:
     """Files under `artifact_path` of the run, each mean as metric `<artifact_path>/<method>/<metric>`."""
-    from mlflow.entities import Metric
-
-    from fusion.tracking import metric_key
+    from fusion.tracking import log_metric_batch
 
     if log_to is None:
         run = client.create_run(experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -296,11 +294,8 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str, art
         created = False
     for p in report.paths.values():
         client.log_artifact(log_to, str(p), artifact_path)
-    now = int(time.time() * 1000)
-    metrics = [Metric(metric_key(f"{artifact_path}/{m}/{n}"), v, now, 0)
-               for m, vals in report.means.items() for n, v in vals.items() if math.isfinite(v)]
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(log_to, metrics=metrics[i:i + 1000])
+    log_metric_batch(client, log_to, {f"{artifact_path}/{m}/{n}": v for m, vals in report.means.items()
+                                      for n, v in vals.items() if math.isfinite(v)})
     if created:
         client.set_terminated(log_to)
     return log_to

@@ -31,6 +31,7 @@ from pathlib import Path
 from fusion import pipeline, tracking, versioning
 from fusion.config import load_config, project_root
 from fusion.errors import ReproducibilityError
+from fusion.git_info import git
 
 # Runs inside the worktree's code: only the Trainer API every fusionflow revision has.
 _RETRAIN = """
@@ -62,10 +63,6 @@ class Comparison:
         return bool(self.checkpoints) and all(self.checkpoints.values()) and self.metrics_equal
 
 
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=check)
-
-
 def _refuse(run_id: str, why: str) -> ReproducibilityError:
     return ReproducibilityError(f"run {run_id} cannot be reproduced: {why}")
 
@@ -78,7 +75,7 @@ def check_reproducible(tags: dict[str, str], run_id: str, repo: Path) -> str:
     if tags.get("git.dirty") != "false":
         raise _refuse(run_id, f"it was trained from a checkout with uncommitted changes on top of {commit[:12]} "
                               f"(git.dirty={tags.get('git.dirty')}); that code was never recorded")
-    if _git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
+    if git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
         raise _refuse(run_id, f"its code revision {commit} is not in {repo} (git fetch it from the team's remote)")
     if "data.dvc_md5" not in tags or tags["data.dvc_md5"] == "unknown":
         raise _refuse(run_id, "it records no DVC data version (data.dvc_md5)")
@@ -119,7 +116,7 @@ def materialize_data(ws: Path, worktree: Path, lock_text: str, out: str, expecte
 
 def compare(original: Path, reproduced: Path, cmp: Comparison) -> Comparison:
     """Weights of each checkpoint and the per-epoch metrics (wall-clock times aside)."""
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     for name in CHECKPOINTS:
         a_path, b_path = original / name, reproduced / name
@@ -150,15 +147,11 @@ def compare(original: Path, reproduced: Path, cmp: Comparison) -> Comparison:
 
 def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path | None = None) -> Comparison:
     """Train run `run_id` again from its commit and data version and compare (see module doc)."""
-    import mlflow.artifacts
-
-    from mlflow.exceptions import MlflowException
-
     target = tracking.target(load_config(ws), ws)
     try:
-        run = tracking.client(target).get_run(run_id)
-    except MlflowException as exc:
-        raise ReproducibilityError(f"run {run_id}: not found in {target.uri} ({str(exc).splitlines()[0]})") from None
+        run = tracking.get_run(target, run_id)
+    except tracking.RunNotFound as exc:
+        raise ReproducibilityError(str(exc)) from None
     tags = run.data.tags
     repo = project_root()
     commit = check_reproducible(tags, run_id, repo)
@@ -171,13 +164,12 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
     tmp = Path(tempfile.mkdtemp(prefix=f"fusionflow-reproduce-{run_id[:8]}-"))
     worktree = tmp / "code"
     try:
-        _git(repo, "worktree", "add", "--detach", str(worktree), commit)
+        git(repo, "worktree", "add", "--detach", str(worktree), commit)
         fetched = tmp / "original"
         for what in ("data/dvc.lock", "checkpoints"):
             try:
-                mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{what}", dst_path=str(fetched / Path(what).parent),
-                                                    tracking_uri=target.uri)
-            except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+                tracking.download(target.uri, f"runs:/{run_id}/{what}", fetched / Path(what).parent)
+            except Exception as exc:  # MLflow raises several kinds for a missing artifact
                 raise _refuse(run_id, f"its {what} artifact cannot be read ({str(exc).splitlines()[0]})") from None
         lock = fetched / "data" / "dvc.lock"
         data_root = materialize_data(ws, worktree, lock.read_text(), out, tags["data.dvc_md5"], run_id)
@@ -201,6 +193,6 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
             (keep / "comparison.json").write_text(json.dumps({**result.__dict__, "identical": result.identical}, indent=2))
         return result
     finally:
-        _git(repo, "worktree", "remove", "--force", str(worktree), check=False)
-        _git(repo, "worktree", "prune", check=False)
+        git(repo, "worktree", "remove", "--force", str(worktree), check=False)
+        git(repo, "worktree", "prune", check=False)
         shutil.rmtree(tmp, ignore_errors=True)

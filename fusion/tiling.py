@@ -20,12 +20,16 @@ import re
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from fusion.data.dataset import to_image, to_tensor
 from fusion.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 GB = 1024 ** 3
 # The probe counts live tensors; kernels' scratch space and the allocator add to that (RSS
@@ -178,13 +182,29 @@ def layout(h: int, w: int, side: int | None, halo: int, align: int = 1) -> list[
             for (x0, x1, kx0, kx1) in _spans(w, side, halo, align)]
 
 
+class Rule(Protocol):
+    """How one model is measured, laid out and run (the rules live in fusion/tiling_rules.py)."""
+
+    align: int
+
+    def reason_for(self, model, shape) -> str | None: ...
+
+    def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]: ...
+
+    def passes(self, model, tiles: int) -> int: ...
+
+    def measure(self, model, n: int, channels: int, device) -> Cost: ...
+
+    def run(self, model, planes, plan: Plan, device, fmt, progress) -> np.ndarray: ...
+
+
 @dataclass
 class Plan:
     shape: tuple[int, int]
     side: int | None                 # kept tile side; None = the whole image in one call
     halo: int
     tiles: list[Tile]
-    rule: object
+    rule: Rule
     cost: Cost
     need: int                        # estimated peak bytes of the process
     budget: int
@@ -200,7 +220,7 @@ def plan(model, rule, shape: tuple[int, int], n_inputs: int, channels: int, devi
     h, w = shape
     px = h * w
     given = max_memory is not None
-    budget = max_memory if given else default_budget()
+    budget = max_memory if max_memory is not None else default_budget()
     base = current_rss() + arrays + FIXED_SLACK
     cost = cost_of(rule, model, n_inputs, channels, device)
     whole = int(base + SLACK * (cost.whole_const + cost.whole_bpp * px))
@@ -242,6 +262,8 @@ def plan(model, rule, shape: tuple[int, int], n_inputs: int, channels: int, devi
         if reason:
             raise DataError(f"--tile {tile}: {type(model).__name__} cannot be tiled ({reason}); use --tile auto "
                             f"or none")
+        if not isinstance(tile, int):  # parse_tile gives "auto", None or a side in pixels
+            raise ConfigError(f"--tile {tile}: use auto, none or a tile side in pixels (e.g. 1024)")
         side = -(-tile // rule.align) * rule.align
         ok, need = fits(side if side < max(h, w) else None)
         if not ok:
@@ -288,6 +310,12 @@ class Output:
             self.image = np.empty(self.shape + part.shape[2:], np.uint8)
         self.image[tile.ky0:tile.ky1, tile.kx0:tile.kx1] = part
 
+    def fused(self) -> np.ndarray:
+        """The finished image; every layout has at least one tile, so one was put."""
+        if self.image is None:
+            raise RuntimeError("no tile was fused into this output (an empty tile layout)")
+        return self.image
+
 
 def tile_inputs(planes, tile: Tile, device, fmt=torch.contiguous_format) -> list[torch.Tensor]:
     return [to_tensor(p[tile.y0:tile.y1, tile.x0:tile.x1])[None].to(device).contiguous(memory_format=fmt)
@@ -318,8 +346,9 @@ class TileProgress:
     def __init__(self, total: int, enabled: bool, delay: float | None = None, console=None, label: str = "fusing"):
         self.total, self.enabled, self.console, self.label = total, enabled, console, label
         self.delay = PROGRESS_DELAY if delay is None else delay
-        self.bar = self.timer = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.timer: threading.Timer | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> "TileProgress":
         if self.enabled:
@@ -336,7 +365,7 @@ class TileProgress:
         return self
 
     def advance(self, n: int = 1) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.advance(self.task, n)
 
     def __exit__(self, *exc) -> None:

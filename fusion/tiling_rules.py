@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 
 from fusion.tiling import Cost, Output, Tile, layout, run_tiles, tile_inputs
 from fusion.tiling_probe import measure, random_planes
-from fusion.train.loop import memory_format
+from fusion.device import memory_format
 
 PROBE = 64             # side of the probe tile of fully convolutional models
 CAM_CHUNK = 8          # CrossFuse windows attended at once
@@ -48,7 +49,7 @@ class Local:
     def reason_for(self, model, shape) -> str | None:
         return self.reason
 
-    def layout(self, shape, side, halo) -> list[Tile]:
+    def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]:
         return layout(*shape, side, halo, self.align)
 
     def passes(self, model, tiles: int) -> int:
@@ -62,7 +63,7 @@ class Local:
         return Cost(whole_bpp=p.peak / PROBE ** 2, halo=_ceil(p.radius + 1, 8), note=note)
 
     def run(self, model, planes, plan, device, fmt, progress) -> np.ndarray:
-        return run_tiles(model, planes, plan.tiles, device, fmt, progress).image
+        return run_tiles(model, planes, plan.tiles, device, fmt, progress).fused()
 
 
 class Whole(Local):
@@ -99,10 +100,10 @@ class ChannelMeans(Local):
                     raise _Collected
             handle = model.sc4.conv1.register_forward_hook(hook)
         else:
-            def hook(module, args):
+            def pre_hook(module, args):
                 got.extend(args[0])
                 raise _Collected
-            handle = model.ufa.register_forward_pre_hook(hook)
+            handle = model.ufa.register_forward_pre_hook(pre_hook)
         try:
             model(*inputs)
         except _Collected:
@@ -131,11 +132,11 @@ class ChannelMeans(Local):
         else:
             block = model.ufa
 
-            def hook(module, args):
+            def pre_hook(module, args):
                 feats = args[0]
                 weights = torch.softmax(means.to(feats[0].dtype)[..., None, None], dim=0)
                 return ([w * f for w, f in zip(weights, feats)],)
-            handles = [block.register_forward_pre_hook(hook)]
+            handles = [block.register_forward_pre_hook(pre_hook)]
         block.channel = False
         try:
             yield
@@ -154,7 +155,7 @@ class ChannelMeans(Local):
             sums = part if sums is None else sums + part
             progress.advance()
         with self._weights(model, sums / (plan.shape[0] * plan.shape[1])):
-            return run_tiles(model, planes, plan.tiles, device, fmt, progress).image
+            return run_tiles(model, planes, plan.tiles, device, fmt, progress).fused()
 
 
 class CADNIFWindows(Local):
@@ -173,7 +174,7 @@ class CADNIFWindows(Local):
         return [(y, x) for y in range(0, h + (-h) % self.align, self.align)
                 for x in range(0, w + (-w) % self.align, self.align)]
 
-    def layout(self, shape, side, halo) -> list[Tile]:
+    def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]:
         h, w = shape
         if h <= self.window and w <= self.window:  # fused whole by the model too
             return layout(h, w, None, 0)
@@ -193,14 +194,14 @@ class CADNIFWindows(Local):
         (h, w), b, s = plan.shape, self.border, self.align
         pad_h, pad_w = (b, b + (-h) % s), (b, b + (-w) % s)
         # the model's rule (fusion.models.cadnif.tiled): reflect unless the image is too small for it
-        mode = "reflect" if min(h, w) > b + max(pad_h + pad_w) else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if min(h, w) > b + max(pad_h + pad_w) else "edge"
         padded = [np.pad(p, (pad_h, pad_w), mode=mode) for p in planes]
         out = Output(plan.shape)
         for tile in plan.tiles:  # y0, x0: the window's corner in the padded planes
             fused = model.fuse_pair(*tile_inputs(padded, tile, device))[0]
             out.put(tile, fused[:, b:b + tile.ky1 - tile.ky0, b:b + tile.kx1 - tile.kx0])
             progress.advance()
-        return out.image
+        return out.fused()
 
 
 class CrossFuseStaged(Local):
@@ -212,7 +213,7 @@ class CrossFuseStaged(Local):
                     "multiples of 8; train.options.fix_odd_sizes lifts it")
         return None
 
-    def layout(self, shape, side, halo) -> list[Tile]:
+    def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]:
         return layout(*shape, None, 0) if side is None else layout(*_padded(shape), side, halo, self.align)
 
     def passes(self, model, tiles: int) -> int:
@@ -246,7 +247,7 @@ class CrossFuseStaged(Local):
         h, w = plan.shape
         hp, wp = _padded(plan.shape)
         # the model's own first step: reflect-pad to a multiple of 8 (replicate when too small)
-        mode = "reflect" if hp - h < h and wp - w < w else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if hp - h < h and wp - w < w else "edge"
         padded = [np.pad(p, ((0, hp - h), (0, wp - w)), mode=mode) for p in planes]
         deep = {}
         for tile in plan.tiles:
@@ -263,7 +264,7 @@ class CrossFuseStaged(Local):
         else:
             fused = model.fusion(deep["ir"], deep["vi"])
         progress.advance()
-        raw = None
+        raw: torch.Tensor | None = None
         for tile in plan.tiles:
             sh = {m: model.encoders[m].encoder.shallow(x) for m, x in zip(MODALITIES, tile_inputs(padded, tile, device))}
             cut = (slice(None), slice(None), slice(tile.y0 // 8, tile.y1 // 8), slice(tile.x0 // 8, tile.x1 // 8))
@@ -273,9 +274,11 @@ class CrossFuseStaged(Local):
             raw[..., tile.ky0:tile.ky1, tile.kx0:tile.kx1] = part.float().cpu()
             progress.advance()
         del deep, fused
+        if raw is None:
+            raise RuntimeError("no tile was decoded (an empty tile layout)")
         out = Output(plan.shape)
         out.put(Tile(0, h, 0, w, 0, h, 0, w), model._output(raw[..., :h, :w])[0])
-        return out.image
+        return out.fused()
 
 
 def _padded(shape) -> tuple[int, int]:

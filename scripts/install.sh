@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv/ and install fusionflow with the locked dependency set.
+# Create .venv/ and install fusionflow with the locked dependency set (hash-checked).
+# --test also installs requirements-test.lock: pytest, selenium, ruff, mypy, pre-commit.
 #
 # torch comes first and by machine: a CUDA build where an NVIDIA driver answers, the CPU
 # build elsewhere (a few hundred MB instead of several GB). Override with
@@ -11,10 +12,15 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 VENV=.venv
 STAMP=$VENV/.fusionflow-installed
+LOCKS=(requirements.lock)
+if [[ "${1:-}" == "--test" ]]; then
+  LOCKS+=(requirements-test.lock)
+fi
 
 # Re-running is cheap: skip when the lock and project metadata have not changed.
-want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
-if [[ -f $STAMP && "$(cat "$STAMP")" == "$want" ]]; then
+want=$(cat "${LOCKS[@]}" pyproject.toml | sha256sum | cut -d' ' -f1)
+# a test install covers a plain one
+if [[ -f $STAMP ]] && grep -qxF "$want" "$STAMP"; then
   exit 0
 fi
 
@@ -42,8 +48,11 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-"${PIP[@]}" install -q -r requirements.lock
+reqs=()
+for lock in "${LOCKS[@]}"; do reqs+=(-r "$lock"); done
+"${PIP[@]}" install -q --require-hashes "${reqs[@]}"
 "${PIP[@]}" install -q --no-deps -e .
 "${PIP[@]}" check
-echo "$want" > "$STAMP"
+# the plain install's hash too, so that `make run` after `make test` does not reinstall
+{ echo "$want"; cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1; } > "$STAMP"
 echo "fusionflow installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -5,7 +5,7 @@
 # scipy, opencv, scikit-image, numba, pyyaml, rich, typer and matplotlib installed, no network,
 # room for ~60 MB of files. The core (models, trainer, metrics, baselines, evaluation, `fusion
 # train --out | fuse | evaluate`) needs only the packages below on top; Ray, MLflow, Prefect and
-# DVC are not needed there (and would not fit). Versions are requirements.lock's, the tested set.
+# DVC are not needed there (and would not fit). Versions are the locks', the tested set.
 #
 #   make wheels                                   # Python 3.12, manylinux x86_64
 #   WHEELS_PYTHON=3.11 WHEELS_PLATFORM="manylinux2014_aarch64 manylinux_2_28_aarch64" make wheels
@@ -31,10 +31,12 @@ CORE=(pydantic pydantic_core annotated-types typing-inspection typing_extensions
 [[ -x $PYTHON ]] || PYTHON=python3
 pins=()
 for name in "${CORE[@]}"; do
-  # requirements.lock spells names as pip freeze does; compare them normalised (PEP 503)
+  # the locks spell names as PyPI does; compare them normalised (PEP 503); a pin's line ends
+  # in " \" before its hashes
   pin=$(awk -v want="$name" 'BEGIN { w = tolower(want); gsub(/[-_.]+/, "-", w) }
-        /==/ { split($0, p, "=="); n = tolower(p[1]); gsub(/[-_.]+/, "-", n); if (n == w) print $0 }' requirements.lock)
-  [[ -n $pin ]] || { echo "error: $name is not pinned in requirements.lock (make lock)" >&2; exit 1; }
+        /^[^ #].*==/ { split($1, p, "=="); n = tolower(p[1]); gsub(/[-_.]+/, "-", n); if (n == w) print $1 }' \
+        requirements.lock requirements-test.lock)
+  [[ -n $pin ]] || { echo "error: $name is not pinned in requirements.lock or requirements-test.lock (make lock)" >&2; exit 1; }
   pins+=("$pin")
 done
 

@@ -46,7 +46,8 @@ def export_embedded(out: str | Path) -> Path:
                 files.append({
                     "file": f"{sub}/{name}",
                     "sha256": sha256_file(dest),
-                    "source": f"scikit-image {skimage.__version__}: skimage/data/{origin.name}",
+                    # skimage's __init__.pyi lists __version__ in __all__ but never declares it
+                    "source": f"scikit-image {skimage.__version__}: skimage/data/{origin.name}",  # type: ignore[attr-defined]
                 })
         write_json_atomic(tmp / "manifest.json", {
             "dataset": "embedded-photographs",

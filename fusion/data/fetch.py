@@ -29,7 +29,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -152,7 +152,10 @@ def unpack(archive: Path, kind: str, strip: int, dest: Path) -> None:
                         continue  # links and devices are not dataset content
                     target = dest / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    with tf.extractfile(member) as src, open(target, "wb") as out:
+                    data = tf.extractfile(member)
+                    if data is None:  # only links and devices have no data, and those were skipped
+                        raise DataError(f"{archive}: {member.name} has no data to unpack")
+                    with data as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, CHUNK)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise DataError(f"{archive}: not a valid {kind} archive ({exc})") from None
@@ -198,7 +201,7 @@ def fetch(entry: Entry, dest: Path, sha256: str | None = None, trust: bool = Fal
         if expected is not None and got != expected:
             raise DataError(f"{entry.url}: sha256 {got} does not match the expected {expected}; "
                             f"the download was deleted and nothing was unpacked")
-        record = {"name": entry.name, "url": entry.url, "sha256": got, "layout": entry.layout, "subdir": entry.subdir,
+        record: dict[str, Any] = {"name": entry.name, "url": entry.url, "sha256": got, "layout": entry.layout, "subdir": entry.subdir,
                   "verified": expected is not None, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with atomic_directory(dest) as tmp:
             unpack(archive, entry.archive, entry.strip, tmp)

@@ -143,10 +143,11 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
         jobs = [(i, g, params, str(tmp)) for i, g in enumerate(groups)]
         step = (lambda done, _: progress(min(len(pairs), done * per_shard), len(pairs))) if progress else None
         done = map_ordered(_cut_group, jobs, workers, step, chunksize=1)
-        results = {i: shard for i, shard, _ in done}
         problems = [e for _, _, errs in done for e in errs]
         if problems:
             raise DataError(f"{len(problems)} pair(s) could not be cut:\n  " + "\n  ".join(problems))
+        # a group gives no shard only beside its problems, reported above
+        results = {i: shard for i, shard, _ in done if shard is not None}
         shards = [results[i] for i in range(len(jobs)) if results[i]["count"]]
         planes = {s["planes"] for s in shards}
         if len(planes) > 1:

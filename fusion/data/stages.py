@@ -52,7 +52,7 @@ def synth_multifocus(ws: Path, cfg: Config, workers: int = 0, progress: Progress
     from fusion.data.synth_multifocus import SynthInput, SynthParams, build_records
 
     p = cfg.data.synth_multifocus
-    params = SynthParams(p.max_side, p.pairs_per_image, tuple(map(tuple, p.blur_intervals)), p.mask_threshold,
+    params = SynthParams(p.max_side, p.pairs_per_image, tuple((lo, hi) for lo, hi in p.blur_intervals), p.mask_threshold,
                          p.test_images, cfg.seed, tuple(p.blur_weights) if p.blur_weights else None)
     records, _ = _load(cfg, ws, p.source, p.skip_bad)
     records, report = checked(records, p.skip_bad, workers)

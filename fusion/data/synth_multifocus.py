@@ -30,8 +30,6 @@ from fusion.data.parallel import Progress, map_ordered
 from fusion.errors import ConfigError, DataError
 from fusion.io import atomic_directory, read_image, write_image
 
-KINDS = ("near", "far", "gt", "focus")
-
 
 @dataclass(frozen=True)
 class SynthParams:

@@ -96,7 +96,8 @@ def load_test_set(folder: str | Path):
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
-    files, ids, labels = {}, [], None
+    files, ids = {}, []
+    labels: list[str] = []  # the first pair's source modalities
     for e in manifest["pairs"]:
         by_mod = dict(zip(e["modalities"], (folder / f for f in e["files"])))
         sources = [m for m in e["modalities"] if m != "gt"]

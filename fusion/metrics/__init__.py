@@ -25,7 +25,8 @@ from fusion.metrics import fmi, gradient, information, reference, statistical, s
 from fusion.metrics._context import Batch
 from fusion.metrics.convention import MetricInputError, check_same_shape, to_gray, to_gray_batch
 
-__all__ = ["METRICS", "MetricInfo", "MetricInputError", "compute", "compute_batch", "to_gray"]
+__all__ = ["ALL", "METRICS", "MetricInfo", "MetricInputError", "MetricSelection", "compute", "compute_batch",
+           "select_metrics", "to_gray"]
 
 
 @dataclass(frozen=True)
@@ -65,24 +66,52 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
+ALL = "all"   # alone in a list of metric names (params.yaml, --metric): every metric that applies
+
+
+@dataclass(frozen=True)
+class MetricSelection:
+    """A list of metric names read against METRICS; each caller words its own error."""
+
+    names: list[str]            # what to compute: every metric that applies for None or [ALL], else the request
+    unknown: list[str]          # requested names that are no metric (ALL beside other names is one)
+    unusable: dict[str, str]    # requested name -> what it lacks here: "gt" or "sources"
+
+
+def select_metrics(names: Iterable[str] | None, has_gt: bool = True, has_sources: bool = True) -> MetricSelection:
+    """The one reading of metric names: the configuration, evaluation, the pipeline and
+    compute() all resolve theirs here."""
+    if names is None or list(names) == [ALL]:
+        applicable = [n for n, m in METRICS.items() if (has_gt or not m.needs_gt) and (has_sources or not m.needs_sources)]
+        return MetricSelection(applicable, [], {})
+    names = list(names)
+    unusable: dict[str, str] = {}
+    for n in names:
+        if n in METRICS and METRICS[n].needs_gt and not has_gt:
+            unusable[n] = "gt"
+        elif n in METRICS and METRICS[n].needs_sources and not has_sources:
+            unusable[n] = "sources"
+    return MetricSelection(names, [n for n in names if n not in METRICS], unusable)
+
+
 _CHUNK = 4
 
 
 def _resolve_names(names: Iterable[str] | None, have_sources: bool, have_gt: bool) -> list[str]:
-    if names is None:
-        return [n for n, m in METRICS.items() if (have_gt or not m.needs_gt) and (have_sources or not m.needs_sources)]
     if isinstance(names, str):
         names = [names]
-    names = list(dict.fromkeys(names))
-    unknown = [n for n in names if n not in METRICS]
+    if names is not None:
+        names = list(dict.fromkeys(names))
+    selected = select_metrics(names, have_gt, have_sources)
+    # compute() takes metric names only: ALL is the configuration's word, names=None here
+    unknown = selected.unknown or [n for n in names or [] if n == ALL]
     if unknown:
         raise MetricInputError(f"unknown metric name(s) {unknown}; valid names: {sorted(METRICS)}")
-    for n in names:
-        if METRICS[n].needs_gt and not have_gt:
+    for n, lacks in selected.unusable.items():
+        if lacks == "gt":
             raise MetricInputError(f"metric {n!r} needs a ground-truth image (gt=...) and none was given")
-        if METRICS[n].needs_sources and not have_sources:
-            raise MetricInputError(f"metric {n!r} needs both source images a and b")
-    return names
+        raise MetricInputError(f"metric {n!r} needs both source images a and b")
+    return selected.names
 
 
 def _have_sources(a, b) -> bool:

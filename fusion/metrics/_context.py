@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from fusion.metrics.convention import MetricInputError
+
 
 class Batch:
     """Gray float64 tensors N x H x W on 0..255 (a, b, gt may be None)."""
@@ -24,7 +26,11 @@ class Batch:
         return self._cache[key]
 
     def image(self, role: str) -> torch.Tensor:
-        return {"a": self.a, "b": self.b, "f": self.f, "gt": self.gt}[role]
+        img = {"a": self.a, "b": self.b, "f": self.f, "gt": self.gt}[role]
+        if img is None:
+            # compute() rejects metrics whose inputs are missing before any runs: a bug if reached.
+            raise MetricInputError(f"a metric read image {role!r}, which this batch does not have")
+        return img
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor, value: float = 0.0) -> torch.Tensor:

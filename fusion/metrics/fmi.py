@@ -243,7 +243,8 @@ def fmi_maps(xfs: list[torch.Tensor], ff: torch.Tensor) -> list[torch.Tensor]:
     if ff.device.type == "cpu" and len(xfs) == 2 and CPU_KERNEL:
         from fusion.metrics import fmi_cpu  # numba: imported only where FMI runs on CPU
 
-        maps = [fmi_cpu.fmi_window_maps(*(t[i].numpy() for t in (*xfs, ff)), threads=torch.get_num_threads())
+        xa, xb = xfs
+        maps = [fmi_cpu.fmi_window_maps(xa[i].numpy(), xb[i].numpy(), ff[i].numpy(), threads=torch.get_num_threads())
                 for i in range(ff.shape[0])]
         return [torch.from_numpy(np.stack([m[k] for m in maps])) for k in range(2)]
     return fmi_maps_torch(xfs, ff)
@@ -274,8 +275,8 @@ _FEATURES = {"pixel": lambda x: x, "dct": lambda x: snap_noise(dct2(x)), "wavele
 
 def _fmi_metric(batch: Batch, feature: str) -> torch.Tensor:
     make = _FEATURES[feature]
-    fa = batch.cached(("feature", feature, "a"), lambda: make(batch.a))
-    fb = batch.cached(("feature", feature, "b"), lambda: make(batch.b))
+    fa = batch.cached(("feature", feature, "a"), lambda: make(batch.image("a")))
+    fb = batch.cached(("feature", feature, "b"), lambda: make(batch.image("b")))
     ff = batch.cached(("feature", feature, "f"), lambda: make(batch.f))
     map_a, map_b = fmi_maps([fa, fb], ff)
     return ((map_a + map_b) / 2.0).mean(dim=1)

@@ -23,6 +23,8 @@ module where writable, else a per-user folder).
 
 from __future__ import annotations
 
+from typing import Any
+
 import llvmlite.binding as llvm
 import numba
 import numpy as np
@@ -32,7 +34,7 @@ from fusion.metrics._filters import thread_pool
 _L = 9
 _TINY = 1e-300
 _BLOCK = 2048  # windows per block (whole rows): ~2.5k windows is fastest; 4x more is 1.6x slower
-_OPTS = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
+_OPTS: dict[str, Any] = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
 
 # Rows of a pair's values: u, the 18 staircase cells' u q p, then their w J + u q p.
 _VU, _VP, _VY = 0, 1, 1 + 2 * _L

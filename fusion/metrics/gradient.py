@@ -84,8 +84,8 @@ def _edge_preservation(ga, aa, gf, af) -> torch.Tensor:
 
 
 def Qabf(batch: Batch) -> torch.Tensor:
-    ga, aa = batch.cached(("sobel", "a"), lambda: sobel_strength_angle(batch.a))
-    gb, ab = batch.cached(("sobel", "b"), lambda: sobel_strength_angle(batch.b))
+    ga, aa = batch.cached(("sobel", "a"), lambda: sobel_strength_angle(batch.image("a")))
+    gb, ab = batch.cached(("sobel", "b"), lambda: sobel_strength_angle(batch.image("b")))
     gf, af = batch.cached(("sobel", "f"), lambda: sobel_strength_angle(batch.f))
     qaf = _edge_preservation(ga, aa, gf, af)
     qbf = _edge_preservation(gb, ab, gf, af)

@@ -10,12 +10,12 @@ from fusion.metrics.structural import ssim
 
 
 def SSIM_gt(batch: Batch) -> torch.Tensor:
-    return ssim(batch.gt, batch.f)
+    return ssim(batch.image("gt"), batch.f)
 
 
 def PSNR_gt(batch: Batch) -> torch.Tensor:
-    return psnr_from_mse(mse(batch.gt, batch.f))
+    return psnr_from_mse(mse(batch.image("gt"), batch.f))
 
 
 def L1_gt(batch: Batch) -> torch.Tensor:
-    return (batch.gt - batch.f).abs().flatten(1).mean(dim=1)
+    return (batch.image("gt") - batch.f).abs().flatten(1).mean(dim=1)

@@ -38,12 +38,12 @@ def SD(batch: Batch) -> torch.Tensor:
 
 
 def CC(batch: Batch) -> torch.Tensor:
-    return (corr(batch.a, batch.f) + corr(batch.b, batch.f)) / 2.0
+    return (corr(batch.image("a"), batch.f) + corr(batch.image("b"), batch.f)) / 2.0
 
 
 def SCD(batch: Batch) -> torch.Tensor:
-    return corr(batch.f - batch.b, batch.a) + corr(batch.f - batch.a, batch.b)
+    return corr(batch.f - batch.image("b"), batch.image("a")) + corr(batch.f - batch.image("a"), batch.image("b"))
 
 
 def PSNR(batch: Batch) -> torch.Tensor:
-    return psnr_from_mse((mse(batch.a, batch.f) + mse(batch.b, batch.f)) / 2.0)
+    return psnr_from_mse((mse(batch.image("a"), batch.f) + mse(batch.image("b"), batch.f)) / 2.0)

@@ -78,7 +78,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def SSIM(batch: Batch) -> torch.Tensor:
-    sa, sb = ssim(torch.cat([batch.a, batch.b]), batch.f).chunk(2)
+    sa, sb = ssim(torch.cat([batch.image("a"), batch.image("b")]), batch.f).chunk(2)
     return (sa + sb) / 2.0
 
 
@@ -92,7 +92,7 @@ def Qc(batch: Batch) -> torch.Tensor:
     Where the weight falls below 0 the local value is 0, above 1 it is 1 (as the toolbox).
     Where sigma_AF + sigma_BF = 0 (F flat there) the weight is 0.5 instead of 0/0.
     """
-    maps, cov = ssim_map(torch.cat([batch.a, batch.b]), batch.f, 7, 1.5, _QC_C, _QC_C)
+    maps, cov = ssim_map(torch.cat([batch.image("a"), batch.image("b")]), batch.f, 7, 1.5, _QC_C, _QC_C)
     (ssim_a, ssim_b), (s_af, s_bf) = maps.chunk(2), cov.chunk(2)
     w = safe_div(s_af, s_af + s_bf, 0.5)
     sim = w * ssim_a + (1.0 - w) * ssim_b
@@ -119,7 +119,7 @@ def Qm(batch: Batch) -> torch.Tensor:
     W = H^2 + V^2 + D^2 of each source; so each Q lies in [0, 3]. A level where neither
     source has any detail (sum W = 0) gives Q = 0.
     """
-    x1, x2, xf = batch.a, batch.b, batch.f
+    x1, x2, xf = batch.image("a"), batch.image("b"), batch.f
     qs = []
     for _ in range(2):
         l1, *d1 = haar_level(x1)

@@ -64,5 +64,5 @@ def vif(refs: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
 
 def VIF(batch: Batch) -> torch.Tensor:
     # Both sources in one pass: every filtering is one call, F's maps are filtered once.
-    va, vb = vif(torch.cat([batch.a, batch.b]), batch.f).chunk(2)
+    va, vb = vif(torch.cat([batch.image("a"), batch.image("b")]), batch.f).chunk(2)
     return va + vb

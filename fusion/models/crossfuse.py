@@ -65,7 +65,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fusion.errors import ConfigError
-from fusion.models import ModelSpec, register
+from fusion.models.registry import ModelSpec, Stage, register
+from fusion.losses import CrossFuseAELoss, CrossFuseLoss
+from fusion.models.crossfuse_blocks import (  # noqa: F401 - re-exported
+    pad_to_multiple,
+    _conv,
+    DenseBlock,
+    Encoder,
+    ReconstructionDecoder,
+    AutoEncoder,
+    ConvFusion,
+    DenseFusion,
+    _local_mean,
+    skip_weights,
+    centre_pad,
+    pad_to_at_least,
+    _conv_bn,
+    FusionDecoder,
+)
 from fusion.models.crossfuse_cam import (  # noqa: F401 - re-exported
     MODALITIES,
     Attention,
@@ -114,176 +131,6 @@ VARIANT_CONFIG = {
     "F_Dense": _Config(fusion="dense"),
     "one-stage": _Config(two_stage=False),
 }
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 0) -> torch.Tensor:
-    """Pad bottom/right so H and W are multiples of `multiple` (and >= minimum)."""
-    h, w = x.shape[-2:]
-    th = max(-(-h // multiple) * multiple, -(-minimum // multiple) * multiple)
-    tw = max(-(-w // multiple) * multiple, -(-minimum // multiple) * multiple)
-    ph, pw = th - h, tw - w
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode="reflect" if k > 1 else "zeros")
-
-
-# ---------------------------------------------------------------- stage 1: auto-encoders
-
-
-class DenseBlock(nn.Module):
-    """`layers` densely connected 3x3 convs of `growth` channels, then a 3x3 conv to `out`."""
-
-    def __init__(self, cin: int, growth: int = 64, layers: int = 3, out: int = 128, act: bool = False):
-        super().__init__()
-        self.convs = nn.ModuleList(_conv(cin + i * growth, growth) for i in range(layers))
-        self.adjust = _conv(cin + layers * growth, out)
-        self.act = nn.ReLU() if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = torch.cat([x, self.act(conv(x))], 1)
-        return self.adjust(x)
-
-
-class Encoder(nn.Module):
-    def __init__(self, in_channels: int = 1, shallow: int = 32, deep: int = 128):
-        super().__init__()
-        self.shallow = _conv(in_channels, shallow)
-        self.pool = nn.MaxPool2d(2)
-        self.dense1 = DenseBlock(shallow, out=deep)
-        self.dense2 = DenseBlock(deep, out=deep)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: B x 1 x H x W, H and W multiples of 8 -> (shallow B x 32 x H x W, deep B x 128 x H/8 x W/8)."""
-        sh = self.shallow(x)
-        de = self.pool(self.dense2(self.pool(self.dense1(self.pool(sh)))))
-        return sh, de
-
-
-class ReconstructionDecoder(nn.Module):
-    def __init__(self, deep: int = 128, shallow: int = 32, out_channels: int = 1):
-        super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.c1 = _conv(deep, deep // 2)
-        self.c2 = _conv(deep // 2, deep // 2)
-        self.c3 = _conv(deep // 2, shallow)
-        self.last = _conv(shallow, out_channels, 1)
-
-    def forward(self, sh: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.c3(self.up(self.c2(self.up(self.c1(de))))))
-        return self.last(x + sh)
-
-
-class AutoEncoder(nn.Module):
-    def __init__(self, in_channels: int = 1, reconstruction: bool = True):
-        super().__init__()
-        self.encoder = Encoder(in_channels)
-        self.decoder = ReconstructionDecoder(out_channels=in_channels) if reconstruction else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Stage-1 reconstruction of x (H, W multiples of 8); linear output, not clamped."""
-        if self.decoder is None:
-            raise RuntimeError("this variant has no reconstruction decoder (one-stage training)")
-        return self.decoder(*self.encoder(x))
-
-
-# ---------------------------------------------------------------- stage 2: CAM ablations
-
-
-class ConvFusion(nn.Module):
-    """F_CNN ablation: the CAM replaced by 4 convs on the concatenated deep features."""
-
-    def __init__(self, channels: int = 128):
-        super().__init__()
-        layers: list[nn.Module] = [_conv(2 * channels, channels)]
-        for _ in range(3):
-            layers += [nn.ReLU(), _conv(channels, channels)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([ir, vi], 1))
-
-
-class DenseFusion(nn.Module):
-    """F_Dense ablation: one dense block and one conv on the concatenated deep features."""
-
-    def __init__(self, channels: int = 128):
-        super().__init__()
-        self.dense = DenseBlock(2 * channels, out=channels, act=True)
-        self.conv = _conv(channels, channels)
-
-    def forward(self, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.relu(self.dense(torch.cat([ir, vi], 1))))
-
-
-# ---------------------------------------------------------------- decoder
-
-
-def _local_mean(x: torch.Tensor, k: int, sum_channels: bool) -> torch.Tensor:
-    m = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=True)
-    return m.sum(1, keepdim=True) if sum_channels else m
-
-
-def skip_weights(a: torch.Tensor, b: torch.Tensor, level: str, sum_channels: bool = False):
-    """Eq. 4-6: w_a = g(a) / (g(a) + g(b)); g = 3x3 local mean (deep) or |x - local mean| (shallow)."""
-    ga, gb = _local_mean(a, 3, sum_channels), _local_mean(b, 3, sum_channels)
-    if level == "shallow":
-        ga, gb = (a - ga).abs(), (b - gb).abs()
-    elif level != "deep":
-        raise ValueError(f"level must be 'deep' or 'shallow', got {level!r}")
-    denom = ga + gb + _EPS
-    return (ga / denom).detach(), (gb / denom).detach()
-
-
-def centre_pad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Reflect-pad x to `size`, the extra pixel of an odd difference at the bottom/right (the
-    released `UpsampleReshape_eval`)."""
-    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
-    if dh < 0 or dw < 0:
-        raise ValueError(f"cannot centre-pad {tuple(x.shape[-2:])} to the smaller {tuple(size)}")
-    mode = "reflect" if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
-    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode=mode)
-
-
-def pad_to_at_least(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Replicate-pad bottom/right only where H or W is below `side`."""
-    ph, pw = max(0, side - x.shape[-2]), max(0, side - x.shape[-1])
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
-def _conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(_conv(cin, cout, k), nn.BatchNorm2d(cout))
-
-
-class FusionDecoder(nn.Module):
-    def __init__(self, deep: int = 128, shallow: int = 32, out_channels: int = 1, released: bool = False):
-        super().__init__()
-        self.released = released
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.c1 = _conv_bn(deep, deep // 2)
-        self.c2 = _conv_bn(deep // 2, deep // 2)
-        self.c3 = _conv_bn(deep // 2, shallow)
-        self.c4 = _conv_bn(shallow, shallow)
-        self.last = _conv_bn(shallow, out_channels, 1) if released else _conv(shallow, out_channels, 1)
-
-    def forward(self, fused: torch.Tensor, sh: dict[str, torch.Tensor], de: dict[str, torch.Tensor]) -> torch.Tensor:
-        w_ir, w_vi = skip_weights(de["ir"], de["vi"], "deep", sum_channels=self.released)
-        x = fused + w_ir * de["ir"] + w_vi * de["vi"]
-        x = self.c4(self.up(self.c3(self.up(self.c2(self.up(self.c1(x)))))))
-        if x.shape[-2:] != sh["ir"].shape[-2:]:  # released sizing: pooling rounded down
-            x = centre_pad(x, sh["ir"].shape[-2:])
-        s_ir, s_vi = skip_weights(sh["ir"], sh["vi"], "shallow", sum_channels=self.released)
-        ir_gain = 0.5 if self.released else 1.0
-        x = x + ir_gain * s_ir * sh["ir"] + s_vi * sh["vi"]
-        return self.last(x)
-
-
-# ---------------------------------------------------------------- the model
 
 
 class CrossFuse(nn.Module):
@@ -435,18 +282,60 @@ def build_crossfuse(variant: str = "full", **options) -> CrossFuse:
     return CrossFuse(variant=variant, **options)
 
 
+# -- the training recipe: stage 1 trains each modality's auto-encoder to reconstruct itself,
+# stage 2 the fusion layers and decoder on the frozen encoders; one-stage variants train jointly
+
+
+def _reconstruction(step, sources, gt, loss_fn, autocast, supervised) -> dict[str, torch.Tensor]:
+    """Stage 1: each modality reconstructs itself; the loss is the mean over modalities."""
+    with autocast():
+        outs = [step(x, m) for x, m in zip(sources, MODALITIES)]
+    # Losses in float32: the model runs in reduced precision under train.amp, not its loss.
+    parts = [loss_fn(out.float(), x) for out, x in zip(outs, sources)]
+    return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+
+
+_AUTOENCODER = Stage("autoencoder", fuses=False, label="stage-1 (auto-encoder)",
+                     forward=lambda model: model.autoencode, objective=_reconstruction)
+_TWO_STAGES = (_AUTOENCODER, Stage("fusion", starts_from="autoencoder"))
+_ONE_STAGE = (Stage("joint"),)
+
+
+def _stages(variant: str) -> tuple[Stage, ...]:
+    return _TWO_STAGES if VARIANT_CONFIG[variant].two_stage else _ONE_STAGE
+
+
+def _loss(stage: str, cfg) -> nn.Module:
+    released = getattr(cfg, "released", False)
+    if stage == "autoencoder":  # train.options.fix_ms_ssim: the standard MS-SSIM in released mode
+        return CrossFuseAELoss(released=released and not (getattr(cfg, "options", None) or {}).get("fix_ms_ssim", False))
+    return CrossFuseLoss(released=released)
+
+
+def _start_from_encoders(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Stage 2 starts from a stage-1 checkpoint's auto-encoders, then freezes them."""
+    prefix = "encoders."
+    model.encoders.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    model.freeze_encoders()
+
+
 register(
     ModelSpec(
         name="crossfuse",
+        display_name="CrossFuse",
         builder=build_crossfuse,
+        loss=_loss,
+        stages=_stages,
+        trainable=lambda model, stage: model.parameters_for(stage),
+        start_from=_start_from_encoders,
         variants=VARIANTS,
         shared_stage1=frozenset(v for v, c in VARIANT_CONFIG.items() if c.two_stage),
         aliases=frozenset({"full"}),   # = s1-c1
         task="ir-vis",
         paper="CrossFuse (Li & Wu), cross attention mechanism with re-softmax, two-stage IR-VIS fusion",
         notes={
-            "stages": "model.stages: ('autoencoder', 'fusion') or ('joint',) for one-stage; "
-            "model.parameters_for(stage); stage 1 uses model.autoencode(x, 'ir'|'vi') and loss crossfuse_ae",
+            "stages": "('autoencoder', 'fusion') or ('joint',) for one-stage; model.parameters_for(stage); "
+            "stage 1 uses model.autoencode(x, 'ir'|'vi') and the MSE + MS-SSIM reconstruction loss",
             "released": "shift only in eval and within windows, min-max output, 0.5 IR shallow skip, "
             "channel-summed skip weights, BN on the last conv, released CA chaining (s2-c2, s3-c3), "
             "floor pooling + centre-padded decoder output, Adam weight_decay 0.9, released stage-1 MS-SSIM "

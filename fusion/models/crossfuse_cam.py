@@ -14,6 +14,9 @@ there describes the design. Two chainings of stacked CA blocks (s2-c2, s3-c3):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -102,6 +105,11 @@ def _from_tokens(t: torch.Tensor, p: int, c: int, w: int) -> torch.Tensor:
     return t.reshape(b, n, n, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, w, w)
 
 
+def _stack(stacks: nn.ModuleDict, modality: str) -> Sequence[TransformerBlock]:
+    # ModuleDict types its values as Module; the CAM's are the TransformerBlock lists its stack() builds
+    return cast(Sequence[TransformerBlock], stacks[modality])
+
+
 class CrossAttentionMechanism(nn.Module):
     """CAM (Fig. 4) on B x C x H x W deep maps whose H and W are multiples of `window`."""
 
@@ -155,14 +163,14 @@ class CrossAttentionMechanism(nn.Module):
     def _self_attention(self, xw: torch.Tensor, modality: str, shape: tuple[int, int, int]) -> torch.Tensor:
         p, c, w = self.patch, self.channels, self.window
         t = _to_tokens(xw, p)
-        for blk in self.sa1[modality]:
+        for blk in _stack(self.sa1, modality):
             t = blk(t)
         xw = _from_tokens(t, p, c, w)
         shift = self.shifting()
         if shift:
             xw = self._roll(xw, -1, shape)
         t = _to_tokens(xw, p)
-        for blk in self.sa2[modality]:
+        for blk in _stack(self.sa2, modality):
             t = blk(t)
         xw = _from_tokens(t, p, c, w)
         if shift:
@@ -172,7 +180,7 @@ class CrossAttentionMechanism(nn.Module):
     def cross_branch(self, own: torch.Tensor, other: torch.Tensor, modality: str) -> torch.Tensor:
         """The CA stack of `modality`: keys/values/residual start from `own`, queries from `other`."""
         t, q, k = own, other, None
-        blocks = self.ca[modality]
+        blocks = _stack(self.ca, modality)
         for i, blk in enumerate(blocks):
             out = blk(t, query=q, key=k)
             if self.released_chaining and i + 1 < len(blocks):

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from fusion.errors import ConfigError
-from fusion.models import ModelSpec, register
+from fusion.models.registry import ModelSpec, register
+from fusion.losses import L1SSIMLoss
 from fusion.models.ufa_released import ReleasedUFAFuse
 
 VARIANTS = {
@@ -120,7 +121,9 @@ def build_ufa(variant: str = "UFA", released: bool = False, fix_spatial_softmax:
 register(
     ModelSpec(
         name="ufa",
+        display_name="UFA-Fuse",
         builder=build_ufa,
+        loss=lambda stage, cfg: L1SSIMLoss(cfg.lambda_l1, released=getattr(cfg, "released", False)),
         variants=VARIANTS,
         task="multi-focus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusion.config import Config, SweepConfig, SweepEntry, _merge, load_config, parse_overrides
+from fusion.config import Config, SweepConfig, SweepEntry, load_config, merge_trees, nest_dotted, parse_overrides
 from fusion.errors import ConfigError, FusionError
 
 STAGE1 = "stage1"
@@ -64,18 +64,19 @@ def expand(sweep: SweepConfig) -> list[TrialSpec]:
         tasks = entry.tasks or list(sweep.data)
         keys = list(entry.grid)
         for task, seed, variant in itertools.product(tasks, sweep.seeds, variants):
-            base = {"seed": seed, "train": {"model": entry.model, "variant": variant, "task": task,
+            base: dict[str, Any] = {"seed": seed, "train": {"model": entry.model, "variant": variant, "task": task,
                                             "source": sweep.data.get(task)}}
             depends = None
             if spec is not None and variant in spec.shared_stage1:
+                first, then = spec.stages(variant)[:2]  # the shared stage, and the one starting from it
                 depends = slug(entry.model, STAGE1, task, f"s{seed}")
-                base["train"]["stage"] = "fusion"   # its init_from is filled in when the sweep runs
+                base["train"]["stage"] = then.name   # its init_from is filled in when the sweep runs
                 stage1.setdefault(depends, TrialSpec(
-                    depends, _merge(base, {"train": {"stage": "autoencoder"}}),
-                    label=f"{entry.model} stage 1 (auto-encoders)"))
+                    depends, merge_trees(base, {"train": {"stage": first.name}}),
+                    label=f"{entry.model} stage 1 ({first.name})"))
             label = spec.variants.get(variant, variant) if spec else variant
             for values in itertools.product(*(entry.grid[k] for k in keys)):
-                overrides = _merge(base, _nested(dict(zip(keys, values))))
+                overrides = merge_trees(base, nest_dotted(dict(zip(keys, values)), "sweep grid key"))
                 grid_part = [f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values)]
                 tid = slug(entry.model, variant, task, f"s{seed}", *grid_part)
                 trials.append(TrialSpec(tid, overrides, depends, " ".join([label, *grid_part])))
@@ -95,24 +96,13 @@ def _variants(entry: SweepEntry, spec) -> list[str]:
     return spec.sweep_variants() if spec is not None else ["all"]   # an unknown model fails in its trial
 
 
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = tree
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return tree
-
-
 def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list[Trial]:
     """Each trial's full configuration, or the error that makes it fail (recorded, not raised)."""
     common = parse_overrides(sweep.overrides)
     out = []
     for spec in specs:
         try:
-            cfg = load_config(workspace, sweep.profile, _merge(common, spec.overrides))
+            cfg = load_config(workspace, sweep.profile, merge_trees(common, spec.overrides))
             tree = cfg.model_dump(mode="json", exclude={"sweeps"})   # a trial is one training run, not a sweep
             tree["nightly"]["sweep"] = None
             out.append(Trial(spec, tree))

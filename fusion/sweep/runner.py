@@ -27,6 +27,7 @@ from typing import Any
 from fusion import pipeline, tracking
 from fusion.config import SweepConfig, load_config, resolve_workspace
 from fusion.errors import ConfigError
+from fusion.git_info import git_diff_hash, git_state
 from fusion.io import write_bytes_atomic, write_json_atomic
 from fusion.sweep.matrix import Trial, expand, resolve, sweep_config, sweep_key
 from fusion.sweep.trial import (CHECKPOINTS, DONE, FINAL, TAG_STATUS, SweepContext, child_run, execute, read_status,
@@ -89,8 +90,8 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
     updates = {k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None}
     sweep = sweep.model_copy(update=updates)
     prepared = pipeline.prepare(ws, base)
-    git = tracking.git_state()
-    code = git["git.commit"] + (":" + tracking.git_diff_hash() if git["git.dirty"] == "true" else "")
+    git = git_state()
+    code = git["git.commit"] + (":" + git_diff_hash() if git["git.dirty"] == "true" else "")
     key = sweep_key(name, trials, prepared.version, f"{code}@{time.time()}" if new else code)
     sdir = ws / pipeline.RUNS_DIR / SWEEPS_DIR / f"{name}-{key[:12]}"
     sdir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,9 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
         todo = [t for t in trials if not t.spec.depends_on and not _final(status[t.id])]
         _run(todo, ctx, sweep, sdir, "phase1", use_ray, status)
         todo = []
-        for t in (t for t in trials if t.spec.depends_on and not _final(status[t.id])):
+        for t in trials:
+            if not t.spec.depends_on or _final(status[t.id]):
+                continue
             dep = status.get(t.spec.depends_on) or {}
             if dep.get("status") in DONE:
                 todo.append(t)
@@ -139,7 +142,7 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
 
 
 def _final(record: dict | None) -> bool:
-    return bool(record) and record["status"] in FINAL
+    return bool(record and record["status"] in FINAL)
 
 
 def _payload(t: Trial) -> dict[str, Any]:
@@ -203,8 +206,11 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     )
     grid = tuner.fit()
     errors = {}
-    for r in grid:
+    for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
+        r = grid[i]
         if r.error is not None:
+            if r.config is None:  # param_space gives every trial its id; Ray lost it
+                raise RuntimeError(f"a Ray trial failed without its config, so without its id: {r.error}")
             errors[r.config["trial"]] = f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:2000]}"
     return errors
 

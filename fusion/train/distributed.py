@@ -17,7 +17,7 @@ from typing import Any
 
 from fusion.config import Config
 from fusion.errors import ConfigError
-from fusion.train.loop import BEST, LAST
+from fusion.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def init_ray() -> dict[str, Any]:
     address = os.environ.get("RAY_ADDRESS")
     import fusion
 
-    common = dict(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    common: dict[str, Any] = dict(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     hook = {"worker_process_setup_hook": quiet_ray_workers}
     if address:
         # Ship the package so cluster nodes run the same code as this checkout.

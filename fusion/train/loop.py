@@ -12,10 +12,8 @@ import contextlib
 import logging
 import math
 import os
-import re
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -24,17 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fusion.checkpoint import BEST, CHECKPOINT_FORMAT, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
 from fusion.config import Config
 from fusion.data.dataset import RandomCropPairs
 from fusion.data.training import training_data
-from fusion.errors import ConfigError, DataError, output_error
-from fusion.losses import build_loss
-from fusion.models import MODELS, build_model, count_parameters
+from fusion.device import amp_dtype, memory_format, pick_device
+from fusion.errors import ConfigError, DataError
+from fusion.models import MODELS, build_model, count_parameters, resolve_stage
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "fusionflow-checkpoint/1"
-LAST, BEST = "last.pt", "best.pt"
 VAL_PAIRS = 4  # test pairs scored after each epoch; enough to rank checkpoints
 VAL_SIDE = 256  # largest validation crop: CADNIF's non-local branch is quadratic in pixels
 
@@ -78,115 +75,8 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def pick_device(name: str) -> torch.device:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
-        raise ConfigError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available (use auto or cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) for oneDNN to use."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch API: absent = assume yes
-    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
-
-
-PRECISIONS = ("float32", "bfloat16", "float16")
-
-
-def autocast_dtype(precision: str, device: torch.device, key: str = "precision") -> torch.dtype | None:
-    """The autocast dtype of a precision name on `device` (None: plain float32); `key` names
-    the setting in messages (a config key, or a CLI option such as --precision). Shared by
-    train.amp and `fusion fuse --precision`."""
-    setting = f"{key}{' ' if key.startswith('--') else '='}"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{setting}{precision}: use one of {', '.join(PRECISIONS)}")
-    if precision == "float16" and device.type == "cpu":
-        raise ConfigError(f"{setting}float16 on CPU: CPUs have no fast float16 convolutions; use bfloat16")
-    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
-        log.warning("%sbfloat16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 "
-                    "autocast is emulated and slower than float32", setting)
-    return None if precision == "float32" else getattr(torch, precision)
-
-
-def amp_dtype(tcfg, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of train.amp on `device`, or None for float32 training.
-
-    auto: float16 (with loss scaling) on CUDA, bfloat16 on CPU, where oneDNN runs the
-    convolutions in bfloat16 on CPUs that have it (AVX512-BF16 or AMX): ~2x faster
-    UFA-Fuse steps on the development machine (benchmarks/bench_models.py).
-    """
-    if not tcfg.amp:
-        return None
-    name = tcfg.amp_dtype if tcfg.amp_dtype != "auto" else ("bfloat16" if device.type == "cpu" else "float16")
-    return autocast_dtype(name, device, "train.amp_dtype")
-
-
 def model_options(cfg: Config) -> dict[str, Any]:
     return {"released": cfg.train.released, **cfg.train.options}
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise output_error(path, exc) from exc
-    except RuntimeError as exc:  # torch.save's zip writer reports a failed write as RuntimeError
-        if "writ" not in str(exc) and "inline_container" not in str(exc):
-            raise
-        raise output_error(path, exc) from exc
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Checkpoints are data, never code: weights_only=True refuses pickled objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: not a loadable fusionflow checkpoint ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not a fusionflow checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
-    return payload
-
-
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    payload = load_checkpoint(path, map_location=device)
-    try:
-        model = build_model(payload["model"], payload["variant"], **payload["model_options"])
-    except ConfigError as exc:  # the tags name no model we have: say so about the file, not about train.*
-        raise DataError(f"{path}: its tags (model {payload['model']!r}, variant {payload['variant']!r}) name no "
-                        f"registered network ({exc})") from exc
-    try:
-        result = model.load_state_dict(payload["state_dict"], strict=False)
-    except RuntimeError as exc:  # same names, other shapes (strict=False still refuses those)
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise DataError(f"{path}: its weights do not fit {payload['model']} {payload['variant']} ({first}): a "
-                        "checkpoint of another variant or options under a wrong tag") from exc
-    if result.missing_keys or result.unexpected_keys:
-        # strict loading would raise a RuntimeError listing hundreds of keys; one line names the cause
-        raise DataError(f"{path}: its weights are not those of {payload['model']} {payload['variant']} "
-                        f"({len(result.missing_keys)} missing, e.g. {result.missing_keys[:2]}; "
-                        f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:2]}): a checkpoint "
-                        "of another model or variant under a wrong tag")
-    # the layout it trained in: channels-last and NCHW kernels round differently
-    return model.to(device, memory_format=memory_format(model)).eval(), payload
-
-
-def memory_format(model: torch.nn.Module) -> torch.memory_format:
-    """Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)."""
-    return torch.channels_last if getattr(model, "prefers_channels_last", False) else torch.contiguous_format
 
 
 def adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -198,27 +88,6 @@ def adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
     if t.shape[1] == 1 and channels == 3:
         return t.expand(-1, 3, -1, -1)
     raise DataError(f"cannot feed {t.shape[1]}-channel images to a {channels}-channel model")
-
-
-def resolve_stage(model: torch.nn.Module, tcfg) -> str:
-    """Which part of the model this run trains: "single" for one-stage models, else a
-    CrossFuse stage (autoencoder, fusion, joint)."""
-    stages = getattr(model, "stages", None)
-    if stages is None:
-        if tcfg.stage != "auto" or tcfg.init_from:
-            raise ConfigError(f"train.stage / train.init_from apply to two-stage models (crossfuse), not {tcfg.model}")
-        return "single"
-    stage = tcfg.stage
-    if stage == "auto":
-        stage = stages[0] if len(stages) == 1 else ("fusion" if tcfg.init_from else "autoencoder")
-    if stage not in stages:
-        raise ConfigError(f"train.stage={stage}: {tcfg.model} {tcfg.variant} trains {list(stages)}")
-    if stage == "fusion" and not tcfg.init_from:
-        raise ConfigError("train.stage=fusion needs train.init_from: the stage-1 checkpoint "
-                          "(a .pt file, a run folder or runs:/RUN_ID)")
-    if stage != "fusion" and tcfg.init_from:
-        raise ConfigError(f"train.init_from is only read by the fusion stage, not {stage}")
-    return stage
 
 
 class Trainer:
@@ -238,9 +107,10 @@ class Trainer:
         self.memory_format = memory_format(self.model)
         self.model = self.model.to(memory_format=self.memory_format)
         self.channels = getattr(self.model, "in_channels", 3)
-        self.stage = resolve_stage(self.model, self.tcfg)
-        self.init = self._init_encoders(self.tcfg.init_from) if self.stage == "fusion" else {}
-        params = self.model.parameters_for(self.stage) if self.stage != "single" else self.model.parameters()
+        self.recipe = resolve_stage(self.spec, self.tcfg.variant, self.tcfg.stage, self.tcfg.init_from)
+        self.stage = self.recipe.name
+        self.init = self._start_from(self.tcfg.init_from) if self.recipe.starts_from else {}
+        params = self.spec.trainable(self.model, self.stage)
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
         # a model may own optimiser settings (a released model's Adam weight_decay): they win over train.*
         owned = dict(getattr(self.model, "optimizer_overrides", {}))
@@ -248,7 +118,7 @@ class Trainer:
             log.info("%s sets the optimiser's %s over train.* (see its train.options)", self.tcfg.model, owned)
         self.optimizer = opt_cls(params, **{"lr": self.tcfg.lr, "weight_decay": self.tcfg.weight_decay, **owned})
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.tcfg.lr_step_epochs, gamma=0.1)
-        self.loss_fn = build_loss("crossfuse_ae" if self.stage == "autoencoder" else self.tcfg.model, self.tcfg)
+        self.loss_fn = self.spec.loss(self.stage, self.tcfg)
         self.amp_dtype = amp_dtype(self.tcfg, self.device)
         # Training steps go through the compiled graph; validation (eval mode, other sizes)
         # stays eager rather than compiling a second and third graph for a few pairs.
@@ -261,21 +131,21 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
 
-    def _init_encoders(self, spec: str) -> dict[str, str]:
-        """Stage 2 starts from the stage-1 auto-encoders of `spec`, then freezes them."""
-        from fusion.inference import resolve_checkpoint
+    def _start_from(self, spec: str | None) -> dict[str, str]:
+        """A stage that starts from another stage's checkpoint (CrossFuse's fusion stage from
+        its stage-1 auto-encoders) loads what the model's recipe takes from it."""
         from fusion.io import sha256_file
 
+        assert spec is not None and self.recipe.starts_from is not None and self.spec.start_from is not None
         path = resolve_checkpoint(spec)
         payload = load_checkpoint(path)
-        if payload["model"] != self.tcfg.model or payload.get("stage") != "autoencoder":
+        wanted = self.recipe.starts_from
+        if payload["model"] != self.tcfg.model or payload.get("stage") != wanted:
+            prior = self.spec.stage(self.tcfg.variant, wanted)
             raise ConfigError(f"train.init_from={spec}: holds {payload['model']} stage {payload.get('stage', 'single')}, "
-                              f"not a {self.tcfg.model} stage-1 (autoencoder) checkpoint")
-        prefix = "encoders."
-        encoders = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
-        self.model.encoders.load_state_dict(encoders)
-        self.model.freeze_encoders()
-        log.info("fusion stage starts from the stage-1 encoders of %s", spec)
+                              f"not a {self.tcfg.model} {prior.label or prior.name} checkpoint")
+        self.spec.start_from(self.model, payload["state_dict"])
+        log.info("%s stage starts from the %s checkpoint %s", self.stage, wanted, spec)
         return {"init_from": str(spec), "init_sha256": sha256_file(path), "init_variant": payload["variant"]}
 
     @property
@@ -389,26 +259,14 @@ class Trainer:
         return [move(batch[r]) for r in self.roles.sources], (move(batch[self.roles.gt]) if self.roles.gt else None)
 
     def _step_fn(self, eager: bool = False) -> Callable[..., torch.Tensor]:
-        """What a step calls: the model, or CrossFuse stage 1's auto-encoders; compiled under
+        """What a step calls (the model, or the part of it this stage trains); compiled under
         train.compile unless `eager`."""
         if self.compiled is not None and not eager:
             return self.compiled
-        return self.model.autoencode if self.stage == "autoencoder" else self.model
+        return self.recipe.forward(self.model)
 
     def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None, eager: bool = False) -> dict[str, torch.Tensor]:
-        step_fn = self._step_fn(eager)
-        if self.stage == "autoencoder":  # CrossFuse stage 1: each modality reconstructs itself
-            from fusion.models.crossfuse import MODALITIES
-
-            with self._autocast():
-                outs = [step_fn(x, m) for x, m in zip(sources, MODALITIES)]
-            # Losses in float32: the model runs in reduced precision under train.amp, not its loss.
-            parts = [self.loss_fn(out.float(), x) for out, x in zip(outs, sources)]
-            return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
-        with self._autocast():
-            pred = step_fn(*sources)
-        pred = pred.float()
-        return self.loss_fn(pred, gt) if self.spec.supervised else self.loss_fn(pred, *sources)
+        return self.recipe.objective(self._step_fn(eager), sources, gt, self.loss_fn, self._autocast, self.spec.supervised)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

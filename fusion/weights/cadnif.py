@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fusion.errors import DataError
-from fusion.weights import Imported, check_layout, register_importer
+from fusion.weights.importers import Imported, check_layout, register_importer
 from fusion.weights.tf_checkpoint import read_checkpoint, resolve_prefix
 
 VARIANT = "CA-DRDB-AU-GRL-Net"

@@ -28,7 +28,7 @@ import torch
 
 from fusion.errors import DataError
 from fusion.models.crossfuse_cam import MODALITIES
-from fusion.weights import Imported, check_layout, load_torch_state_dict, register_importer
+from fusion.weights.importers import Imported, check_layout, load_torch_state_dict, register_importer
 
 DEPTHS = (1, 2, 3)
 _AUTHORS_MODALITY = {"ir": "1", "vi": "2"}           # self_atten1 / self_atten2

@@ -21,10 +21,8 @@ def register_authors(workspace: Path, checkpoint: Path, name: str) -> tuple[str,
     """(run id, model version) of the registered import."""
     import shutil
 
-    from mlflow.exceptions import MlflowException
-
-    from fusion import mlflow_model
-    from fusion.train.loop import load_checkpoint
+    from fusion.tracking import model_flavor as mlflow_model
+    from fusion.checkpoint import load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     t = tracking.target(load_config(workspace), workspace)
@@ -50,10 +48,7 @@ def register_authors(workspace: Path, checkpoint: Path, name: str) -> tuple[str,
             tracking.log_artifact(t, run_id, info, "import")
             model_dir = mlflow_model.save(staged, Path(tmp) / mlflow_model.ARTIFACT_PATH)
             tracking.log_artifacts(t, run_id, model_dir, mlflow_model.ARTIFACT_PATH)
-        try:
-            c.get_registered_model(name)
-        except MlflowException:
-            c.create_registered_model(name, description="fusion models imported from their authors' published weights")
+        tracking.ensure_registered_model(c, name, "fusion models imported from their authors' published weights")
         mv = c.create_model_version(name, source=f"runs:/{run_id}/{mlflow_model.ARTIFACT_PATH}", run_id=run_id,
                                     tags=tags)
     except BaseException:

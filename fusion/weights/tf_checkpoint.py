@@ -111,6 +111,7 @@ def decode_message(buf: bytes, path: Path) -> dict[int, list]:
     while pos < len(buf):
         key, pos = _varint(buf, pos, path)
         num, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos, path)
         elif wire == 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from fusion.weights import Imported, check_layout, load_torch_state_dict, register_importer
+from fusion.weights.importers import Imported, check_layout, load_torch_state_dict, register_importer
 
 
 def expected_layout() -> dict[str, list[int]]:

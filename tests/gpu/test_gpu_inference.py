@@ -66,7 +66,7 @@ def test_every_metric_on_the_gpu_equals_the_cpu_value(gpu, photo_pair):
 
 
 def test_fusion_fuse_on_the_gpu_matches_the_cpu(gpu, photo_pair, tmp_path):
-    from fusion.train.loop import CHECKPOINT_FORMAT
+    from fusion.checkpoint import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     ckpt = tmp_path / "ufa.pt"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fusion.models import MODELS
-from fusion.train.loop import BEST, LAST, Trainer, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fusion.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fusion.train.loop import Trainer
 from tests.gpu.conftest import precision_overrides, precisions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300)]

@@ -36,7 +36,7 @@ def test_stage_two_starts_from_the_stage_one_mlflow_run(workspace, shared_data, 
     client = MlflowClient(run1.target.uri)
     tags = client.get_run(run2.run_id).data.tags
     assert tags["init_from"] == f"runs:/{run1.run_id}" and tags["data.source"].startswith("tno:")
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     payload = load_checkpoint(ckpt2 / "last.pt")
     assert payload["init_sha256"] == sha256_file(ckpt1 / "best.pt") and payload["stage"] == "fusion"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import mlflow_model
+from fusion.tracking import model_flavor as mlflow_model
 from fusion.inference import fuse, load_model
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 from tests.conftest import free_port, terminate, wait_http
 
 pytestmark = pytest.mark.integration

@@ -81,7 +81,7 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
     report = runs_report(client, [run], workspace / "report", log_to=run.info.run_id)
     assert list(report.means) == [run.info.run_name, "average", "choose_max_gradient"] and "figure" in report.paths
     local = client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(workspace / "dl"))
-    from fusion.train.loop import model_from_checkpoint
+    from fusion.checkpoint import model_from_checkpoint
 
     model, payload = model_from_checkpoint(local)
     assert payload["epoch"] == 2 and payload["config"]["profile"] == "tiny"

@@ -70,7 +70,8 @@ def reference(sweep_ws, tmp_path_factory):
     from fusion.pipeline import current_data
     from fusion.config import load_config
     from fusion.sweep.runner import plan
-    from fusion.train.loop import Trainer, load_checkpoint
+    from fusion.checkpoint import load_checkpoint
+    from fusion.train.loop import Trainer
 
     _, trials = plan(sweep_ws, "ft")
     cfg = Config.model_validate(next(t for t in trials if t.id == TRIAL).config)
@@ -91,7 +92,7 @@ def _trial_dir(ws: Path, sweep: str, trial: str) -> Path:
 
 def _wait_for_epoch(ws: Path, sweep: str, trial: str, epoch: int, proc, timeout: float = 240) -> Path:
     """Poll the trial's last.pt (written atomically) until it holds `epoch` epochs."""
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,7 +152,7 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
     assert stage2.data.tags["init_from"].endswith("crossfuse-stage1-multi-focus-s0/checkpoints/best.pt")
     assert stage2.data.params["train.stage"] == "fusion"
     ckpt = Path(client.download_artifacts(stage2.info.run_id, "checkpoints/best.pt", str(sweep_ws / "dl")))
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     assert load_checkpoint(ckpt)["init_from"] == stage2.data.tags["init_from"]
     for trial in ("ufa-UFA-multi-focus-s0", "crossfuse-s1-c1-multi-focus-s0"):
@@ -205,7 +206,7 @@ def ray_cluster():
 def test_killed_worker_on_two_node_cluster_resumes_exactly(sweep_ws, ray_cluster, mlflow_server, reference, tmp_path):
     from mlflow import MlflowClient
 
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     address, env = ray_cluster
     env = {**env, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server}
@@ -241,7 +242,7 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
 
     from fusion import tracking
     from fusion.config import load_config
-    from fusion.train.loop import load_checkpoint
+    from fusion.checkpoint import load_checkpoint
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     log = open(tmp_path / "sweep.log", "w")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.train.loop import pick_device
+from fusion.device import pick_device
 
 
 def _cli(*args):
@@ -73,7 +73,7 @@ def test_a_checkpoint_under_another_models_tag_is_named_not_a_traceback(tmp_path
 
     from fusion.errors import DataError
     from fusion.models import build_model
-    from fusion.train.loop import CHECKPOINT_FORMAT, model_from_checkpoint
+    from fusion.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint
 
     payload = {"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {},
                "state_dict": build_model("ufa", "UFA").state_dict(), **tags}

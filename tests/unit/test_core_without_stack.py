@@ -89,8 +89,7 @@ def test_core_modules_import_and_run_without_the_stack(without_stack):
             importlib.import_module(name)
         import numpy as np, torch
         from fusion import baselines, metrics
-        from fusion.losses import build_loss
-        from fusion.models import MODELS, build_model
+        from fusion.models import MODELS, build_loss, build_model
         from fusion.config import load_config
 
         cfg = load_config({str(REPO)!r}, "tiny")      # params.yaml's nightly cron is checked by Prefect when present

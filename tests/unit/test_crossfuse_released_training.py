@@ -15,11 +15,11 @@ from fusion.config import load_config
 from fusion.losses import (
     MS_SSIM_WEIGHTS,
     CrossFuseAELoss,
-    build_loss,
     ms_ssim,
     released_ms_ssim,
     released_ms_ssim_combine,
 )
+from fusion.models import build_loss
 from fusion.train.loop import Trainer
 from tests.conftest import REPO
 
@@ -97,10 +97,10 @@ def test_stage_one_loss_is_released_only_in_released_mode_without_the_fix():
     out = CrossFuseAELoss(released=True)(recon, x)
     mse = F.mse_loss(recon * 255, x * 255).item()
     assert out["loss"].item() == pytest.approx(mse + 1e4 * (1 - released_ms_ssim(recon, x).item()), rel=1e-5)
-    assert build_loss("crossfuse_ae", SimpleNamespace(released=True, options={})).released
-    assert not build_loss("crossfuse_ae", SimpleNamespace(released=True, options={"fix_ms_ssim": True})).released
-    assert not build_loss("crossfuse_ae", SimpleNamespace(released=False, options={})).released
-    assert not build_loss("crossfuse_ae", SimpleNamespace()).released
+    assert build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=True, options={})).released
+    assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=True, options={"fix_ms_ssim": True})).released
+    assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=False, options={})).released
+    assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace()).released
 
 
 # ---------------------------------------------------------------- the trainer

@@ -15,9 +15,10 @@ import torch
 
 from fusion import evaluate as ev
 from fusion.errors import ConfigError, DataError
-from fusion.inference import fuse, fuse_chroma, load_model, resolve_checkpoint
+from fusion.checkpoint import resolve_checkpoint
+from fusion.inference import fuse, fuse_chroma, load_model
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 
 QUICK = ["EN", "SD", "Qabf", "SSIM", "SSIM_gt", "PSNR_gt"]
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 from tests.unit.test_fetch import catalogue, served  # noqa: F401 (served is a fixture)
 
 LYTRO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mf" / "Lytro20"

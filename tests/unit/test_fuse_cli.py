@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 
 
 def _checkpoint(path, model, variant, **extra):

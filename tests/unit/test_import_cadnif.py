@@ -234,7 +234,7 @@ def test_the_imported_checkpoint_reproduces_the_trained_graph(imported):
 
 
 def test_import_weights_writes_a_checkpoint_that_fuses_as_the_trained_graph(tmp_path):
-    from fusion.train.loop import model_from_checkpoint
+    from fusion.checkpoint import model_from_checkpoint
 
     out, result = import_weights("cadnif", [PREFIX.with_name("model-11.index")], tmp_path / "authors.pt")
     model, payload = model_from_checkpoint(out)
@@ -275,7 +275,7 @@ def test_published_graph_keeps_only_the_top_level_convs_and_redraws_the_rest(imp
 
 
 def test_published_graph_is_deterministic_in_its_seed_through_the_checkpoint_path(imported, tmp_path):
-    from fusion.train.loop import CHECKPOINT_FORMAT, model_from_checkpoint, save_checkpoint
+    from fusion.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint, save_checkpoint
 
     state = imported[1].state_dict()
     ir, vi = (x[..., 100:220, 100:220] for x in _pair(8))

@@ -132,7 +132,7 @@ def test_every_authors_tensor_lands_where_it_belongs_and_the_depth_is_inferred(t
 
 def test_checkpoint_loads_and_fuses_through_the_project(tmp_path, layouts):
     from fusion.inference import load_model
-    from fusion.train.loop import model_from_checkpoint
+    from fusion.checkpoint import model_from_checkpoint
 
     files = _files(tmp_path, layouts, 1)
     out, result = import_weights("crossfuse", files, tmp_path / "authors.pt")

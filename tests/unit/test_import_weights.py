@@ -19,7 +19,7 @@ import torch
 
 from fusion.errors import DataError
 from fusion.io import sha256_file
-from fusion.train.loop import load_checkpoint, model_from_checkpoint
+from fusion.checkpoint import load_checkpoint, model_from_checkpoint
 from fusion.weights import import_weights
 
 from tests.conftest import SHARED

@@ -14,12 +14,12 @@ from fusion.losses import (
     CrossFuseAELoss,
     CrossFuseLoss,
     L1SSIMLoss,
-    build_loss,
     canonical_task,
     laplacian,
     local_mean,
     ms_ssim,
 )
+from fusion.models import build_loss
 
 
 def _imgs(n=2, size=(20, 24), seed=0):
@@ -228,4 +228,4 @@ def test_build_loss_reads_config_fields_with_defaults():
     assert rel.weights == (1.0, 1.0, 3.0, 3.0) and rel.scale == 100.0 and rel.crop_border == 0
     assert isinstance(build_loss("crossfuse", SimpleNamespace()), CrossFuseLoss)
     assert build_loss("crossfuse", SimpleNamespace(released=True)).released
-    assert isinstance(build_loss("crossfuse_ae", SimpleNamespace()), CrossFuseAELoss)
+    assert isinstance(build_loss("crossfuse", SimpleNamespace(), "autoencoder"), CrossFuseAELoss)

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from fusion import mlflow_model, tracking
+from fusion import tracking
+from fusion.tracking import model_flavor as mlflow_model
 from fusion.errors import DataError
 from fusion.inference import fuse, load_model
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 
 
 def _checkpoint(path, model="ufa", variant="UFA"):
@@ -76,7 +77,7 @@ def test_the_model_folder_is_self_contained(tmp_path):
     assert (folder / "MLmodel").is_file() and (folder / "code" / "fusion" / "inference.py").is_file()
     requirements = (folder / "requirements.txt").read_text()
     assert "torch==" in requirements and "+cpu" not in requirements
-    from fusion.inference import resolve_checkpoint
+    from fusion.checkpoint import resolve_checkpoint
 
     assert resolve_checkpoint(folder).name == "best.pt"  # `fusion fuse --model` accepts the folder too
     (tmp_path / "empty").mkdir()

@@ -13,9 +13,9 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from fusion import mlflow_model
+from fusion.tracking import model_flavor as mlflow_model
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 
 
 def _png(h: int, w: int, seed: int = 0) -> bytes:

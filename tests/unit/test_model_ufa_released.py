@@ -176,7 +176,8 @@ def test_fix_option_needs_the_released_graph():
 
 
 def test_released_loss_uses_a_zero_padded_ssim_window():
-    from fusion.losses import build_loss, ssim, ssim_zero_padded
+    from fusion.losses import ssim, ssim_zero_padded
+    from fusion.models import build_loss
 
     class Cfg:
         lambda_l1, released = 0.2, True

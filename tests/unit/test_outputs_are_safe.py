@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fusion.models import build_model
-from fusion.train.loop import CHECKPOINT_FORMAT
+from fusion.checkpoint import CHECKPOINT_FORMAT
 
 
 def _cli(*args, cwd=None):

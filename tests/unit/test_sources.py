@@ -431,5 +431,5 @@ def test_every_loader_option_is_validated():
     for layout, loader in LAYOUTS.items():
         for p in inspect.signature(loader).parameters.values():
             if p.kind is inspect.Parameter.KEYWORD_ONLY:
-                assert p.name in sources._OPTION_CHECKS, f"{layout}.{p.name} has no check in validate_spec"
+                assert p.name in sources.LAYOUT_REGISTRY[layout].options, f"{layout}.{p.name} has no check in validate_spec"
         assert layout in sources.LAYOUT_TASKS

@@ -13,7 +13,8 @@ from fusion.config import SweepConfig, load_config
 from fusion.errors import ConfigError
 from fusion.sweep.matrix import expand
 from fusion.sweep.runner import plan, trials_markdown
-from fusion.train.loop import LAST, Trainer, epochs_without_improvement, load_checkpoint
+from fusion.checkpoint import LAST, load_checkpoint
+from fusion.train.loop import Trainer, epochs_without_improvement
 from tests.conftest import REPO
 
 

@@ -22,7 +22,8 @@ from fusion.io import read_image
 from fusion.models import MODELS, build_model
 from fusion.tiling_probe import Probe
 from fusion.tiling_rules import Whole, rule_for
-from fusion.train.loop import CHECKPOINT_FORMAT, memory_format
+from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.device import memory_format
 
 CASES = [(name, variant, released) for name, spec in MODELS.items() for variant in spec.sweep_variants()
          for released in (False, True)]

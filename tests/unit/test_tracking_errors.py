@@ -127,7 +127,7 @@ def test_sync_with_a_corrupt_spool_says_which_file_and_line_and_what_to_do(works
 @pytest.mark.parametrize("line", ["[1, 2]", '{"run_id": "x", "kind": "bogus"}', '{"kind": "tags", "tags": {}}'])
 def test_a_spool_line_that_is_valid_json_but_not_a_record_is_refused(tmp_path, line):
     from fusion import tracking
-    from fusion.tracking_spool import Spool, SpoolError
+    from fusion.tracking import Spool, SpoolError
 
     path = tmp_path / "mlflow-spool.jsonl"
     path.write_text(line + "\n")
@@ -170,8 +170,10 @@ def test_a_run_ended_as_failed_while_ctrl_c_propagates_is_killed_and_reported(tm
     from fusion.config import load_config
     from tests.conftest import REPO
 
-    monkeypatch.setattr(tracking, "_OPEN", {})  # only this test's runs
-    monkeypatch.setattr(tracking, "_INTERRUPTED", {})
+    from fusion.tracking import store
+
+    monkeypatch.setattr(store, "_OPEN", {})  # only this test's runs
+    monkeypatch.setattr(store, "_INTERRUPTED", {})
 
     t = tracking.TrackingTarget(f"sqlite:///{tmp_path}/m.db", "e", (tmp_path / "a").as_uri())
     cfg = load_config(REPO, "tiny")

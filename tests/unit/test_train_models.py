@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fusion.errors import ConfigError
-from fusion.train.loop import LAST, Trainer, _centre_crop, adapt_channels, load_checkpoint
+from fusion.checkpoint import LAST, load_checkpoint
+from fusion.train.loop import Trainer, _centre_crop, adapt_channels
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import torch
 
 from fusion.config import load_config
 from fusion.errors import ConfigError, DataError
-from fusion.train.loop import BEST, LAST, Trainer, load_checkpoint, model_from_checkpoint
+from fusion.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
+from fusion.train.loop import Trainer
 from tests.conftest import REPO
 
 

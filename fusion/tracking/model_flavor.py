@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 
 import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel  # mlflow/__init__ lazy-loads `pyfunc`, hiding its classes from mypy
 
 MAX_INPUTS = 8
 ARTIFACT_PATH = "model"
@@ -33,11 +34,11 @@ _log = logging.getLogger(__name__)
 _REQUIREMENTS = ("torch", "numpy", "opencv-python-headless", "pydantic", "pyyaml", "pandas")
 
 
-class FusionModel(mlflow.pyfunc.PythonModel):
+class FusionModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from fusion.train.loop import model_from_checkpoint
+        from fusion.checkpoint import model_from_checkpoint
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.payload = model_from_checkpoint(context.artifacts["checkpoint"], self.device)

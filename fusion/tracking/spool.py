@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from fusion import tracking
 from fusion.errors import DataError
+from fusion.tracking.failures import unreachable
+from fusion.tracking.store import TrackingTarget, client, metric_key
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,6 @@ def _problem(record) -> str | None:
     return f"no {', '.join(missing)}" if missing else None
 
 
-def unreachable(exc: BaseException) -> bool:
-    """The tracking server could not be reached (as opposed to: it refused the record)."""
-    text = str(exc)
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    return any(c.__name__ == "MlflowException" for c in type(exc).__mro__) and (
-        "failed with exception" in text or getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE",)
-        or "Max retries exceeded" in text or "status code 50" in text)
-
-
 @contextlib.contextmanager
 def _fast_failure() -> Iterator[None]:
     """MLflow retries a failed request for minutes by default; a spooled call must not."""
@@ -94,7 +85,7 @@ def _fast_failure() -> Iterator[None]:
 
 
 class Spool:
-    def __init__(self, target: tracking.TrackingTarget, run_id: str, path: Path, retry_seconds: float = 5.0):
+    def __init__(self, target: TrackingTarget, run_id: str, path: Path, retry_seconds: float = 5.0):
         self.target, self.run_id, self.path, self.retry_seconds = target, run_id, Path(path), retry_seconds
         self._last_failure = 0.0
 
@@ -125,7 +116,7 @@ class Spool:
             try:
                 with _fast_failure():
                     _deliver(self.target, record.get("run_id", self.run_id), record)
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:  # classified below
                 if not unreachable(exc):
                     raise
                 self._last_failure = time.monotonic()
@@ -143,7 +134,7 @@ class Spool:
                 with _fast_failure():
                     _deliver(self.target, self.run_id, record)
                 return
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:  # classified below
                 if not unreachable(exc):
                     raise
                 self._last_failure = time.monotonic()
@@ -160,12 +151,12 @@ class Spool:
         tmp.replace(self.path)
 
 
-def _deliver(target: tracking.TrackingTarget, run_id: str, record: dict) -> None:
+def _deliver(target: TrackingTarget, run_id: str, record: dict) -> None:
     from mlflow.entities import Metric
 
-    c = tracking.client(target)
+    c = client(target)
     if record["kind"] == "metrics":
-        c.log_batch(run_id, metrics=[Metric(tracking.metric_key(k), v, record["ts"], record["step"])
+        c.log_batch(run_id, metrics=[Metric(metric_key(k), v, record["ts"], record["step"])
                                      for k, v in record["metrics"].items()])
     elif record["kind"] == "artifact" and Path(record["path"]).is_dir():  # a folder's content, under artifact_path
         c.log_artifacts(run_id, record["path"], record["artifact_path"])
@@ -178,7 +169,7 @@ def _deliver(target: tracking.TrackingTarget, run_id: str, record: dict) -> None
         raise ValueError(f"unknown spool record kind {record['kind']!r}")
 
 
-def sync(workspace: Path, target: tracking.TrackingTarget) -> dict[str, int]:
+def sync(workspace: Path, target: TrackingTarget) -> dict[str, int]:
     """Replay every run's spool under `workspace/runs/`; returns {spool file: records left}."""
     left = {}
     spools = {path: read_records(path) for path in sorted((workspace / "runs").glob(f"*/{SPOOL}"))}

@@ -1,4 +1,4 @@
-"""MLflow adapter: where runs go, what pins them to their inputs, and a training callback.
+"""The tracking store: where runs go, and the calls that create, log to and end them.
 
 Embedded default: a SQLite store and an artifact folder under the workspace's `mlflow/`.
 Set MLFLOW_TRACKING_URI to use the team's server instead. Everything goes through an
@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusion.config import Config, project_root
+from fusion.config import Config
 from fusion.errors import FusionError
 
 log = logging.getLogger(__name__)
@@ -152,6 +151,27 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+class RunNotFound(TrackingError):
+    """The store answered, and has no such run; `detail` is the store's own first line."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+def get_run(t: TrackingTarget, run_id: str) -> Any:
+    """Run `run_id` of store `t`; RunNotFound when the store does not hold it."""
+    from fusion.tracking.failures import is_mlflow_error
+
+    try:
+        return client(t).get_run(run_id)
+    except Exception as exc:
+        if not is_mlflow_error(exc):
+            raise
+        detail = str(exc).splitlines()[0]
+        raise RunNotFound(f"run {run_id}: not found in {t.uri} ({detail})", detail) from None
+
+
 def experiment_id(t: TrackingTarget) -> str:
     c = client(t)
     exp = c.get_experiment_by_name(t.experiment)
@@ -161,30 +181,6 @@ def experiment_id(t: TrackingTarget) -> str:
     if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older fusionflow; a kind the user chose stays
         c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
-
-
-def git_state(repo: Path | None = None) -> dict[str, str]:
-    """Commit and dirty flag of the code that runs (the package's checkout)."""
-    repo = repo or project_root()
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
-
-
-def git_diff_hash(repo: Path | None = None) -> str:
-    """sha256 of the uncommitted changes to tracked files: pins a dirty tree's exact code."""
-    import hashlib
-
-    proc = subprocess.run(["git", "-C", str(repo or project_root()), "diff", "HEAD", "--binary"],
-                          capture_output=True, check=False)
-    return hashlib.sha256(proc.stdout).hexdigest()
 
 
 def environment_tags() -> dict[str, str]:
@@ -219,12 +215,17 @@ def param_value(v: Any) -> str:
 
 
 def log_metrics(t: TrackingTarget, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    log_metric_batch(client(t), run_id, metrics, step)
+
+
+def log_metric_batch(c: Any, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """`metrics` into run `run_id` through client `c`, as few requests as MLflow allows."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
-        client(t).log_batch(run_id, metrics=batch[i:i + 1000])
+        c.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
 def metric_key(name: str) -> str:
@@ -292,41 +293,3 @@ def run_url(t: TrackingTarget, run_id: str, base: str = "http://127.0.0.1:5000")
     # MLflow 3's UI picks its view from this parameter (else the browser's last choice, by
     # default GenAI), not from the experiment's kind tag
     return f"{root}/#/experiments/{exp}/runs/{run_id}?{UI_VIEW}"
-
-
-class MlflowCallback:
-    """Trainer callback: per-step and per-epoch metrics into one run.
-
-    Records go through a spool (fusion/tracking_spool.py): if the tracking server is
-    unreachable, training goes on and the records are delivered, in order, once it is back
-    (or by `fusion sync`). After a Ray restart the trainer replays from its last checkpoint;
-    steps already in the run are skipped so the metric history has no duplicates.
-    """
-
-    def __init__(self, t: TrackingTarget, run_id: str, spool_path: Path, every: int = 1):
-        from fusion.tracking_spool import Spool, unreachable
-
-        self.t, self.run_id, self.every = t, run_id, every
-        self.spool = Spool(t, run_id, spool_path)
-        try:
-            history = client(t).get_metric_history(run_id, "train/loss")
-            epochs = client(t).get_metric_history(run_id, "val/loss")
-        except Exception as exc:  # noqa: BLE001 - an outage at start must not stop training either
-            if not unreachable(exc):
-                raise
-            history, epochs = [], []
-        self.logged_upto = max((m.step for m in history), default=0)
-        self.epochs_upto = max((m.step for m in epochs), default=0)
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        if step > self.logged_upto and step % self.every == 0:
-            self.spool.log_metrics(metrics, step)
-
-    def before_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
-        # before the checkpoint: a crash in between redoes the epoch, whose record is then
-        # skipped above; logged after it, the record would be lost with the process
-        if epoch > self.epochs_upto:
-            self.spool.log_metrics(metrics, epoch)
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        pass

@@ -1,0 +1,161 @@
+"""The configuration as a whole (`Config`) and its model-facing sections: train, evaluate,
+tracking, promote. Every key is typed, unknown keys are errors, and the names a section holds
+(models, metrics, baselines, sources) are checked against their registries (validation.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fusion.config.base import StrictModel
+from fusion.config.dotted import flatten
+from fusion.config.schema_data import DataConfig
+from fusion.config.schema_jobs import NightlyConfig, SweepConfig
+from fusion.config.source_registry import SourceSpec
+from fusion.config.validation import (
+    check_baseline_list,
+    check_metric_list,
+    check_model,
+    check_promote_metric,
+    check_registry_entries,
+    check_stage_sources,
+)
+
+
+class RayConfig(StrictModel):
+    cpus_per_worker: float = Field(2, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    max_failures: int = Field(2, ge=0)
+
+
+class TrainConfig(StrictModel):
+    model: str = "ufa"
+    variant: str = "UFA"
+    released: bool = False
+    # per-model named options (the model's registry entry lists them: `fusion models`), e.g.
+    # {fix_spatial_softmax: true} for UFA-Fuse's released graph
+    options: dict[str, Any] = {}
+    # the fusion task: picks CADNIF's Eq. 7 loss weights; "multi-focus" for the embedded data
+    task: Literal["multi-focus", "ir-vis", "medical", "multi-exposure"] = "multi-focus"
+    # null: the prepared (DVC) dataset; otherwise unsupervised training on source pairs
+    source: SourceSpec | None = None
+    # a patch folder cut from train.source's training split (`fusion data patches`); its
+    # held-out split still validates and evaluates the run
+    patches: str | None = None
+    # a stage of the model's recipe (fusion.models.registry.Stage); auto: its first stage, or
+    # the stage that starts from train.init_from (CrossFuse: autoencoder, then fusion; joint
+    # for its one-stage variant)
+    stage: str = "auto"
+    # checkpoint (file, run folder or MLflow URI) the stage starts from (CrossFuse: stage-1 encoders)
+    init_from: str | None = None
+    # CADNIF: pixels dropped on every side before the loss; null = the mode's own: 6 in paper mode
+    # (132 windows scored on their central 120), 0 with train.released (the trained graph scores all)
+    loss_crop_border: int | None = Field(None, ge=0)
+    lambda_l1: float = Field(0.2, ge=0.0, le=1.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_step_epochs: int = Field(200, ge=1)
+    epochs: int = Field(300, ge=1)
+    steps_per_epoch: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    crop: int = Field(256, ge=16)
+    hflip: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU (amp_dtype: auto)
+    amp: bool = False
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    # torch.compile the model for training (seconds to compile, then faster steps; eager with a
+    # warning where it cannot compile, e.g. no C++ compiler on a CPU machine)
+    compile: bool = False
+    checkpoint_every: int = Field(1, ge=1)
+    # stop after this many epochs without a val/loss improvement of more than min_delta (0 = off)
+    early_stop_patience: int = Field(0, ge=0)
+    early_stop_min_delta: float = Field(0.0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    ray: RayConfig = RayConfig()
+
+
+class EvaluateConfig(StrictModel):
+    # ["all"] = every metric of docs/metrics.md that applies to the test set
+    metrics: list[str] = ["all"]
+    baselines: list[str] = ["all"]
+    grid_pairs: int = Field(3, ge=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        return check_metric_list(v)
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: list[str]) -> list[str]:
+        return check_baseline_list(v)
+
+
+class TrackingConfig(StrictModel):
+    experiment: str = "fusionflow"
+    default_uri: str = "sqlite:///mlflow/store/mlflow.db"
+    artifact_root: str = "mlflow/store/artifacts"
+
+
+class PromoteConfig(StrictModel):
+    """Champion rule of the model registry (fusion/promotion.py)."""
+
+    registry_prefix: str = "fusionflow"  # registered model: <prefix>-<task>-<model>
+    metric: str = "auto"  # auto: SSIM_gt where there is a ground truth, else Qabf
+    min_improvement: float = Field(0.0, ge=0)
+    # @champion also needs a better `metric` than the best classical baseline scored on the same
+    # test data in the same run; otherwise @challenger, with the numbers in the reason
+    require_beat_baselines: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return check_promote_metric(v)
+
+
+class Config(StrictModel):
+    seed: int = 0
+    profile: str = "default"
+    # dataset registry: name -> {layout, path, [test_fraction], loader options}; paths are
+    # kept as written (relative = to the workspace), see source_spec()
+    sources: dict[str, dict[str, Any]] = {}
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
+    nightly: NightlyConfig = NightlyConfig()
+    sweeps: dict[str, SweepConfig] = {}
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Config:
+        check_registry_entries(self.sources)
+        check_stage_sources(self.sources, self.data)
+        if self.nightly.sweep is not None and self.nightly.sweep not in self.sweeps:
+            raise ValueError(
+                f"nightly.sweep: {self.nightly.sweep!r} is not under `sweeps:`; defined: {sorted(self.sweeps)}"
+            )
+        check_model(self.train.model, self.train.variant, self.train.options, self.train.stage)
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `section.key` -> value, as logged to MLflow (secrets redacted). The sweep
+        definitions are left out: a sweep's parent run records its own."""
+        return flatten({k: v for k, v in self.loggable().items() if k != "sweeps"})
+
+    def loggable(self) -> dict[str, Any]:
+        """The configuration as recorded with a run: a webhook URL carries its token, so it is
+        never written to MLflow (the run only says whether one was set)."""
+        tree = self.model_dump(mode="json")
+        for section, key in SECRET_KEYS:
+            if tree[section].get(key):
+                tree[section][key] = REDACTED
+        return tree
+
+
+SECRET_KEYS = (("nightly", "notify_webhook"),)
+REDACTED = "<redacted>"

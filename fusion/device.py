@@ -1,0 +1,71 @@
+"""Devices, precisions and memory layouts: what training, inference and tiling share.
+
+No model, data or tracking code here, so any module may import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import torch
+
+from fusion.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def pick_device(name: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise ConfigError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available (use auto or cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) for oneDNN to use."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch API: absent = assume yes
+    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+
+
+def autocast_dtype(precision: str, device: torch.device, key: str = "precision") -> torch.dtype | None:
+    """The autocast dtype of a precision name on `device` (None: plain float32); `key` names
+    the setting in messages (a config key, or a CLI option such as --precision). Shared by
+    train.amp and `fusion fuse --precision`."""
+    setting = f"{key}{' ' if key.startswith('--') else '='}"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{setting}{precision}: use one of {', '.join(PRECISIONS)}")
+    if precision == "float16" and device.type == "cpu":
+        raise ConfigError(f"{setting}float16 on CPU: CPUs have no fast float16 convolutions; use bfloat16")
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
+        log.warning(
+            "%sbfloat16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 "
+            "autocast is emulated and slower than float32",
+            setting,
+        )
+    dtype: torch.dtype | None = None if precision == "float32" else getattr(torch, precision)
+    return dtype
+
+
+def amp_dtype(tcfg: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.amp on `device`, or None for float32 training.
+
+    auto: float16 (with loss scaling) on CUDA, bfloat16 on CPU, where oneDNN runs the
+    convolutions in bfloat16 on CPUs that have it (AVX512-BF16 or AMX): ~2x faster
+    UFA-Fuse steps on the development machine (benchmarks/bench_models.py).
+    """
+    if not tcfg.amp:
+        return None
+    name = tcfg.amp_dtype if tcfg.amp_dtype != "auto" else ("bfloat16" if device.type == "cpu" else "float16")
+    return autocast_dtype(name, device, "train.amp_dtype")
+
+
+def memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)."""
+    return torch.channels_last if getattr(model, "prefers_channels_last", False) else torch.contiguous_format
