@@ -45,9 +45,20 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 # dense (no structured sparsity) bfloat16 tensor-core peaks, TFLOP/s, from the vendors' datasheets;
 # first match wins, so the more specific names come first
 PEAK_BF16_TFLOPS = [
-    (r"GH200|H200", 989.0), (r"H100.*NVL", 835.0), (r"H100.*PCIe", 756.0), (r"H100|H800", 989.0),
-    (r"B200", 2250.0), (r"B100", 1750.0), (r"A100|A800", 312.0), (r"L40S", 362.0), (r"L40\b", 181.0),
-    (r"\bL4\b", 121.0), (r"A10G", 70.0), (r"\bA10\b", 125.0), (r"RTX 4090", 165.0), (r"RTX 6000 Ada", 364.0),
+    (r"GH200|H200", 989.0),
+    (r"H100.*NVL", 835.0),
+    (r"H100.*PCIe", 756.0),
+    (r"H100|H800", 989.0),
+    (r"B200", 2250.0),
+    (r"B100", 1750.0),
+    (r"A100|A800", 312.0),
+    (r"L40S", 362.0),
+    (r"L40\b", 181.0),
+    (r"\bL4\b", 121.0),
+    (r"A10G", 70.0),
+    (r"\bA10\b", 125.0),
+    (r"RTX 4090", 165.0),
+    (r"RTX 6000 Ada", 364.0),
 ]
 
 
@@ -129,16 +140,28 @@ def step_flops(model, loss_fn, supervised: bool, crop: int, device: torch.device
     return float(counter.get_total_flops())
 
 
-def train_step_seconds(model, loss_fn, supervised: bool, crop: int, batch: int, precision: str, device: torch.device,
-                       channels_last: bool, steps: int, warmup: int, forward=None) -> float:
+def train_step_seconds(
+    model,
+    loss_fn,
+    supervised: bool,
+    crop: int,
+    batch: int,
+    precision: str,
+    device: torch.device,
+    channels_last: bool,
+    steps: int,
+    warmup: int,
+    forward=None,
+) -> float:
     """Median seconds per optimiser step, GradScaler for float16, as the trainer steps."""
     dtype = None if precision == "float32" else getattr(torch, precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "float16")
-    a, b = (torch.rand(batch, model.in_channels, crop, crop, device=device).contiguous(memory_format=fmt)
-            for _ in range(2))
+    a, b = (
+        torch.rand(batch, model.in_channels, crop, crop, device=device).contiguous(memory_format=fmt) for _ in range(2)
+    )
     times = []
     for i in range(warmup + steps):
         _sync(device)
@@ -199,8 +222,9 @@ def _training_rows(rows: _Rows, device: torch.device, quick: bool, peak: float |
                 model, _ = _training_model(name, variant, device)
                 tag = f"{label}, {precision}{', channels-last (forced)' if channels_last != layouts[0] else ''}"
                 try:
-                    seconds = train_step_seconds(model, loss_fn, spec.supervised, crop, batch, precision, device,
-                                                 channels_last, steps, warmup)
+                    seconds = train_step_seconds(
+                        model, loss_fn, spec.supervised, crop, batch, precision, device, channels_last, steps, warmup
+                    )
                 except (FloatingPointError, torch.cuda.OutOfMemoryError) as exc:  # a row, not the end of the job
                     rows.add(f"{tag}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", 1, "error")
                     continue
@@ -224,7 +248,7 @@ def _pair(side_hw: tuple[int, int], channels: int) -> list[np.ndarray]:
     sharp = cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
     blurred = cv2.GaussianBlur(sharp, (0, 0), 3)
     near, far = sharp.copy(), blurred.copy()
-    near[:, w // 2:], far[:, w // 2:] = blurred[:, w // 2:], sharp[:, w // 2:]
+    near[:, w // 2 :], far[:, w // 2 :] = blurred[:, w // 2 :], sharp[:, w // 2 :]
     if channels == 1:
         return [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (near, far)]
     return [near, far]
@@ -244,10 +268,10 @@ def _median_seconds(fn, repeats: int, device: torch.device, warmup: int = 2) -> 
 
 
 def _inference_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
+    from fusion.device import memory_format
     from fusion.errors import DataError
     from fusion.inference import fuse, prepare_for_inference
     from fusion.models import build_model
-    from fusion.device import memory_format
 
     side = 64 if quick else 520
     repeats, warmup = (1, 1) if quick else (10, 2)
@@ -258,26 +282,38 @@ def _inference_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
         torch.manual_seed(0)
         model = prepare_for_inference(build_model(name, variant)).to(device)
         pair = _pair((side, side), model.in_channels)
-        x, y = (torch.rand(1, model.in_channels, side, side, device=device).contiguous(memory_format=memory_format(model))
-                for _ in range(2))
+        x, y = (
+            torch.rand(1, model.in_channels, side, side, device=device).contiguous(memory_format=memory_format(model))
+            for _ in range(2)
+        )
         for precision in _precisions(device):
             dtype = None if precision == "float32" else getattr(torch, precision)
             _reset_peak(device)
             label = f"{name} {variant} inference {side}x{side}, {precision}"
             try:
-                seconds = _median_seconds(lambda: fuse(model, pair, device, precision), repeats, device, warmup)
+                seconds = _median_seconds(
+                    lambda model=model, pair=pair, precision=precision: fuse(model, pair, device, precision),
+                    repeats,
+                    device,
+                    warmup,
+                )
             except (DataError, torch.cuda.OutOfMemoryError) as exc:  # e.g. NaN out of a reduced precision
                 rows.add(f"{label}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", 1, "error")
                 continue
             rows.add(f"{label}: fusion.inference.fuse (fusion fuse)", seconds * 1e3, "ms")
 
-            def forward():
-                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
-                                                            enabled=dtype is not None):
+            def forward(model=model, x=x, y=y, dtype=dtype):  # this row's, bound now
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+                ):
                     model(x, y)
 
-            rows.add(f"{label}: model forward on device tensors",
-                     _median_seconds(forward, repeats, device, warmup) * 1e3, "ms")
+            rows.add(
+                f"{label}: model forward on device tensors",
+                _median_seconds(forward, repeats, device, warmup) * 1e3,
+                "ms",
+            )
             if device.type == "cuda":
                 rows.add(f"{label}: peak GPU memory", _peak_mb(device), "MiB")
         del model
@@ -298,8 +334,11 @@ def _metric_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
     rows.add(f"metric suite ({len(names)} metrics), one {hw[1]}x{hw[0]} pair on {device.type}", suite * 1e3, "ms")
     outputs = [fuse_baseline(n, [a, b]) for n in BASELINES]
     batched = _median_seconds(lambda: score_batch([a, b], outputs, None, names, device), repeats, device)
-    rows.add(f"metric suite, {len(outputs)} fused images of one {hw[1]}x{hw[0]} pair batched (fusion evaluate), "
-             "per image", batched / len(outputs) * 1e3, "ms")
+    rows.add(
+        f"metric suite, {len(outputs)} fused images of one {hw[1]}x{hw[0]} pair batched (fusion evaluate), per image",
+        batched / len(outputs) * 1e3,
+        "ms",
+    )
 
 
 def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | None) -> None:
@@ -307,8 +346,7 @@ def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | 
     `CompiledForward(..., inference=True)` run it; eager beside it in the same run."""
     from benchmarks.bench_models import _TrainCfg
     from fusion.inference import fuse, prepare_for_inference
-    from fusion.models import build_loss
-    from fusion.models import build_model
+    from fusion.models import build_loss, build_model
     from fusion.train.compiled import CompiledForward
 
     precision = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -321,8 +359,7 @@ def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | 
     model, _ = _training_model("ufa", "UFA", device)
     compiled = CompiledForward(model, "benchmark")
     start = time.perf_counter()
-    seconds = train_step_seconds(model, loss_fn, True, crop, batch, precision, device, True, steps, 1,
-                                 forward=compiled)
+    seconds = train_step_seconds(model, loss_fn, True, crop, batch, precision, device, True, steps, 1, forward=compiled)
     label = f"ufa UFA training, batch {batch} at {crop}x{crop}, {precision}, torch.compile"
     rows.add(f"{label}: compiled (1 = yes, 0 = fell back to eager)", float(compiled.failed is None), "bool")
     rows.add(f"{label}: first steps (compile + run)", time.perf_counter() - start, "s")
@@ -337,18 +374,32 @@ def _compile_rows(rows: _Rows, device: torch.device, quick: bool, peak: float | 
     fast = CompiledForward(net, "benchmark", inference=True)
     start = time.perf_counter()
     fuse(fast, pair, device, precision)
-    rows.add(f"ufa UFA inference {side}x{side}, {precision}, torch.compile: first call (compile + run)",
-             time.perf_counter() - start, "s")
+    rows.add(
+        f"ufa UFA inference {side}x{side}, {precision}, torch.compile: first call (compile + run)",
+        time.perf_counter() - start,
+        "s",
+    )
     repeats = 2 if quick else 10
-    rows.add(f"ufa UFA inference {side}x{side}, {precision}, torch.compile: fusion.inference.fuse",
-             _median_seconds(lambda: fuse(fast, pair, device, precision), repeats, device) * 1e3, "ms")
+    rows.add(
+        f"ufa UFA inference {side}x{side}, {precision}, torch.compile: fusion.inference.fuse",
+        _median_seconds(lambda: fuse(fast, pair, device, precision), repeats, device) * 1e3,
+        "ms",
+    )
     levels = np.abs(fuse(fast, pair, device, precision).astype(int) - fuse(net, pair, device, precision)).max()
-    rows.add(f"ufa UFA inference {side}x{side}, {precision}, torch.compile: largest difference from eager",
-             float(levels), "gray levels")
+    rows.add(
+        f"ufa UFA inference {side}x{side}, {precision}, torch.compile: largest difference from eager",
+        float(levels),
+        "gray levels",
+    )
 
 
-def run(quick: bool = False, minutes: float | None = None, device: str = "auto", test_pairs: int | None = None,
-        jobs: list[str] | None = None) -> list[dict]:
+def run(
+    quick: bool = False,
+    minutes: float | None = None,
+    device: str = "auto",
+    test_pairs: int | None = None,
+    jobs: list[str] | None = None,
+) -> list[dict]:
     from fusion.device import pick_device
 
     jobs = list(jobs or JOBS)

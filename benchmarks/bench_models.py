@@ -51,8 +51,17 @@ def _flops(model: torch.nn.Module, side: int) -> float:
     return counter.get_total_flops()
 
 
-def _trainer_step_time(model, loss_fn, crop: int, batch: int, steps: int, supervised: bool, channels_last: bool,
-                       amp: torch.dtype | None = None, compile: bool = False) -> float:
+def _trainer_step_time(
+    model,
+    loss_fn,
+    crop: int,
+    batch: int,
+    steps: int,
+    supervised: bool,
+    channels_last: bool,
+    amp: torch.dtype | None = None,
+    compile: bool = False,
+) -> float:
     """Seconds per optimiser step (median) on random crops of the model's channel count;
     amp: the model under CPU autocast to that dtype, the loss in float32 (as the trainer);
     compile: the model through torch.compile, as train.compile (the first, compiling step is
@@ -107,11 +116,11 @@ def _released_style_forward(model, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 
 def _ufa_against_released(quick: bool) -> list[dict]:
+    from fusion.device import cpu_has_bfloat16
     from fusion.inference import fuse, prepare_for_inference
     from fusion.losses import L1SSIMLoss
     from fusion.models import build_model
     from fusion.train.compiled import CompiledForward
-    from fusion.device import cpu_has_bfloat16
 
     rows = []
     side = 128 if quick else 520
@@ -134,12 +143,15 @@ def _ufa_against_released(quick: bool) -> list[dict]:
     first = time.perf_counter()
     fused_compiled = fuse(compiled, [a8, b8])
     compile_s = time.perf_counter() - first
-    t_ref, t_ours, t_bf16, t_compiled = _interleaved_latency([
-        ref,
-        lambda: fuse(ours, [a8, b8]),
-        lambda: fuse(ours, [a8, b8], precision="bfloat16"),
-        lambda: fuse(compiled, [a8, b8]),
-    ], 1 if quick else 5)
+    t_ref, t_ours, t_bf16, t_compiled = _interleaved_latency(
+        [
+            ref,
+            lambda: fuse(ours, [a8, b8]),
+            lambda: fuse(ours, [a8, b8], precision="bfloat16"),
+            lambda: fuse(compiled, [a8, b8]),
+        ],
+        1 if quick else 5,
+    )
     compiled_levels = np.abs(fuse(ours, [a8, b8]).astype(int) - fused_compiled).max()
     rows += [
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, released-code style", t_ref, "s"),
@@ -149,8 +161,12 @@ def _ufa_against_released(quick: bool) -> list[dict]:
         _row(f"UFA-Fuse (released graph) {side}x{side} inference, fusion fuse --precision bfloat16", t_bf16, "s"),
         _row("UFA-Fuse inference speed-up over released-code style, bfloat16", t_ref / t_bf16, "x"),
         _row("UFA-Fuse bfloat16 output, largest difference from float32", float(gray_levels), "gray levels"),
-        _row(f"UFA-Fuse (released graph) {side}x{side} inference, float32, torch.compile (freezing), "
-             "after its first call", t_compiled, "s"),
+        _row(
+            f"UFA-Fuse (released graph) {side}x{side} inference, float32, torch.compile (freezing), "
+            "after its first call",
+            t_compiled,
+            "s",
+        ),
         _row("UFA-Fuse inference speed-up over released-code style, float32 torch.compile", t_ref / t_compiled, "x"),
         _row("UFA-Fuse torch.compile first call (compile + run; inductor's disk cache warm or cold)", compile_s, "s"),
         _row("UFA-Fuse torch.compile output, largest difference from eager", float(compiled_levels), "gray levels"),
@@ -170,18 +186,30 @@ def _ufa_against_released(quick: bool) -> list[dict]:
             return _released_style_forward(self.m, x, y)
 
     t_ref = _trainer_step_time(Released(ref_model), loss, crop, batch, steps, True, channels_last=False)
-    t_ours = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True)
-    t_bf16 = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True,
-                                channels_last=True, amp=torch.bfloat16)
-    t_compiled = _trainer_step_time(build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True,
-                                    channels_last=True, compile=True)
+    t_ours = _trainer_step_time(
+        build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True
+    )
+    t_bf16 = _trainer_step_time(
+        build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True, amp=torch.bfloat16
+    )
+    t_compiled = _trainer_step_time(
+        build_model("ufa", "UFA", released=True), loss, crop, batch, steps, True, channels_last=True, compile=True
+    )
     rows += [
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, released-code style", t_ref, "s"),
         _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow trainer layout", t_ours, "s"),
         _row("UFA-Fuse training step speed-up over released-code style", t_ref / t_ours, "x"),
-        _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.compile (float32)", t_compiled, "s"),
-        _row("UFA-Fuse training step speed-up over released-code style, train.compile (float32)", t_ref / t_compiled, "x"),
-        _row(f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.amp (CPU bfloat16)", t_bf16, "s"),
+        _row(
+            f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.compile (float32)",
+            t_compiled,
+            "s",
+        ),
+        _row(
+            "UFA-Fuse training step speed-up over released-code style, train.compile (float32)", t_ref / t_compiled, "x"
+        ),
+        _row(
+            f"UFA-Fuse training step, batch {batch} at {crop}x{crop}, fusionflow, train.amp (CPU bfloat16)", t_bf16, "s"
+        ),
         _row("UFA-Fuse training step speed-up over released-code style, train.amp (CPU bfloat16)", t_ref / t_bf16, "x"),
         _row("CPU has bfloat16 instructions (AVX512-BF16 or AMX; 1 = yes)", float(cpu_has_bfloat16()), "bool"),
     ]
@@ -190,11 +218,12 @@ def _ufa_against_released(quick: bool) -> list[dict]:
 
 def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
     from fusion.inference import fuse, prepare_for_inference
-    from fusion.models import build_loss
-    from fusion.models import MODELS, build_model, count_parameters
+    from fusion.models import MODELS, build_loss, build_model, count_parameters
 
-    rows = [_row("torch threads", torch.get_num_threads(), "threads"),
-            _row("device", 1.0 if torch.cuda.is_available() else 0.0, "cuda available")]
+    rows = [
+        _row("torch threads", torch.get_num_threads(), "threads"),
+        _row("device", 1.0 if torch.cuda.is_available() else 0.0, "cuda available"),
+    ]
     rng = np.random.default_rng(0)
     side = 128 if quick else 520
     pair = [rng.integers(0, 255, (side, side), dtype=np.uint8) for _ in range(2)]
@@ -210,8 +239,13 @@ def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
             torch.manual_seed(0)
             model = build_model(name, variant).eval()
             rows.append(_row(f"{label}: parameters", count_parameters(model), "params"))
-            rows.append(_row(f"{label}: forward FLOPs per {'64' if quick else '256'}^2 pair",
-                             _flops(model, 64 if quick else 256), "FLOP"))
+            rows.append(
+                _row(
+                    f"{label}: forward FLOPs per {'64' if quick else '256'}^2 pair",
+                    _flops(model, 64 if quick else 256),
+                    "FLOP",
+                )
+            )
             crop, batch = QUICK_SETUP[name] if quick else TRAIN_SETUP[name]
             if name == "cadnif" and not quick:
                 batch = 2  # batch 16 of 132^2 windows is ~1 min a step on 2 cores; pairs/s is per pair anyway
@@ -222,12 +256,25 @@ def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
             loss_name = name
             if stage == "fusion":
                 train_model.freeze_encoders()
-            seconds = _trainer_step_time(train_model, build_loss(loss_name, _TrainCfg()), crop, batch, 1 if quick else 2,
-                                         spec.supervised, channels_last=getattr(train_model, "prefers_channels_last", False))
-            rows.append(_row(f"{label}: training ({stage} stage) pairs/s at batch {batch}, {crop}x{crop}", batch / seconds, "pairs/s"))
+            seconds = _trainer_step_time(
+                train_model,
+                build_loss(loss_name, _TrainCfg()),
+                crop,
+                batch,
+                1 if quick else 2,
+                spec.supervised,
+                channels_last=getattr(train_model, "prefers_channels_last", False),
+            )
+            rows.append(
+                _row(
+                    f"{label}: training ({stage} stage) pairs/s at batch {batch}, {crop}x{crop}",
+                    batch / seconds,
+                    "pairs/s",
+                )
+            )
             infer = prepare_for_inference(model)
             srcs = pair if getattr(model, "in_channels", 3) == 1 else [np.repeat(p[..., None], 3, 2) for p in pair]
-            latency = _latency(lambda: fuse(infer, srcs), 1)
+            latency = _latency(lambda infer=infer, srcs=srcs: fuse(infer, srcs), 1)
             rows.append(_row(f"{label}: inference latency, {side}x{side} pair", latency, "s"))
     if models is None or "ufa" in models:
         rows += _ufa_against_released(quick)

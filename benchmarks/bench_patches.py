@@ -38,8 +38,10 @@ def run(quick: bool = False) -> list[dict]:
             start = time.perf_counter()
             manifest = build_patches(pairs, Path(tmp) / f"w{workers}", params, workers=workers)
             seconds[workers] = time.perf_counter() - start
-            rows += [_row(f"{workers} process(es): pairs/s", len(pairs) / seconds[workers], "pairs/s"),
-                     _row(f"{workers} process(es): windows/s", manifest["count"] / seconds[workers], "windows/s")]
+            rows += [
+                _row(f"{workers} process(es): pairs/s", len(pairs) / seconds[workers], "pairs/s"),
+                _row(f"{workers} process(es): windows/s", manifest["count"] / seconds[workers], "windows/s"),
+            ]
     rows.append(_row(f"speed-up with {cores} processes", seconds[1] / seconds[cores], "x"))
     return rows
 

@@ -26,12 +26,27 @@ def run(quick: bool = False) -> list[dict]:
             start = time.perf_counter()
             summary = nightly(profile=profile, workspace=str(ws))
             wall = time.perf_counter() - start
-            rows.append({"benchmark": "pipeline", "measure": f"{profile} {label}: wall time", "value": wall, "unit": "s"})
+            rows.append(
+                {"benchmark": "pipeline", "measure": f"{profile} {label}: wall time", "value": wall, "unit": "s"}
+            )
             for stage, seconds in summary["stage_seconds"].items():
                 if stage != "total":
-                    rows.append({"benchmark": "pipeline", "measure": f"{profile} {label}: {stage}", "value": seconds, "unit": "s"})
-            rows.append({"benchmark": "pipeline", "measure": f"{profile} {label}: flow overhead (wall - stages)",
-                         "value": wall - sum(v for k, v in summary["stage_seconds"].items() if k != "total"), "unit": "s"})
+                    rows.append(
+                        {
+                            "benchmark": "pipeline",
+                            "measure": f"{profile} {label}: {stage}",
+                            "value": seconds,
+                            "unit": "s",
+                        }
+                    )
+            rows.append(
+                {
+                    "benchmark": "pipeline",
+                    "measure": f"{profile} {label}: flow overhead (wall - stages)",
+                    "value": wall - sum(v for k, v in summary["stage_seconds"].items() if k != "total"),
+                    "unit": "s",
+                }
+            )
     return rows
 
 

@@ -60,12 +60,22 @@ def run(quick: bool = False) -> list[dict]:
         if quick:
             harvard = type(harvard)(harvard[:60], (), harvard.root)
         jobs = {
-            "KAIST pairs 256x256 gray": (len(frames), lambda out, w: build_kaist_pairs(
-                frames, out, KaistParams(pairs=0, size=256), source={"name": "bench"}, workers=w)),
-            "synthetic multi-focus (Eq. 11)": (len(list((photos / "images").iterdir())) * 4, lambda out, w: build(
-                photos, out, SynthParams(max_side=520, pairs_per_image=4, test_images=1), workers=w)),
-            "test set copy (Harvard)": (len(harvard), lambda out, w: build_test_set(
-                harvard, out, TestSetParams(), source={"name": "bench"}, workers=w)),
+            "KAIST pairs 256x256 gray": (
+                len(frames),
+                lambda out, w: build_kaist_pairs(
+                    frames, out, KaistParams(pairs=0, size=256), source={"name": "bench"}, workers=w
+                ),
+            ),
+            "synthetic multi-focus (Eq. 11)": (
+                len(list((photos / "images").iterdir())) * 4,
+                lambda out, w: build(
+                    photos, out, SynthParams(max_side=520, pairs_per_image=4, test_images=1), workers=w
+                ),
+            ),
+            "test set copy (Harvard)": (
+                len(harvard),
+                lambda out, w: build_test_set(harvard, out, TestSetParams(), source={"name": "bench"}, workers=w),
+            ),
         }
         for label, (count, fn) in jobs.items():
             seconds = {}

@@ -46,10 +46,11 @@ def _say(text: str) -> None:
 
     Console(stderr=True).print(f"[dim]{time.strftime('%H:%M:%S')}[/] quality: {text}")
 
+
 PAPER_METRICS = {
     "cadnif": ["EN", "SCD", "SD", "Qabf", "MI", "FMI_pixel", "CC"],
     "crossfuse": ["EN", "SD", "MI", "FMI_dct", "FMI_pixel", "SCD"],
-    "ufa": ["AG", "SD", "EN", "VIF", "Qabf", "Qc", "Qm"],   # the paper's AVG, STD, SEN, VIFF
+    "ufa": ["AG", "SD", "EN", "VIF", "Qabf", "Qc", "Qm"],  # the paper's AVG, STD, SEN, VIFF
 }
 
 SOURCES = {
@@ -67,8 +68,8 @@ class Job:
     model: str
     variant: str
     task: str
-    train: tuple[str, ...]          # SOURCES names, or ("synthetic",)
-    test: str                       # "split" = the held-out split of the training sources
+    train: tuple[str, ...]  # SOURCES names, or ("synthetic",)
+    test: str  # "split" = the held-out split of the training sources
     recipe: dict[str, Any] = field(default_factory=dict)
     note: str = ""
 
@@ -78,22 +79,56 @@ class Job:
 
 
 JOBS = [
-    Job("ufa", "UFA", "multi-focus", ("synthetic",), "lytro",
-        {"batch_size": 8, "crop": 256, "lr": 1e-4}, "paper recipe"),
-    Job("crossfuse", "full", "ir-vis", ("roadscene",), "tno",
-        {"batch_size": 2, "crop": 256, "lr": 1e-4}, "stage 1 paper recipe; stage 2 lr 1e-3 (released code), batch 2"),
-    Job("cadnif", "CA-DRDB-AU-GRL-Net", "ir-vis", ("roadscene",), "tno",
-        {"batch_size": 8, "crop": 132, "lr": 1e-4}, "132 windows, batch 8 (code); lr 1e-4 (paper 1e-5)"),
-    Job("cadnif", "CA-DRDB-AU-GRL-Net", "medical", ("harvard",), "split",
-        {"batch_size": 8, "crop": 132, "lr": 1e-4}, "as ir-vis"),
-    Job("cadnif", "CA-DRDB-AU-GRL-Net", "multi-exposure", ("mef6", "mef8"), "split",
-        {"batch_size": 8, "crop": 132, "lr": 1e-4}, "as ir-vis"),
+    Job(
+        "ufa", "UFA", "multi-focus", ("synthetic",), "lytro", {"batch_size": 8, "crop": 256, "lr": 1e-4}, "paper recipe"
+    ),
+    Job(
+        "crossfuse",
+        "full",
+        "ir-vis",
+        ("roadscene",),
+        "tno",
+        {"batch_size": 2, "crop": 256, "lr": 1e-4},
+        "stage 1 paper recipe; stage 2 lr 1e-3 (released code), batch 2",
+    ),
+    Job(
+        "cadnif",
+        "CA-DRDB-AU-GRL-Net",
+        "ir-vis",
+        ("roadscene",),
+        "tno",
+        {"batch_size": 8, "crop": 132, "lr": 1e-4},
+        "132 windows, batch 8 (code); lr 1e-4 (paper 1e-5)",
+    ),
+    Job(
+        "cadnif",
+        "CA-DRDB-AU-GRL-Net",
+        "medical",
+        ("harvard",),
+        "split",
+        {"batch_size": 8, "crop": 132, "lr": 1e-4},
+        "as ir-vis",
+    ),
+    Job(
+        "cadnif",
+        "CA-DRDB-AU-GRL-Net",
+        "multi-exposure",
+        ("mef6", "mef8"),
+        "split",
+        {"batch_size": 8, "crop": 132, "lr": 1e-4},
+        "as ir-vis",
+    ),
 ]
 CROSSFUSE_STAGE2 = {"batch_size": 2, "crop": 256, "lr": 1e-3}
 
 
-def run(quick: bool = False, minutes: float | None = None, device: str = "auto", test_pairs: int | None = None,
-        jobs: list[str] | None = None) -> list[dict]:
+def run(
+    quick: bool = False,
+    minutes: float | None = None,
+    device: str = "auto",
+    test_pairs: int | None = None,
+    jobs: list[str] | None = None,
+) -> list[dict]:
     from benchmarks.machine import describe, slug
 
     if not DATA.is_dir():
@@ -115,11 +150,28 @@ def run(quick: bool = False, minutes: float | None = None, device: str = "auto",
         tables.append(_job_table(job, result, train_info, minutes, str(_device(device)), test_pairs))
         for method, values in result.means.items():
             for metric, value in values.items():
-                rows.append({"benchmark": "quality", "measure": f"{job.key} {method} {metric}", "value": value, "unit": ""})
+                rows.append(
+                    {"benchmark": "quality", "measure": f"{job.key} {method} {metric}", "value": value, "unit": ""}
+                )
         rows += [
-            {"benchmark": "quality", "measure": f"{job.key} training steps", "value": train_info["steps"], "unit": "steps"},
-            {"benchmark": "quality", "measure": f"{job.key} training minutes", "value": train_info["minutes"], "unit": "min"},
-            {"benchmark": "quality", "measure": f"{job.key} job wall time", "value": time.perf_counter() - start, "unit": "s"},
+            {
+                "benchmark": "quality",
+                "measure": f"{job.key} training steps",
+                "value": train_info["steps"],
+                "unit": "steps",
+            },
+            {
+                "benchmark": "quality",
+                "measure": f"{job.key} training minutes",
+                "value": train_info["minutes"],
+                "unit": "min",
+            },
+            {
+                "benchmark": "quality",
+                "measure": f"{job.key} job wall time",
+                "value": time.perf_counter() - start,
+                "unit": "s",
+            },
         ]
     out = REPO / "benchmarks" / "results" / f"quality-{machine}.md"
     _write_tables(out, tables)
@@ -127,8 +179,10 @@ def run(quick: bool = False, minutes: float | None = None, device: str = "auto",
     return rows
 
 
-HEADER = ("# Quality benchmark\n\nMean of each paper metric per method on the test set; best in bold. "
-          "`python -m benchmarks.run quality` (benchmarks/bench_quality.py).\n\n")
+HEADER = (
+    "# Quality benchmark\n\nMean of each paper metric per method on the test set; best in bold. "
+    "`python -m benchmarks.run quality` (benchmarks/bench_quality.py).\n\n"
+)
 
 
 def _write_tables(out: Path, tables: list[str]) -> None:
@@ -164,17 +218,27 @@ def _run_job(job: Job, minutes: float, device: str, test_pairs: int | None, quic
         if authors is not None:
             net, _ = load_model(authors, dev)
             methods["cadnif (authors' checkpoint, released)"] = model_method(net, dev)
-    _say(f"{job.key}: trained {info['steps']} steps in {info['minutes']:.1f} min; scoring {len(methods)} methods "
-         f"on {len(test_set)} {test_set.name} pairs")
+    _say(
+        f"{job.key}: trained {info['steps']} steps in {info['minutes']:.1f} min; scoring {len(methods)} methods "
+        f"on {len(test_set)} {test_set.name} pairs"
+    )
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 5) == 0:
             _say(f"{job.key}: scored {done}/{total} pairs")
 
-    result, samples = evaluate_methods(test_set, methods, PAPER_METRICS[job.model], dev, keep_images=2,
-                                       progress=progress)
-    evaluation_figure(samples, test_set.source_labels, list(methods), folder / "comparison.png",
-                      title=f"{job.key}: {test_set.name}", caption_metric="Qabf", rows=result.rows)
+    result, samples = evaluate_methods(
+        test_set, methods, PAPER_METRICS[job.model], dev, keep_images=2, progress=progress
+    )
+    evaluation_figure(
+        samples,
+        test_set.source_labels,
+        list(methods),
+        folder / "comparison.png",
+        title=f"{job.key}: {test_set.name}",
+        caption_metric="Qabf",
+        rows=result.rows,
+    )
     return result, info
 
 
@@ -190,9 +254,19 @@ def _config(job: Job, recipe: dict, device: str, extra: dict | None = None):
 
     dev = _device(device)
     source = None if job.train == ("synthetic",) else job.train[0]
-    train = {"model": job.model, "variant": job.variant, "task": job.task, "epochs": 100_000, "steps_per_epoch": 10,
-             "lr_step_epochs": 100_000, "device": device, "amp": dev.type == "cuda" or cpu_has_bfloat16(),
-             "source": source, **recipe, **(extra or {})}
+    train = {
+        "model": job.model,
+        "variant": job.variant,
+        "task": job.task,
+        "epochs": 100_000,
+        "steps_per_epoch": 10,
+        "lr_step_epochs": 100_000,
+        "device": device,
+        "amp": dev.type == "cuda" or cpu_has_bfloat16(),
+        "source": source,
+        **recipe,
+        **(extra or {}),
+    }
     return load_config(REPO, None, {"sources": SOURCES, "train": train})
 
 
@@ -205,8 +279,11 @@ def _train(job: Job, folder: Path, minutes: float, device: str, quick: bool) -> 
     steps, start = 0, time.time()
     recipe = {**job.recipe, **({"crop": 64, "batch_size": 2} if quick else {})}
     if job.model == "crossfuse":  # two stages: the auto-encoders, then the fusion stage from them
-        s1 = _fit(Trainer(_config(job, recipe, device, {"stage": "autoencoder"}), None), folder / "stage1",
-                  start + minutes * 60 / 3)
+        s1 = _fit(
+            Trainer(_config(job, recipe, device, {"stage": "autoencoder"}), None),
+            folder / "stage1",
+            start + minutes * 60 / 3,
+        )
         stage2 = {**CROSSFUSE_STAGE2, **({"crop": 64} if quick else {})}
         cfg = _config(job, stage2, device, {"stage": "fusion", "init_from": str(checkpoint_in(folder / "stage1"))})
         trainer = Trainer(cfg, None)
@@ -218,8 +295,11 @@ def _train(job: Job, folder: Path, minutes: float, device: str, quick: bool) -> 
         if len(job.train) > 1:
             _join_training_sources(trainer, job)
     state = _fit(trainer, folder, start + minutes * 60)
-    return checkpoint_in(folder), {"steps": steps + state.global_step, "minutes": (time.time() - start) / 60,
-                                   "epochs": state.epoch}
+    return checkpoint_in(folder), {
+        "steps": steps + state.global_step,
+        "minutes": (time.time() - start) / 60,
+        "epochs": state.epoch,
+    }
 
 
 def _fit(trainer, folder: Path, deadline: float):
@@ -266,18 +346,24 @@ def _test_set(job: Job, limit: int | None):
 def _synthetic(out: Path, quick: bool) -> Path:
     """Synthetic multi-focus pairs from every natural photograph the project can read here."""
     from fusion.data.embedded import export_embedded
-    from fusion.data.synth_multifocus import SynthInput, SynthParams, build_records
     from fusion.data.sources import load_photos
+    from fusion.data.synth_multifocus import SynthInput, SynthParams, build_records
 
     if (out / "manifest.json").is_file():
         return out
-    raw = export_embedded(out.parent / "embedded") if not (out.parent / "embedded").is_dir() else out.parent / "embedded"
+    raw = (
+        export_embedded(out.parent / "embedded") if not (out.parent / "embedded").is_dir() else out.parent / "embedded"
+    )
     inputs = [SynthInput(f"embedded-{r.id}", r.image, r.mask) for r in load_photos(raw)]
     for folder, prefix in ((DATA / "irvis/RoadScene221/vi", "roadscene"), (DATA / "irvis/MSRS5/vi", "msrs")):
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
         inputs += [SynthInput(f"{prefix}-{p.stem}", p, None) for p in files[: 8 if quick else None]]
-    build_records(inputs, out, SynthParams(max_side=256 if quick else 520, pairs_per_image=1 if quick else 2,
-                                           test_images=4), "natural photographs: embedded + RoadScene/MSRS visible")
+    build_records(
+        inputs,
+        out,
+        SynthParams(max_side=256 if quick else 520, pairs_per_image=1 if quick else 2, test_images=4),
+        "natural photographs: embedded + RoadScene/MSRS visible",
+    )
     return out
 
 
@@ -300,8 +386,10 @@ def _job_table(job: Job, result, info: dict, minutes: float, device: str, test_p
     from fusion.evaluate import markdown_table
 
     pairs = len(result.rows) // max(1, len(result.methods))
-    title = (f"## {job.key} ({job.variant}) on {result.test_set}, {pairs} pairs "
-             f"({time.strftime('%Y-%m-%d')}, {device})\n\n"
-             f"Trained {info['minutes']:.1f} min ({info['steps']} steps; budget {minutes:g} min) on "
-             f"{' + '.join(job.train)}; recipe {job.recipe} ({job.note}).")
+    title = (
+        f"## {job.key} ({job.variant}) on {result.test_set}, {pairs} pairs "
+        f"({time.strftime('%Y-%m-%d')}, {device})\n\n"
+        f"Trained {info['minutes']:.1f} min ({info['steps']} steps; budget {minutes:g} min) on "
+        f"{' + '.join(job.train)}; recipe {job.recipe} ({job.note})."
+    )
     return markdown_table(result.means, result.metric_names, result.seconds_per_pair, title)

@@ -34,11 +34,15 @@ def _workspace(tmp: Path, quick: bool) -> Path:
 
     ws = new_workspace(tmp / "ws", REPO)
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["sweeps"] = {"bench": {
-        "profile": "tiny" if quick else "smoke",
-        "overrides": ["train.epochs=2", "train.steps_per_epoch=4"] if quick else [],
-        "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA"] if quick else "all"}],
-        "resources": {"cpus": 1, "gpus": 0}, "evaluate": False}}
+    params["sweeps"] = {
+        "bench": {
+            "profile": "tiny" if quick else "smoke",
+            "overrides": ["train.epochs=2", "train.steps_per_epoch=4"] if quick else [],
+            "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA"] if quick else "all"}],
+            "resources": {"cpus": 1, "gpus": 0},
+            "evaluate": False,
+        }
+    }
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return ws
 

@@ -56,26 +56,49 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, int, str]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from fusion.models import build_model
     from fusion.checkpoint import CHECKPOINT_FORMAT
+    from fusion.models import build_model
 
     (w, h), budget = ((1200, 900), "1GB") if quick else ((4000, 3000), "4GB")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         torch.manual_seed(0)
         ckpt = folder / "ufa.pt"
-        torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {"released": False},
-                    "state_dict": build_model("ufa", "UFA").state_dict()}, ckpt)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": "ufa",
+                "variant": "UFA",
+                "model_options": {"released": False},
+                "state_dict": build_model("ufa", "UFA").state_dict(),
+            },
+            ckpt,
+        )
         paths = _pair(folder, w, h)
-        cmd = [sys.executable, "-m", "fusion", "fuse", *map(str, paths), "--model", str(ckpt), "--out",
-               str(folder / "fused.png"), "--max-memory", budget, "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fusion",
+            "fuse",
+            *map(str, paths),
+            "--model",
+            str(ckpt),
+            "--out",
+            str(folder / "fused.png"),
+            "--max-memory",
+            budget,
+            "--device",
+            "cpu",
+        ]
         rss, seconds, status, err = peak_rss_of(cmd)
         if status != 0:
             raise RuntimeError(f"fusion fuse failed ({status}): {err}")
     mp = w * h / 1e6
-    return [_row(f"{mp:.1f} MP UFA-Fuse pair, --max-memory {budget}: peak RSS", rss / 2 ** 30, "GiB"),
-            _row(f"{mp:.1f} MP UFA-Fuse pair, --max-memory {budget}: wall time", seconds, "s"),
-            _row(f"{mp:.1f} MP UFA-Fuse pair: peak RSS / budget", rss / (int(budget[:-2]) * 2 ** 30), "ratio")]
+    return [
+        _row(f"{mp:.1f} MP UFA-Fuse pair, --max-memory {budget}: peak RSS", rss / 2**30, "GiB"),
+        _row(f"{mp:.1f} MP UFA-Fuse pair, --max-memory {budget}: wall time", seconds, "s"),
+        _row(f"{mp:.1f} MP UFA-Fuse pair: peak RSS / budget", rss / (int(budget[:-2]) * 2**30), "ratio"),
+    ]
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / "benchmarks" / "scratch" / "gpu-quality"
 SHARES = {"ufa": 0.6, "cadnif": 0.4}
-METRICS = {"ufa": ["AG", "SD", "EN", "VIF", "Qabf", "Qc", "Qm"],          # UFA-Fuse's paper
-           "cadnif": ["EN", "SCD", "SD", "Qabf", "MI", "FMI_pixel", "CC"]}
+METRICS = {
+    "ufa": ["AG", "SD", "EN", "VIF", "Qabf", "Qc", "Qm"],  # UFA-Fuse's paper
+    "cadnif": ["EN", "SCD", "SD", "Qabf", "MI", "FMI_pixel", "CC"],
+}
 
 
 def data_root() -> Path:
@@ -43,8 +45,9 @@ def _say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} gpu quality: {text}", flush=True)
 
 
-def run(device: torch.device, minutes: float | None = None, test_pairs: int | None = None,
-        quick: bool = False) -> list[dict]:
+def run(
+    device: torch.device, minutes: float | None = None, test_pairs: int | None = None, quick: bool = False
+) -> list[dict]:
     from fusion.io import write_bytes_atomic
 
     minutes = minutes if minutes is not None else (0.2 if quick else 5.0)
@@ -72,9 +75,18 @@ def _config(model: str, variant: str, task: str, device: torch.device, recipe: d
     from fusion.config import load_config
 
     amp = "bfloat16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "float16"
-    train = {"model": model, "variant": variant, "task": task, "epochs": 100_000, "steps_per_epoch": 10,
-             "lr_step_epochs": 100_000, "device": device.type, "amp": device.type == "cuda", "amp_dtype": amp,
-             **recipe}
+    train = {
+        "model": model,
+        "variant": variant,
+        "task": task,
+        "epochs": 100_000,
+        "steps_per_epoch": 10,
+        "lr_step_epochs": 100_000,
+        "device": device.type,
+        "amp": device.type == "cuda",
+        "amp_dtype": amp,
+        **recipe,
+    }
     return load_config(REPO, None, {"sources": sources or {}, "train": train})
 
 
@@ -109,10 +121,15 @@ def _score(key: str, ckpt: Path, info: dict, test_set, names: list[str], device:
     label = f"{key} ({info['minutes']:.1f} min, {info['steps']} steps)"
     methods[label] = model_method(model, device)
     result, _ = evaluate_methods(test_set, methods, names, device, warm_up=[label])
-    rows = [_row(f"{key} on {test_set.name}: {method} {metric}", value)
-            for method, values in result.means.items() for metric, value in values.items()]
-    title = (f"## {key} on {test_set.name}, {len(test_set)} pairs ({time.strftime('%Y-%m-%d')}, {device})\n\n"
-             f"Trained {info['minutes']:.2f} min of a {budget / 60:.2f} min budget ({info['steps']} steps).")
+    rows = [
+        _row(f"{key} on {test_set.name}: {method} {metric}", value)
+        for method, values in result.means.items()
+        for metric, value in values.items()
+    ]
+    title = (
+        f"## {key} on {test_set.name}, {len(test_set)} pairs ({time.strftime('%Y-%m-%d')}, {device})\n\n"
+        f"Trained {info['minutes']:.2f} min of a {budget / 60:.2f} min budget ({info['steps']} steps)."
+    )
     return rows, markdown_table(result.means, result.metric_names, result.seconds_per_pair, title)
 
 
@@ -131,11 +148,18 @@ def _synthetic(quick: bool, data: Path) -> Path:
     if not quick:
         for folder, prefix in ((data / "irvis/RoadScene221/vi", "roadscene"), (data / "irvis/MSRS5/vi", "msrs")):
             if folder.is_dir():
-                inputs += [SynthInput(f"{prefix}-{p.stem}", p, None) for p in sorted(folder.iterdir())
-                           if p.suffix.lower() in (".jpg", ".png")]
-    build_records(inputs, out, SynthParams(max_side=128 if quick else 520, pairs_per_image=1 if quick else 2,
-                                           test_images=4), "embedded photographs (+ RoadScene/MSRS visible)",
-                  workers=0)
+                inputs += [
+                    SynthInput(f"{prefix}-{p.stem}", p, None)
+                    for p in sorted(folder.iterdir())
+                    if p.suffix.lower() in (".jpg", ".png")
+                ]
+    build_records(
+        inputs,
+        out,
+        SynthParams(max_side=128 if quick else 520, pairs_per_image=1 if quick else 2, test_images=4),
+        "embedded photographs (+ RoadScene/MSRS visible)",
+        workers=0,
+    )
     return out
 
 
@@ -144,7 +168,9 @@ def _ufa(device, budget: float, test_pairs: int, quick: bool, data: Path):
     from fusion.evaluate import pairs_test_set, prepared_test_set
 
     synthetic = _synthetic(quick, data)
-    recipe = {"batch_size": 2, "crop": 64, "steps_per_epoch": 2} if quick else {"batch_size": 8, "crop": 256, "lr": 1e-4}
+    recipe = (
+        {"batch_size": 2, "crop": 64, "steps_per_epoch": 2} if quick else {"batch_size": 8, "crop": 256, "lr": 1e-4}
+    )
     _say(f"ufa: training {budget / 60:.2f} min on {synthetic.name}")
     ckpt, info = _fit(_config("ufa", "UFA", "multi-focus", device, recipe), synthetic, SCRATCH / "ufa", budget)
     rows = [_row("ufa training steps", info["steps"], "steps"), _row("ufa training minutes", info["minutes"], "min")]
@@ -171,7 +197,9 @@ def _cadnif(device, budget: float, test_pairs: int, quick: bool, data: Path):
     if not roadscene.is_dir():
         return f"no RoadScene at {roadscene} (set GPU_CHECK_DATA to a folder laid out as ../shared/data)"
     registry = {"roadscene": {"layout": "roadscene", "path": str(roadscene)}}
-    recipe = {"batch_size": 2, "crop": 48, "steps_per_epoch": 2} if quick else {"batch_size": 16, "crop": 132, "lr": 1e-4}
+    recipe = (
+        {"batch_size": 2, "crop": 48, "steps_per_epoch": 2} if quick else {"batch_size": 16, "crop": 132, "lr": 1e-4}
+    )
     cfg = _config("cadnif", "CA-DRDB-AU-GRL-Net", "ir-vis", device, {**recipe, "source": "roadscene"}, registry)
     _say(f"cadnif: training {budget / 60:.2f} min on RoadScene's training split")
     ckpt, info = _fit(cfg, None, SCRATCH / "cadnif", budget)
@@ -185,7 +213,11 @@ def _cadnif(device, budget: float, test_pairs: int, quick: bool, data: Path):
     else:
         _, held_out = load_source_split(SourceSpec(**registry["roadscene"], name="roadscene"), cfg.seed)
         test_set = pairs_test_set(held_out, "RoadScene test split")
-    rows, table = _score("cadnif CA-DRDB-AU-GRL-Net", ckpt, info, _first(test_set, test_pairs), METRICS["cadnif"],
-                         device, budget)
-    return [_row("cadnif training steps", info["steps"], "steps"),
-            _row("cadnif training minutes", info["minutes"], "min"), *rows], [table]
+    rows, table = _score(
+        "cadnif CA-DRDB-AU-GRL-Net", ckpt, info, _first(test_set, test_pairs), METRICS["cadnif"], device, budget
+    )
+    return [
+        _row("cadnif training steps", info["steps"], "steps"),
+        _row("cadnif training minutes", info["minutes"], "min"),
+        *rows,
+    ], [table]

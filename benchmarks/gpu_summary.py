@@ -69,8 +69,11 @@ def read_rows(folder: Path) -> tuple[list[dict], dict]:
             continue
         partial = folder / f"{job}.partial.jsonl"
         if partial.is_file():  # killed by its time limit: what it measured before
-            rows += [{**json.loads(line), "job": job, "partial": True} for line in partial.read_text().splitlines()
-                     if line.strip()]
+            rows += [
+                {**json.loads(line), "job": job, "partial": True}
+                for line in partial.read_text().splitlines()
+                if line.strip()
+            ]
     return rows, machine
 
 
@@ -82,14 +85,35 @@ def targets(rows: list[dict]) -> list[dict]:
     """The issue's targets on an H100/H200-class GPU, against what was measured."""
     out = []
     for measure, value in _value(rows, r"^ufa UFA inference 520x520, bfloat16: "):
-        out.append({"target": "UFA-Fuse 520x520 inference under 10 ms in bfloat16", "measure": measure,
-                    "value": value, "unit": "ms", "met": value < 10})
+        out.append(
+            {
+                "target": "UFA-Fuse 520x520 inference under 10 ms in bfloat16",
+                "measure": measure,
+                "value": value,
+                "unit": "ms",
+                "met": value < 10,
+            }
+        )
     for measure, value in _value(rows, r"^(ufa|cadnif) .* training .*, bfloat16: of the dense bf16 peak"):
-        out.append({"target": "convolutional models' training at 40% or more of the dense bf16 peak",
-                    "measure": measure, "value": value, "unit": "%", "met": value >= 40})
+        out.append(
+            {
+                "target": "convolutional models' training at 40% or more of the dense bf16 peak",
+                "measure": measure,
+                "value": value,
+                "unit": "%",
+                "met": value >= 40,
+            }
+        )
     for measure, value in _value(rows, r"^metric suite \(\d+ metrics\), one 768x576 pair on cuda"):
-        out.append({"target": "the metric suite under 20 ms a pair", "measure": measure, "value": value, "unit": "ms",
-                    "met": value < 20})
+        out.append(
+            {
+                "target": "the metric suite under 20 ms a pair",
+                "measure": measure,
+                "value": value,
+                "unit": "ms",
+                "met": value < 20,
+            }
+        )
     return out
 
 
@@ -99,11 +123,18 @@ def _fmt(v: float) -> str:
 
 def markdown(summary: dict, tables: str) -> str:
     m = summary["machine"]
-    lines = [f"# GPU check: {summary['gpu']}", "",
-             f"{summary['date']}; torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('cpu', '?')} "
-             f"({m.get('cores', '?')} cores). `make gpu-check` (scripts/gpu-check.sh); every number is one run's.", ""]
+    lines = [
+        f"# GPU check: {summary['gpu']}",
+        "",
+        f"{summary['date']}; torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('cpu', '?')} "
+        f"({m.get('cores', '?')} cores). `make gpu-check` (scripts/gpu-check.sh); every number is one run's.",
+        "",
+    ]
     if summary["dry_run"]:
-        lines += ["**Dry run on a CPU (GPU_CHECK_ALLOW_CPU=1): tiny sizes; these numbers say nothing about a GPU.**", ""]
+        lines += [
+            "**Dry run on a CPU (GPU_CHECK_ALLOW_CPU=1): tiny sizes; these numbers say nothing about a GPU.**",
+            "",
+        ]
     lines += ["## Steps", "", "| step | status | seconds | limit (s) |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']:.0f} | {s['limit_s']:.0f} |" for s in summary["steps"]]
     p = summary["pytest"]
@@ -116,13 +147,17 @@ def markdown(summary: dict, tables: str) -> str:
     lines += ["", "## Targets (measured, not asserted)", ""]
     if summary["targets"]:
         lines += ["| target | measure | value | met |", "|---|---|---|---|"]
-        lines += [f"| {t['target']} | {t['measure']} | {t['value']:.4g} {t['unit']} | {'yes' if t['met'] else 'no'} |"
-                  for t in summary["targets"]]
+        lines += [
+            f"| {t['target']} | {t['measure']} | {t['value']:.4g} {t['unit']} | {'yes' if t['met'] else 'no'} |"
+            for t in summary["targets"]
+        ]
     else:
         lines.append("No target rows were measured.")
     lines += ["", "## Rows", "", "| job | measure | value | unit |", "|---|---|---|---|"]
-    lines += [f"| {r['job']}{' (partial)' if r.get('partial') else ''} | {r['measure']} | {_fmt(r['value'])} | "
-              f"{r['unit']} |" for r in summary["rows"]]
+    lines += [
+        f"| {r['job']}{' (partial)' if r.get('partial') else ''} | {r['measure']} | {_fmt(r['value'])} | {r['unit']} |"
+        for r in summary["rows"]
+    ]
     if tables.strip():
         lines += ["", "## Quality (short GPU runs against the baselines)", "", re.sub(r"(?m)^## ", "### ", tables)]
     return "\n".join(lines) + "\n"
@@ -133,8 +168,16 @@ def summarise(folder: Path, out_dir: Path, dry_run: bool = False) -> tuple[Path,
 
     rows, machine = read_rows(folder)
     gpu = machine.get("gpu") or ("cpu (dry run)" if dry_run else "unknown GPU")
-    summary = {"gpu": gpu, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": dry_run, "machine": machine,
-               "steps": read_steps(folder), "pytest": read_pytest(folder), "targets": targets(rows), "rows": rows}
+    summary = {
+        "gpu": gpu,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "dry_run": dry_run,
+        "machine": machine,
+        "steps": read_steps(folder),
+        "pytest": read_pytest(folder),
+        "targets": targets(rows),
+        "rows": rows,
+    }
     tables = (folder / "quality-tables.md").read_text() if (folder / "quality-tables.md").is_file() else ""
     slug = gpu_slug(gpu if not dry_run else "cpu-dry-run")
     out_json, out_md = out_dir / f"{slug}.json", out_dir / f"{slug}.md"

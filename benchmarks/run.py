@@ -39,14 +39,19 @@ def available() -> list[str]:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()} but {sorted(ON_REQUEST)})")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all of {available()} but {sorted(ON_REQUEST)})"
+    )
     parser.add_argument("--quick", action="store_true", help="small inputs (a smoke test of the benchmarks)")
     parser.add_argument("--out", type=Path, help="results file (default: benchmarks/results/<machine>.json)")
     parser.add_argument("--minutes", type=float, help="quality: training minutes per job (default 20)")
     parser.add_argument("--device", default="auto", help="quality: auto | cpu | cuda")
     parser.add_argument("--test-pairs", type=int, help="quality: score only the first N pairs of each test set")
-    parser.add_argument("--jobs", type=lambda v: [j for j in v.split(",") if j],
-                        help="quality: only these jobs, e.g. ufa/multi-focus,cadnif/ir-vis")
+    parser.add_argument(
+        "--jobs",
+        type=lambda v: [j for j in v.split(",") if j],
+        help="quality: only these jobs, e.g. ufa/multi-focus,cadnif/ir-vis",
+    )
     args = parser.parse_args(argv)
     names = args.names or [n for n in available() if n not in ON_REQUEST]
     if args.minutes is not None and args.minutes <= 0:
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> Path:
         # a benchmark that takes options lists them in OPTIONS (names of run()'s keyword arguments)
         options = {k: getattr(args, k) for k in getattr(module, "OPTIONS", ())}
         rows += module.run(quick=args.quick, **options)
-        rows.append({"benchmark": name, "measure": "benchmark wall time", "value": time.perf_counter() - start, "unit": "s"})
+        rows.append(
+            {"benchmark": name, "measure": "benchmark wall time", "value": time.perf_counter() - start, "unit": "s"}
+        )
 
     table = Table(title=f"fusionflow benchmarks on {machine['cpu']} ({machine['cores']} cores, GPU: {machine['gpu']})")
     for col, justify in (("benchmark", "left"), ("measure", "left"), ("value", "right"), ("unit", "left")):

@@ -60,8 +60,10 @@ def local_timezone() -> str:
     except ZoneInfoNotFoundError as exc:  # conflicting system settings
         raise ConfigError(f"this machine's time zone is ambiguous ({' '.join(str(exc).split())}); {hint}") from None
     if not name:
-        raise ConfigError(f"cannot tell this machine's time zone (no TZ, no /etc/timezone, "
-                          f"/etc/localtime is not a zoneinfo link); {hint}")
+        raise ConfigError(
+            f"cannot tell this machine's time zone (no TZ, no /etc/timezone, "
+            f"/etc/localtime is not a zoneinfo link); {hint}"
+        )
     return name
 
 
@@ -77,9 +79,15 @@ def _options(ws: Path, cfg: Config) -> dict:
     n = cfg.nightly
     return {
         "schedules": [Cron(cron, timezone=tz)],
-        "parameters": {"profile": n.profile, "overrides": list(n.overrides), "workspace": str(ws), "use_ray": n.use_ray},
+        "parameters": {
+            "profile": n.profile,
+            "overrides": list(n.overrides),
+            "workspace": str(ws),
+            "use_ray": n.use_ray,
+        },
         "concurrency_limit": ConcurrencyLimitConfig(
-            limit=n.concurrency, collision_strategy=ConcurrencyLimitStrategy(n.on_collision.upper())),
+            limit=n.concurrency, collision_strategy=ConcurrencyLimitStrategy(n.on_collision.upper())
+        ),
         "description": f"fusionflow nightly retraining of {ws} ({cron}, {tz}; profile {n.profile})",
         "tags": ["fusionflow", "nightly"],
     }
@@ -92,8 +100,10 @@ def _api_url() -> str | None:
 
 
 def _start_hint() -> str:
-    return ("start one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
-            "(or fix PREFECT_API_URL)")
+    return (
+        "start one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
+        "(or fix PREFECT_API_URL)"
+    )
 
 
 def check_api() -> None:
@@ -134,7 +144,9 @@ def _refused(exc: Exception, what: str) -> PrefectAPIError:
             detail = exc.response.json().get("detail") or exc.response.text
         except ValueError:
             detail = exc.response.text
-        return PrefectAPIError(f"{url}: {what} refused ({exc.response.status_code}): {' '.join(str(detail).split())[:300]}")
+        return PrefectAPIError(
+            f"{url}: {what} refused ({exc.response.status_code}): {' '.join(str(detail).split())[:300]}"
+        )
     return PrefectAPIError(f"{url}: {what} failed ({type(exc).__name__}: {exc}); {_start_hint()}")
 
 

@@ -24,12 +24,8 @@ its evaluation settings, so re-running a failed nightly does not redo finished s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -39,90 +35,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.notify import notify_failure
+from flows.policy import CACHE_DAYS, evaluate_key, retry_transient, stage_options, train_key
 from fusion import pipeline, tracking
 from fusion.config import Config, load_config, resolve_workspace
-from fusion.errors import FusionError
-from fusion.git_info import git_diff_hash, git_state
 
 if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.flows import Flow
-    from prefect.states import State
-
     from fusion.evaluate import EvalResult
     from fusion.promotion import Decision
     from fusion.sweep.runner import SweepResult
 
-WEBHOOK_ENV = "FUSIONFLOW_NOTIFY_WEBHOOK"
-CACHE_DAYS = 30
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- retry and cache policy
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Worth retrying: infrastructure failed, not the inputs. fusionflow's own errors name a
-    bad parameter or file, and a retry would fail the same way."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, FusionError):
-            return False
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return True
-        module = type(exc).__module__
-        if tracking.is_mlflow_error(exc):
-            # unreachable, or "try again" codes: transient (a missing run is not)
-            return tracking.unreachable(exc)
-        if module.startswith("ray"):
-            # Ray wraps a worker's exception; a deterministic one shows by name in the text
-            return not any(n in str(exc) for n in ("ConfigError", "DataError", "ReproducibilityError"))
-        if module.startswith(("requests", "urllib3", "httpx")):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _retry_transient(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - classified, not handled
-        transient = is_transient(exc)
-        if not transient:
-            get_run_logger().error("%s failed with a deterministic error; not retrying: %s", task_.name, exc)
-        return transient
-    return False
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _train_key(context, args: dict) -> str | None:
-    cfg: Config = args["cfg"]
-    git = git_state()
-    if git["git.commit"] == "unknown":
-        return None  # code not under git: nothing pins it, train again
-    code = git["git.commit"] + ("+" + git_diff_hash() if git["git.dirty"] == "true" else "")
-    target = tracking.target(cfg, args["workspace"])
-    prepared: pipeline.Prepared = args["prepared"]
-    return "train-" + _digest(str(args["workspace"]), target.uri, target.experiment, prepared.version,
-                              prepared.data_hash, cfg.model_dump(mode="json"), code, args["use_ray"])
-
-
-def _evaluate_key(context, args: dict) -> str:
-    cfg: Config = args["cfg"]
-    return "evaluate-" + _digest(args["run"].run_id, args["run"].target.uri, args["prepared"].version,
-                                 cfg.evaluate.model_dump(mode="json"))
-
-
-def _stage_options(cfg: Config) -> dict:
-    delays = list(cfg.nightly.retry_delay_seconds) or [0.0]
-    return {"retries": cfg.nightly.retries, "retry_delay_seconds": delays}
-
-
-# --------------------------------------------------------------------------- tasks
 
 
 def _timed(fn, *args, **kwargs):
@@ -131,22 +54,40 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+@task(name="prepare-data", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def prepare_task(workspace: Path, cfg: Config) -> pipeline.Prepared:
     prepared = pipeline.prepare(workspace, cfg)
-    get_run_logger().info("data %s (version %s, md5 %s): stages run %s, skipped %s; %s", prepared.root,
-                          prepared.version[:12], prepared.data_hash, prepared.stages_ran or "none",
-                          prepared.stages_skipped or "none", prepared.counts)
+    get_run_logger().info(
+        "data %s (version %s, md5 %s): stages run %s, skipped %s; %s",
+        prepared.root,
+        prepared.version[:12],
+        prepared.data_hash,
+        prepared.stages_ran or "none",
+        prepared.stages_skipped or "none",
+        prepared.counts,
+    )
     return prepared
 
 
-@task(name="train", cache_key_fn=_train_key, cache_expiration=timedelta(days=CACHE_DAYS), persist_result=True,
-      retry_condition_fn=_retry_transient)
+@task(
+    name="train",
+    cache_key_fn=train_key,
+    cache_expiration=timedelta(days=CACHE_DAYS),
+    persist_result=True,
+    retry_condition_fn=retry_transient,
+)
 def train_task(workspace: Path, cfg: Config, prepared: pipeline.Prepared, use_ray: bool) -> pipeline.RunInfo:
     run = pipeline.start(workspace, cfg, prepared)
     logger = get_run_logger()
-    logger.info("MLflow run %s (%s); training %s %s, %d epochs%s", run.run_id, run.name, cfg.train.model,
-                cfg.train.variant, cfg.train.epochs, " through Ray" if use_ray else "")
+    logger.info(
+        "MLflow run %s (%s); training %s %s, %d epochs%s",
+        run.run_id,
+        run.name,
+        cfg.train.model,
+        cfg.train.variant,
+        cfg.train.epochs,
+        " through Ray" if use_ray else "",
+    )
     try:
         pipeline.train(cfg, prepared, run, use_ray)
     except BaseException:
@@ -155,8 +96,13 @@ def train_task(workspace: Path, cfg: Config, prepared: pipeline.Prepared, use_ra
     return run
 
 
-@task(name="evaluate", cache_key_fn=_evaluate_key, cache_expiration=timedelta(days=CACHE_DAYS), persist_result=True,
-      retry_condition_fn=_retry_transient)
+@task(
+    name="evaluate",
+    cache_key_fn=evaluate_key,
+    cache_expiration=timedelta(days=CACHE_DAYS),
+    persist_result=True,
+    retry_condition_fn=retry_transient,
+)
 def evaluate_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo) -> EvalResult | None:
     ckpt_dir = run.dir / "checkpoints"
     if not ckpt_dir.is_dir():  # trained elsewhere (another machine, a cleaned runs/): fetch them
@@ -164,14 +110,15 @@ def evaluate_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInf
     return pipeline.evaluate(cfg, prepared, run, ckpt_dir)
 
 
-@task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
+@task(name="promote", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
 def promote_task(cfg: Config, prepared: pipeline.Prepared, run: pipeline.RunInfo) -> Decision:
     return pipeline.promote(cfg, prepared, run)
 
 
-@task(name="sweep", cache_policy=NO_CACHE, retry_condition_fn=_retry_transient)
-def sweep_task(workspace: Path, name: str, overrides: list[str] | None = None,
-               budget_minutes: float | None = None) -> SweepResult:
+@task(name="sweep", cache_policy=NO_CACHE, retry_condition_fn=retry_transient)
+def sweep_task(
+    workspace: Path, name: str, overrides: list[str] | None = None, budget_minutes: float | None = None
+) -> SweepResult:
     # no Prefect cache needed: running a sweep again continues it (finished trials are kept)
     from fusion.sweep.runner import run_sweep
 
@@ -181,11 +128,13 @@ def sweep_task(workspace: Path, name: str, overrides: list[str] | None = None,
 
 
 def _sweep_markdown(result, target: tracking.TrackingTarget) -> str:
-    from fusion.sweep.runner import trials_markdown
+    from fusion.sweep.summary import trials_markdown
 
-    return (f"## Sweep {result.name}\n\nParent run: {tracking.run_url(target, result.parent_run_id)}\n\n"
-            f"{'All trials have a final status.' if result.finished else 'Unfinished trials remain: the next run continues them.'}"
-            f"\n\n" + trials_markdown(result.trials))
+    return (
+        f"## Sweep {result.name}\n\nParent run: {tracking.run_url(target, result.parent_run_id)}\n\n"
+        f"{'All trials have a final status.' if result.finished else 'Unfinished trials remain: the next run continues them.'}"
+        f"\n\n" + trials_markdown(result.trials)
+    )
 
 
 # --------------------------------------------------------------------------- stage flows
@@ -207,18 +156,23 @@ def _existing_run(workspace: str | None, run_id: str) -> tuple[Path, Config, pip
 def prepare(profile: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None) -> dict[str, Any]:
     """DVC: track the raw data, reproduce the preparation stages, push the snapshot."""
     ws, cfg = _config(workspace, profile, overrides)
-    prepared = prepare_task.with_options(**_stage_options(cfg))(ws, cfg)
-    return {"data_hash": prepared.data_hash, "data_version": prepared.version, "stages_ran": prepared.stages_ran,
-            "counts": prepared.counts}
+    prepared = prepare_task.with_options(**stage_options(cfg))(ws, cfg)
+    return {
+        "data_hash": prepared.data_hash,
+        "data_version": prepared.version,
+        "stages_ran": prepared.stages_ran,
+        "counts": prepared.counts,
+    }
 
 
 @flow(name="train", log_prints=True)
-def train(profile: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None,
-          use_ray: bool = True) -> str:
+def train(
+    profile: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None, use_ray: bool = True
+) -> str:
     """Train the configured model on the prepared data (through Ray); returns the MLflow run id."""
     ws, cfg = _config(workspace, profile, overrides)
     prepared = pipeline.current_data(ws, cfg)
-    run = train_task.with_options(**_stage_options(cfg))(ws, cfg, prepared, use_ray)
+    run = train_task.with_options(**stage_options(cfg))(ws, cfg, prepared, use_ray)
     tracking.end_run(run.target, run.run_id)
     return run.run_id
 
@@ -227,7 +181,7 @@ def train(profile: str = "smoke", overrides: list[str] | None = None, workspace:
 def evaluate(run_id: str, workspace: str | None = None) -> dict[str, Any]:
     """Score run `run_id`'s model beside the baselines on its test set; logs to that run."""
     ws, cfg, run = _existing_run(workspace, run_id)
-    result = evaluate_task.with_options(**_stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run)
+    result = evaluate_task.with_options(**stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run)
     return {"run_id": run_id, "means": result.means if result else {}}
 
 
@@ -237,47 +191,34 @@ def promote(run_id: str, workspace: str | None = None) -> dict[str, Any]:
     ws, cfg, run = _existing_run(workspace, run_id)
     from dataclasses import asdict
 
-    return asdict(promote_task.with_options(**_stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run))
+    return asdict(promote_task.with_options(**stage_options(cfg))(cfg, pipeline.current_data(ws, cfg), run))
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(name: str = "smoke", overrides: list[str] | None = None, workspace: str | None = None,
-          budget_minutes: float | None = None) -> dict[str, Any]:
+def sweep(
+    name: str = "smoke",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    budget_minutes: float | None = None,
+) -> dict[str, Any]:
     """Run (or continue) the experiment matrix `name` from params.yaml as Ray Tune trials."""
     ws = resolve_workspace(workspace)
     cfg = load_config(ws)
-    result = sweep_task.with_options(**_stage_options(cfg))(ws, name, overrides, budget_minutes)
-    create_markdown_artifact(key=f"sweep-{name}".lower().replace("_", "-"),
-                             markdown=_sweep_markdown(result, tracking.target(cfg, ws)),
-                             description=f"How each trial of sweep {name} ended")
-    return {"parent_run_id": result.parent_run_id, "counts": result.counts(), "finished": result.finished,
-            "dir": str(result.dir)}
+    result = sweep_task.with_options(**stage_options(cfg))(ws, name, overrides, budget_minutes)
+    create_markdown_artifact(
+        key=f"sweep-{name}".lower().replace("_", "-"),
+        markdown=_sweep_markdown(result, tracking.target(cfg, ws)),
+        description=f"How each trial of sweep {name} ended",
+    )
+    return {
+        "parent_run_id": result.parent_run_id,
+        "counts": result.counts(),
+        "finished": result.finished,
+        "dir": str(result.dir),
+    }
 
 
 # --------------------------------------------------------------------------- the nightly flow
-
-
-def notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:  # names as in FlowStateHook
-    """on_failure hook: log, and POST a JSON summary to the webhook when one is configured
-    ($FUSIONFLOW_NOTIFY_WEBHOOK, else nightly.notify_webhook of the workspace's params.yaml)."""
-    message = state.message or "failed"
-    log.error("nightly run %s (%s) failed: %s", flow_run.name, flow_run.id, message)
-    url = os.environ.get(WEBHOOK_ENV)
-    if not url:
-        try:
-            url = load_config(resolve_workspace((flow_run.parameters or {}).get("workspace"))).nightly.notify_webhook
-        except FusionError:
-            url = None
-    if not url:
-        return
-    payload = {"flow": flow.name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
-               "state": state.type.value, "message": message, "parameters": flow_run.parameters}
-    request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-    except OSError as exc:  # the notification must not mask the failure it reports
-        log.error("failure notification to %s failed: %s", url, exc)
 
 
 @flow(name="fusionflow-nightly", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -292,10 +233,12 @@ def nightly(
     artifact with links to the runs)."""
     start = time.perf_counter()
     ws, cfg = _config(workspace, profile, overrides)
-    opts = _stage_options(cfg)
+    opts = stage_options(cfg)
     # Prefect's sync/async dispatch returns the id itself outside an event loop
-    progress = cast(UUID, create_progress_artifact(0.0, key="nightly-progress",
-                                                   description="prepare -> train -> evaluate -> promote"))
+    progress = cast(
+        UUID,
+        create_progress_artifact(0.0, key="nightly-progress", description="prepare -> train -> evaluate -> promote"),
+    )
 
     def step(done: float, label: str) -> None:
         update_progress_artifact(progress, done)
@@ -315,18 +258,32 @@ def nightly(
     step(100, "promoted" if decision else "done (stage-1 run: nothing to evaluate)")
     tracking.end_run(run.target, run.run_id)
     swept = None
-    if cfg.nightly.sweep:   # the configured model first (it is what gets promoted), then the matrix
+    if cfg.nightly.sweep:  # the configured model first (it is what gets promoted), then the matrix
         swept, t_sweep = _timed(sweep_task.with_options(**opts), ws, cfg.nightly.sweep)
-        create_markdown_artifact(key="nightly-sweep", markdown=_sweep_markdown(swept, run.target),
-                                 description=f"How each trial of sweep {cfg.nightly.sweep} ended")
-    stage_seconds = {"prepare": t_prepare, "train": t_train, "evaluate": t_eval,
-                     **({"sweep": t_sweep} if swept else {}), "total": time.perf_counter() - start}
+        create_markdown_artifact(
+            key="nightly-sweep",
+            markdown=_sweep_markdown(swept, run.target),
+            description=f"How each trial of sweep {cfg.nightly.sweep} ended",
+        )
+    stage_seconds = {
+        "prepare": t_prepare,
+        "train": t_train,
+        "evaluate": t_eval,
+        **({"sweep": t_sweep} if swept else {}),
+        "total": time.perf_counter() - start,
+    }
     tracking.log_metrics(run.target, run.run_id, {f"pipeline/seconds_{k}": v for k, v in stage_seconds.items()})
     summary = _summary(prepared, run, result, decision, stage_seconds)
-    summary["sweep"] = ({"name": swept.name, "parent_run_id": swept.parent_run_id, "counts": swept.counts(),
-                         "finished": swept.finished} if swept else None)
-    create_markdown_artifact(key="nightly-summary", markdown=summary.pop("markdown"),
-                             description="Test metrics of the trained model beside the classical baselines")
+    summary["sweep"] = (
+        {"name": swept.name, "parent_run_id": swept.parent_run_id, "counts": swept.counts(), "finished": swept.finished}
+        if swept
+        else None
+    )
+    create_markdown_artifact(
+        key="nightly-summary",
+        markdown=summary.pop("markdown"),
+        description="Test metrics of the trained model beside the classical baselines",
+    )
     return summary
 
 
@@ -334,12 +291,20 @@ def _summary(prepared, run, result, decision, stage_seconds) -> dict[str, Any]:
     from fusion.evaluate import markdown_table
 
     url = tracking.run_url(run.target, run.run_id)
-    table = (markdown_table(result.means, result.metric_names, result.seconds_per_pair) if result is not None
-             else "Stage-1 (auto-encoder) run: nothing to evaluate.")
-    promoted = (f"Registry: `{decision.model_name}` v{decision.version} -> **@{decision.alias}** ({decision.reason})"
-                if decision else "Not registered.")
-    markdown = (f"## {run.name}\n\nMLflow run: {url}\n\n{promoted}\n\nData version `{prepared.version[:16]}` "
-                f"(dvc md5 `{prepared.data_hash}`)\n\n" + table)
+    table = (
+        markdown_table(result.means, result.metric_names, result.seconds_per_pair)
+        if result is not None
+        else "Stage-1 (auto-encoder) run: nothing to evaluate."
+    )
+    promoted = (
+        f"Registry: `{decision.model_name}` v{decision.version} -> **@{decision.alias}** ({decision.reason})"
+        if decision
+        else "Not registered."
+    )
+    markdown = (
+        f"## {run.name}\n\nMLflow run: {url}\n\n{promoted}\n\nData version `{prepared.version[:16]}` "
+        f"(dvc md5 `{prepared.data_hash}`)\n\n" + table
+    )
     return {
         "run_name": run.name,
         "run_id": run.run_id,
@@ -355,8 +320,16 @@ def _summary(prepared, run, result, decision, stage_seconds) -> dict[str, Any]:
         "means": result.means if result else {},
         "seconds_per_pair": result.seconds_per_pair if result else {},
         "stage_seconds": stage_seconds,
-        "promotion": ({"model": decision.model_name, "version": decision.version, "alias": decision.alias,
-                       "reason": decision.reason} if decision else None),
+        "promotion": (
+            {
+                "model": decision.model_name,
+                "version": decision.version,
+                "alias": decision.alias,
+                "reason": decision.reason,
+            }
+            if decision
+            else None
+        ),
         "markdown": markdown,
     }
 

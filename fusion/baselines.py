@@ -9,7 +9,7 @@ MATLAB rgb2gray luminance, the same one the metrics use.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -168,7 +168,10 @@ def guided_filter_decision(images: Sequence[np.ndarray], radius: int = 8, eps: f
     focus = np.stack([focus_measure(lum) for lum in lums])
     choice = np.argmax(focus, axis=0)
     weights = np.stack(
-        [np.clip(guided_filter(lum, (choice == k).astype(np.float64), radius, eps), 0.0, 1.0) for k, lum in enumerate(lums)]
+        [
+            np.clip(guided_filter(lum, (choice == k).astype(np.float64), radius, eps), 0.0, 1.0)
+            for k, lum in enumerate(lums)
+        ]
     )
     total = weights.sum(axis=0)
     # Where every refined weight vanished, fall back to equal weights rather than divide by 0.

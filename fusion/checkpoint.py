@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fusion.device import memory_format
+from fusion.device import in_layout
 from fusion.errors import ConfigError, DataError, output_error
 
 CHECKPOINT_FORMAT = "fusionflow-checkpoint/1"
@@ -89,7 +89,7 @@ def model_from_checkpoint(
             "of another model or variant under a wrong tag"
         )
     # the layout it trained in: channels-last and NCHW kernels round differently
-    return model.to(device, memory_format=memory_format(model)).eval(), payload
+    return in_layout(model, device).eval(), payload
 
 
 def checkpoint_in(folder: Path) -> Path:
@@ -117,7 +117,9 @@ def resolve_checkpoint(spec: str | Path, download_dir: Path | None = None) -> Pa
             return path
         if path.is_dir():
             return checkpoint_in(path)
-        raise DataError(f"--model {text}: no such checkpoint file or folder (or use an MLflow URI such as runs:/RUN_ID)")
+        raise DataError(
+            f"--model {text}: no such checkpoint file or folder (or use an MLflow URI such as runs:/RUN_ID)"
+        )
 
     from fusion.tracking import current_uri, download_first
 

@@ -69,3 +69,9 @@ def amp_dtype(tcfg: Any, device: torch.device) -> torch.dtype | None:
 def memory_format(model: torch.nn.Module) -> torch.memory_format:
     """Pure conv stacks run faster channels-last (oneDNN skips a reorder per layer)."""
     return torch.channels_last if getattr(model, "prefers_channels_last", False) else torch.contiguous_format
+
+
+def in_layout(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:
+    """`model` (on `device`, if given) in the memory layout it runs fastest in."""
+    # torch's stubs list Module.to's overloads without the memory_format keyword it takes
+    return model.to(device, memory_format=memory_format(model))  # type: ignore[call-overload]

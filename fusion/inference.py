@@ -8,19 +8,20 @@ gray sources repeated to three channels. The output is gray only when every sour
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from fusion.checkpoint import inference_payload, model_from_checkpoint, resolve_checkpoint
-from fusion.device import autocast_dtype, memory_format
+from fusion.device import autocast_dtype, in_layout, memory_format
 from fusion.errors import DataError
 from fusion.models import MODELS, checkpoint_stage
 
 log = logging.getLogger(__name__)
+
 
 def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on `device`, checkpoint payload). Checkpoints load as data only."""
@@ -29,9 +30,11 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[to
     stage = checkpoint_stage(payload)
     if not stage.fuses:
         nxt = [s.name for s in MODELS[payload["model"]].stages(payload["variant"]) if s.starts_from == stage.name]
-        raise DataError(f"--model {spec}: a {model_label(payload, variant=False)} {stage.label or stage.name} checkpoint "
-                        f"does not fuse; train the {' or '.join(nxt)} stage from it (train.init_from={spec}) and use "
-                        "that checkpoint")
+        raise DataError(
+            f"--model {spec}: a {model_label(payload, variant=False)} {stage.label or stage.name} checkpoint "
+            f"does not fuse; train the {' or '.join(nxt)} stage from it (train.init_from={spec}) and use "
+            "that checkpoint"
+        )
     return model, inference_payload(payload, path)
 
 
@@ -39,7 +42,7 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """A freshly built model in eval mode and the layout it runs fastest in (channels-last for
     pure convolution stacks such as UFA-Fuse; measured in benchmarks/bench_models.py), as
     model_from_checkpoint returns a loaded one."""
-    return model.eval().to(memory_format=memory_format(model))
+    return in_layout(model.eval())
 
 
 def model_label(payload: dict, variant: bool = True) -> str:
@@ -48,7 +51,8 @@ def model_label(payload: dict, variant: bool = True) -> str:
     name = spec.display_name if spec else payload.get("model", "model")
     if not variant:
         return name
-    paper = spec.variants.get(payload.get("variant"), payload.get("variant")) if spec else payload.get("variant")
+    tag = str(payload.get("variant") or "")
+    paper = spec.variants.get(tag, tag) if spec else tag
     if (payload.get("model_options") or {}).get("released"):
         paper = f"{paper}, released" if paper else "released"
     return f"{name} ({paper})" if paper else name
@@ -68,11 +72,11 @@ def fuse_chroma(ycrcb: Sequence[np.ndarray], rows: int = 256) -> np.ndarray:
     h, w = ycrcb[0].shape[:2]
     out = np.empty((h, w, 2), np.uint8)
     for y in range(0, h, rows):
-        chroma = np.stack([s[y:y + rows, :, 1:].astype(np.float64) for s in ycrcb])  # K x rows x W x 2
+        chroma = np.stack([s[y : y + rows, :, 1:].astype(np.float64) for s in ycrcb])  # K x rows x W x 2
         weight = np.abs(chroma - 128.0)
         total = weight.sum(axis=0)
         mixed = np.where(total > 0, (chroma * weight).sum(axis=0) / np.where(total > 0, total, 1.0), 128.0)
-        out[y:y + rows] = np.clip(np.floor(mixed + 0.5), 0, 255)
+        out[y : y + rows] = np.clip(np.floor(mixed + 0.5), 0, 255)
     return out
 
 
@@ -86,8 +90,14 @@ def _array_bytes(h: int, w: int, sources: int) -> int:
     return h * w * (3 * sources + 14)
 
 
-def check_fits(model: torch.nn.Module, paths: Sequence[str | Path], device: str | torch.device = "cpu",
-               precision: str = "float32", tile: str | int | None = "auto", max_memory: str | int | None = None) -> None:
+def check_fits(
+    model: torch.nn.Module,
+    paths: Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    precision: str = "float32",
+    tile: str | int | None = "auto",
+    max_memory: str | int | None = None,
+) -> None:
     """Refuse images that cannot be fused within the memory budget before decoding them, from
     their headers' sizes (read_image holds each as 3 bytes a pixel). No-op where Pillow cannot
     read a header, or the sizes differ (fuse() names that)."""
@@ -108,8 +118,7 @@ def check_fits(model: torch.nn.Module, paths: Sequence[str | Path], device: str 
     if len(sizes) != 1:
         return
     w, h = sizes.pop()
-    _plan(model, (h, w), len(paths), torch.device(device), precision, tile, max_memory,
-          extra=3 * h * w * len(paths))
+    _plan(model, (h, w), len(paths), torch.device(device), precision, tile, max_memory, extra=3 * h * w * len(paths))
 
 
 def _plan(model, shape, sources: int, device: torch.device, precision: str, tile, max_memory, extra: int = 0):
@@ -118,14 +127,29 @@ def _plan(model, shape, sources: int, device: torch.device, precision: str, tile
 
     dtype = autocast_dtype(precision, device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        return plan(model, rule_for(model), shape, min(_max_inputs(model), sources), getattr(model, "in_channels", 3),
-                    device, parse_tile(tile), parse_memory(max_memory), arrays=_array_bytes(*shape, sources) + extra)
+        return plan(
+            model,
+            rule_for(model),
+            shape,
+            min(_max_inputs(model), sources),
+            getattr(model, "in_channels", 3),
+            device,
+            parse_tile(tile),
+            parse_memory(max_memory),
+            arrays=_array_bytes(shape[0], shape[1], sources) + extra,
+        )
 
 
 @torch.inference_mode()
-def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | torch.device = "cpu",
-         precision: str = "float32", tile: str | int | None = "auto", max_memory: str | int | None = None,
-         progress=False) -> np.ndarray:
+def fuse(
+    model: torch.nn.Module,
+    sources: Sequence[np.ndarray],
+    device: str | torch.device = "cpu",
+    precision: str = "float32",
+    tile: str | int | None = "auto",
+    max_memory: str | int | None = None,
+    progress=False,
+) -> np.ndarray:
     """Fuse uint8 source images (H x W or H x W x 3 RGB, same size) with `model`.
 
     More sources than the model takes (a multi-exposure sequence) are fused pairwise from
@@ -141,7 +165,7 @@ def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | to
     level. What cannot fit is refused (DataError) before the model runs. progress: True (or
     a rich Console) for a tiles-done bar on stderr once a fusion takes more than a few seconds.
     """
-    from fusion.tiling import TileProgress
+    from fusion.tiling_progress import TileProgress
 
     device = torch.device(device)
     dtype = autocast_dtype(precision, device)
@@ -154,8 +178,10 @@ def fuse(model: torch.nn.Module, sources: Sequence[np.ndarray], device: str | to
     plan = _plan(model, sources[0].shape[:2], len(sources), device, precision, tile, max_memory)
     steps = 1 + max(0, len(sources) - k)
     console = None if isinstance(progress, bool) else progress
-    with TileProgress(plan.passes * steps, enabled=bool(progress), console=console) as bar, \
-            torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    with (
+        TileProgress(plan.passes * steps, enabled=bool(progress), console=console) as bar,
+        torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+    ):
         fused = _fuse_once(model, sources[:k], plan, device, bar)
         for s in sources[k:]:
             fused = _fuse_once(model, [fused, s], plan, device, bar)
@@ -168,7 +194,9 @@ def _fuse_once(model: torch.nn.Module, sources: Sequence[np.ndarray], plan, devi
     in_channels = getattr(model, "in_channels", 3)
     colour = [s.ndim == 3 and _is_colour(s) for s in sources]
     if in_channels == 1:
-        ycrcb = [cv2.cvtColor(s if s.ndim == 3 else np.repeat(s[..., None], 3, 2), cv2.COLOR_RGB2YCrCb) for s in sources]
+        ycrcb = [
+            cv2.cvtColor(s if s.ndim == 3 else np.repeat(s[..., None], 3, 2), cv2.COLOR_RGB2YCrCb) for s in sources
+        ]
         planes = [y[..., 0] for y in ycrcb]
     else:
         planes = [s if s.ndim == 3 else np.repeat(s[..., None], 3, 2) for s in sources]

@@ -22,7 +22,7 @@ from fusion.errors import FusionError
 from fusion.io import write_bytes_atomic
 from fusion.workspace import PARAMS_FILE, PIPELINE_FILE
 
-TEMPLATE_DIR = "workspace_template"   # package data: the checkout's own params.yaml and dvc.yaml
+TEMPLATE_DIR = "workspace_template"  # package data: the checkout's own params.yaml and dvc.yaml
 GITIGNORE = ".gitignore"
 # the pipeline outputs, ignored as the checkout ignores them: DVC (data, prepared), MLflow's
 # embedded store and the runs' local files are versioned elsewhere, never by git
@@ -52,14 +52,16 @@ def pipeline_text() -> str:
     head = text.partition("\nstages:")[0]
     tree = yaml.safe_load(text)
     for stage in tree["stages"].values():
-        body = stage.get("do", stage)   # foreach stages keep theirs under `do`
+        body = stage.get("do", stage)  # foreach stages keep theirs under `do`
         deps = [d for d in body.get("deps", []) if not d.startswith("fusion/")]  # modules and packages
         if deps:
             body["deps"] = deps
         else:
             body.pop("deps", None)
-    note = (f"#\n# Written by `fusion init` (fusionflow {_version()}): the stage commands run the installed\n"
-            f"# fusionflow, so upgrading it does not rerun them by itself; `dvc repro --force` does.\n")
+    note = (
+        f"#\n# Written by `fusion init` (fusionflow {_version()}): the stage commands run the installed\n"
+        f"# fusionflow, so upgrading it does not rerun them by itself; `dvc repro --force` does.\n"
+    )
     return f"{head}\n{note}{yaml.safe_dump(tree, sort_keys=False, width=120)}"
 
 
@@ -81,8 +83,10 @@ def init_workspace(dest: Path, force: bool = False) -> InitReport:
     # every refusal before anything is written: a refused init leaves the folder as it was
     held = [n for n, text in files.items() if (dest / n).is_file() and (dest / n).read_bytes() != text.encode()]
     if held and not force:
-        raise InitError(f"{', '.join(str(dest / n) for n in held)}: already there and different from the default; "
-                        f"kept (pass --force to replace {'them' if len(held) > 1 else 'it'} with the default)")
+        raise InitError(
+            f"{', '.join(str(dest / n) for n in held)}: already there and different from the default; "
+            f"kept (pass --force to replace {'them' if len(held) > 1 else 'it'} with the default)"
+        )
     report = InitReport(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -138,12 +142,14 @@ def _dvc(dest: Path, git_root: Path | None, report: InitReport) -> None:
     if (dest / ".dvc").is_dir():
         report.notes.append("dvc: already initialised")
     elif importlib.util.find_spec("dvc") is None:
-        report.notes.append("dvc: not installed in this environment, so not initialised; `pip install dvc`, then `dvc init`")
+        report.notes.append(
+            "dvc: not installed in this environment, so not initialised; `pip install dvc`, then `dvc init`"
+        )
         return
     else:
         # a workspace below the top of a team's repository is a DVC subdir project (monorepo)
         flags = ["--no-scm"] if git_root is None else ([] if git_root == dest else ["--subdir"])
         versioning.dvc(dest, "init", "-q", *flags)
-        versioning.dvc(dest, "config", "core.autostage", "false")   # as versioning.ensure_repo does
+        versioning.dvc(dest, "config", "core.autostage", "false")  # as versioning.ensure_repo does
         report.notes.append("dvc: initialised" + (" (subdir of the git repository)" if "--subdir" in flags else ""))
-    versioning.ensure_repo(dest)   # the default local remote, as the first `fusion data prepare` would add
+    versioning.ensure_repo(dest)  # the default local remote, as the first `fusion data prepare` would add

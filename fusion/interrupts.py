@@ -35,7 +35,9 @@ def interrupted(workspace: Path | None = None, out: Path | None = None) -> str:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this bookkeeping short
     killed = tracking.kill_open_runs()
     if not killed and out is not None and (out / "last.pt").is_file():
-        return f"interrupted: continue with `fusion train --out {out} --resume {out / 'last.pt'}` (same --profile/--set)"
+        return (
+            f"interrupted: continue with `fusion train --out {out} --resume {out / 'last.pt'}` (same --profile/--set)"
+        )
     if not killed:
         return "interrupted before any MLflow run was started; nothing to continue"
     ws = f" --workspace {workspace}" if workspace is not None else ""
@@ -92,21 +94,30 @@ def resume(workspace: Path, spec: str, use_ray: bool) -> tuple[pipeline.RunInfo,
     except tracking.RunNotFound as exc:
         raise FusionError(f"--resume {run_id}: no such run in {target.uri} ({exc.detail})") from None
     if held.info.status == "FINISHED":
-        raise FusionError(f"--resume {run_id}: that run is FINISHED, nothing to continue; train a new one without --resume")
+        raise FusionError(
+            f"--resume {run_id}: that run is FINISHED, nothing to continue; train a new one without --resume"
+        )
     cfg = pipeline.run_config(target, run_id)
-    run = pipeline.RunInfo(held.info.run_name, workspace / pipeline.RUNS_DIR / held.info.run_name, target, run_id,
-                           workspace)
+    run = pipeline.RunInfo(
+        held.info.run_name, workspace / pipeline.RUNS_DIR / held.info.run_name, target, run_id, workspace
+    )
     if not run.dir.is_dir():
-        raise FusionError(f"--resume {run_id}: its checkpoints ({run.dir}) are not in this workspace; resume it in "
-                          "the workspace it was trained in (--workspace)")
+        raise FusionError(
+            f"--resume {run_id}: its checkpoints ({run.dir}) are not in this workspace; resume it in "
+            "the workspace it was trained in (--workspace)"
+        )
     prepared = pipeline.prepare(workspace, cfg)
     trained_on = held.data.tags.get("data.version")
     if trained_on and trained_on != prepared.version:
-        raise FusionError(f"--resume {run_id}: the run trained on data version {trained_on[:12]}, the workspace now "
-                          f"prepares {prepared.version[:12]}; resuming would mix the two (train a new run instead)")
+        raise FusionError(
+            f"--resume {run_id}: the run trained on data version {trained_on[:12]}, the workspace now "
+            f"prepares {prepared.version[:12]}; resuming would mix the two (train a new run instead)"
+        )
     executor = held.data.tags.get("train.executor")
     if executor in ("ray", "local") and (executor == "ray") != use_ray:
-        log.info("run %s trained %s: it continues the same way", run_id, "through Ray" if executor == "ray" else "in-process")
+        log.info(
+            "run %s trained %s: it continues the same way", run_id, "through Ray" if executor == "ray" else "in-process"
+        )
         use_ray = executor == "ray"
     tracking.reopen_run(target, run_id)
     log.info("resuming MLflow run %s (%s, was %s)", run_id, run.name, held.info.status)

@@ -93,7 +93,7 @@ def ms_ssim(
         size = min(window, x.shape[-2], x.shape[-1])
         k = _gaussian(size, sigma, x).expand(ch, 1, size, size)
 
-        def blur(t: torch.Tensor) -> torch.Tensor:
+        def blur(t: torch.Tensor, k: torch.Tensor = k) -> torch.Tensor:  # this scale's window
             return F.conv2d(t, k, groups=ch)
 
         mx, my = blur(x), blur(y)
@@ -123,10 +123,15 @@ CADNIF_RELEASED_WEIGHTS = (1.0, 1.0, 3.0, 3.0)
 CADNIF_RELEASED_SCALE = 100.0
 CADNIF_CROP_BORDER, CADNIF_RELEASED_CROP_BORDER = 6, 0
 _TASK_ALIASES = {
-    "irvis": "ir-vis", "infraredvisible": "ir-vis", "ivf": "ir-vis",
-    "medical": "medical", "mripet": "medical",
-    "multifocus": "multi-focus", "mff": "multi-focus",
-    "multiexposure": "multi-exposure", "mef": "multi-exposure",
+    "irvis": "ir-vis",
+    "infraredvisible": "ir-vis",
+    "ivf": "ir-vis",
+    "medical": "medical",
+    "mripet": "medical",
+    "multifocus": "multi-focus",
+    "mff": "multi-focus",
+    "multiexposure": "multi-exposure",
+    "mef": "multi-exposure",
 }
 
 
@@ -206,8 +211,9 @@ class CADNIFLoss(nn.Module):
 # ---------------------------------------------------------------- CrossFuse
 
 
-def released_ms_ssim_combine(ssim: torch.Tensor, cs: torch.Tensor,
-                             weights: tuple[float, ...] = MS_SSIM_WEIGHTS) -> torch.Tensor:
+def released_ms_ssim_combine(
+    ssim: torch.Tensor, cs: torch.Tensor, weights: tuple[float, ...] = MS_SSIM_WEIGHTS
+) -> torch.Tensor:
     """How `pytorch_msssim.msssim(..., normalize=True)` combines per-scale values:
     prod(((cs[:-1] + 1) / 2) ** w[:-1] * ((ssim[-1] + 1) / 2) ** w[-1]). The last scale's factor
     sits inside the product over the other scales, so it is raised to (levels - 1) * w[-1]
@@ -217,8 +223,14 @@ def released_ms_ssim_combine(ssim: torch.Tensor, cs: torch.Tensor,
     return torch.prod(cs[:-1] ** w[:-1] * ssim[-1] ** w[-1])
 
 
-def released_ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
-                     weights: tuple[float, ...] = MS_SSIM_WEIGHTS, pixel_scale: float = 255.0) -> torch.Tensor:
+def released_ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+    weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
+    pixel_scale: float = 255.0,
+) -> torch.Tensor:
     """CrossFuse's released stage-1 MS-SSIM: `pytorch_msssim.msssim(x * 255, y * 255, normalize=True)`.
 
     As that code does at every scale: the data range L is guessed from x (255 if max(x) > 128 on
@@ -238,7 +250,7 @@ def released_ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: 
         g = g / g.sum()
         k = torch.outer(g, g).expand(ch, 1, size, size)
 
-        def blur(t: torch.Tensor) -> torch.Tensor:
+        def blur(t: torch.Tensor, k: torch.Tensor = k) -> torch.Tensor:  # this scale's window
             return F.conv2d(t, k, groups=ch)
 
         mx, my = blur(x), blur(y)

@@ -10,8 +10,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from fusion import tracking, versioning
 from fusion.config import Config
@@ -19,6 +21,7 @@ from fusion.data import embedded
 from fusion.data.manifest import data_version
 from fusion.data.prepared import Prepared
 from fusion.git_info import git_state
+from fusion.pipeline_scoring import evaluate, promote, rescore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def prepare(workspace: Path, cfg: Config, push: bool = True) -> Prepared:
     return current_data(workspace, cfg, result.ran, result.skipped)
 
 
-def current_data(workspace: Path, cfg: Config, ran: list[str] = (), skipped: list[str] = ()) -> Prepared:
+def current_data(workspace: Path, cfg: Config, ran: Sequence[str] = (), skipped: Sequence[str] = ()) -> Prepared:
     """The prepared data as it is on disk (what `prepare` left), without running DVC."""
     from fusion.errors import DataError
 
@@ -84,8 +87,15 @@ def current_data(workspace: Path, cfg: Config, ran: list[str] = (), skipped: lis
         raise DataError(f"{workspace / out}: no prepared data; run the prepare stage first (`fusion data prepare`)")
     hashes = versioning.output_hashes(workspace)
     counts = json.loads(manifest.read_text())["counts"]
-    return Prepared(workspace / out, versioning.raw_hash(workspace), hashes.get(out, "unknown"), list(ran), list(skipped),
-                    counts, data_version(workspace / out))
+    return Prepared(
+        workspace / out,
+        versioning.raw_hash(workspace),
+        hashes.get(out, "unknown"),
+        list(ran),
+        list(skipped),
+        counts,
+        data_version(workspace / out),
+    )
 
 
 def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
@@ -95,7 +105,9 @@ def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
     try:
         text = tracking.read_text(target, f"runs:/{run_id}/config/resolved.json")
     except Exception as exc:  # MLflow raises several kinds for a missing run/artifact
-        raise ConfigError(f"run {run_id}: no config/resolved.json in {target.uri} ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"run {run_id}: no config/resolved.json in {target.uri} ({str(exc).splitlines()[0]})"
+        ) from None
     return Config.model_validate(json.loads(text))
 
 
@@ -110,9 +122,15 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.train.model}-{cfg.train.variant}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = None,
-          extra_tags: dict[str, str] | None = None, run_dir: Path | None = None,
-          target: tracking.TrackingTarget | None = None) -> RunInfo:
+def start(
+    workspace: Path,
+    cfg: Config,
+    prepared: Prepared,
+    name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    run_dir: Path | None = None,
+    target: tracking.TrackingTarget | None = None,
+) -> RunInfo:
     """A new MLflow run for training `cfg` in `target` (default: the workspace's); its files
     go to runs/<name> (or `run_dir`)."""
     name = name or run_name(cfg)
@@ -148,10 +166,15 @@ def start(workspace: Path, cfg: Config, prepared: Prepared, name: str | None = N
 def _data_tags(cfg: Config) -> dict[str, str]:
     spec = cfg.train.source
     if spec is None:
-        return {"data.synthetic": "true",
-                "data.description": "SYNTHETIC multi-focus pairs (UFA-Fuse Eq. 11) from scikit-image photographs"}
-    return {"data.synthetic": "false", "data.source": f"{spec.layout}:{spec.path}",
-            "data.description": f"{cfg.train.task} source pairs, layout {spec.layout}, read from {spec.path}"}
+        return {
+            "data.synthetic": "true",
+            "data.description": "SYNTHETIC multi-focus pairs (UFA-Fuse Eq. 11) from scikit-image photographs",
+        }
+    return {
+        "data.synthetic": "false",
+        "data.source": f"{spec.layout}:{spec.path}",
+        "data.description": f"{cfg.train.task} source pairs, layout {spec.layout}, read from {spec.path}",
+    }
 
 
 def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
@@ -163,8 +186,16 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
 
         _executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
         with _ray_interrupts():
-            train_with_ray(cfg, prepared.root, run.dir / "ray", run.name, ckpt_dir,
-                           tracking=asdict(run.target), run_id=run.run_id, spool=run.dir / SPOOL)
+            train_with_ray(
+                cfg,
+                prepared.root,
+                run.dir / "ray",
+                run.name,
+                ckpt_dir,
+                tracking=asdict(run.target),
+                run_id=run.run_id,
+                spool=run.dir / SPOOL,
+            )
     else:
         train_in_process(cfg, prepared, run, ckpt_dir)
     publish(run, ckpt_dir)
@@ -191,19 +222,28 @@ def _ray_interrupts():
             signal.signal(signal.SIGINT, previous)
 
 
-def train_in_process(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path, callbacks: list = (),
-                     deadline: float | None = None, executor: str = "local"):
+def train_in_process(
+    cfg: Config,
+    prepared: Prepared,
+    run: RunInfo,
+    ckpt_dir: Path,
+    callbacks: Sequence[Any] = (),
+    deadline: float | None = None,
+    executor: str = "local",
+):
     """Train in this process, logging to the run; continues from ckpt_dir/last.pt when a
     previous attempt left one (a retried sweep trial). Returns the TrainState."""
     import torch
 
-    from fusion.tracking import SPOOL
     from fusion.checkpoint import LAST
+    from fusion.tracking import SPOOL
     from fusion.train.loop import Trainer
 
     _executor_tags(cfg, run, executor, torch.get_num_threads())
     last = ckpt_dir / LAST
-    trainer = Trainer(cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, run.dir / SPOOL), *callbacks])
+    trainer = Trainer(
+        cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, run.dir / SPOOL), *callbacks]
+    )
     return trainer.fit(ckpt_dir, resume_from=last if last.is_file() else None, deadline=deadline)
 
 
@@ -211,8 +251,11 @@ def _executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> No
     from fusion.device import pick_device
 
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count
-    tracking.set_tags(run.target, run.run_id, {"train.executor": executor, "train.threads": str(threads),
-                                               "env.device": str(pick_device(cfg.train.device))})
+    tracking.set_tags(
+        run.target,
+        run.run_id,
+        {"train.executor": executor, "train.threads": str(threads), "env.device": str(pick_device(cfg.train.device))},
+    )
 
 
 def publish(run: RunInfo, ckpt_dir: Path) -> None:
@@ -234,130 +277,31 @@ def publish(run: RunInfo, ckpt_dir: Path) -> None:
         shutil.rmtree(model_dir, ignore_errors=True)  # a retried stage writes it again
         spool.log_artifact(mlflow_model.save(best, model_dir), mlflow_model.ARTIFACT_PATH)
     if not spool.flush(force=True):
-        log.warning("tracking server %s unreachable: %d record(s) of run %s wait in %s; they are delivered by "
-                    "`fusion sync` once it is back", run.target.uri, spool.pending, run.run_id, spool.path)
+        log.warning(
+            "tracking server %s unreachable: %d record(s) of run %s wait in %s; they are delivered by "
+            "`fusion sync` once it is back",
+            run.target.uri,
+            spool.pending,
+            run.run_id,
+            spool.path,
+        )
 
 
-def evaluate(cfg: Config, prepared: Prepared, run: RunInfo, ckpt_dir: Path):
-    """Score the trained model and the baselines on the test split with every configured
-    metric; log the tables, per-pair values, sample images and the comparison figure."""
-    from fusion.data.test_sets import load_test_set
-    from fusion.evaluate import baseline_methods, model_method
-    from fusion.checkpoint import checkpoint_in, model_from_checkpoint
-    from fusion.device import pick_device
-    from fusion.inference import model_label
-    from fusion.models import checkpoint_stage
-
-    device = pick_device(cfg.train.device)
-    model, payload = model_from_checkpoint(checkpoint_in(ckpt_dir), device)
-    stage = checkpoint_stage(payload)
-    if not stage.fuses:
-        log.info("%s %s checkpoints do not fuse: nothing to evaluate; train the next stage with "
-                 "train.init_from=runs:/%s", model_label(payload, variant=False), stage.label or stage.name, run.run_id)
-        return None
-    label = model_label(payload)
-    test_set, labels, title = _test_set(cfg, prepared)
-    from fusion.promotion import TEST_SET_TAG
-
-    tracking.set_tags(run.target, run.run_id, {TEST_SET_TAG: test_set.version()})
-    methods = {label: model_method(model, device), **baseline_methods(cfg.evaluate.baselines)}
-    result = _score(cfg, run, methods, label, test_set, labels, title, "eval", "test", device)
-    # every registered test set of the same task (data.test_sets): eval/<name>/, test_sets/<name>/<metric>
-    for name, folder in _task_test_sets(cfg, run.workspace):
-        extra = load_test_set(folder)
-        _score(cfg, run, methods, label, extra, extra.source_labels, f"{name}: {cfg.train.task} test set",
-               f"eval/{name}", f"test_sets/{name}", device)
-    return result
-
-
-def _score(cfg: Config, run: RunInfo, methods: dict, label: str, test_set, labels, title: str, artifact_dir: str,
-           prefix: str, device):
-    """Score `methods` on `test_set`; reports, figure and samples to the run under `artifact_dir`,
-    means as `<prefix>/<metric>` for the model and `baseline/<method>/...` (prefixed) for the rest."""
-    from fusion.evaluate import evaluate_methods, run_metrics, save_samples, write_reports
-    from fusion.report import evaluation_figure
-
-    result, samples = evaluate_methods(test_set, methods, _applicable(cfg.evaluate.metrics, test_set.has_gt), device=device,
-                                       keep_images=cfg.evaluate.grid_pairs, warm_up=[label])
-    eval_dir = run.dir / artifact_dir
-    paths = write_reports(result, eval_dir)
-    figure = evaluation_figure(samples, labels, result.methods, eval_dir / "grid.png", title=title,
-                               caption_metric=_caption_metric(result), rows=result.rows)
-    for p in (*paths.values(), figure):
-        tracking.log_artifact(run.target, run.run_id, p, artifact_dir)
-    sample_dir = eval_dir / "samples"
-    save_samples(samples, sample_dir, labels)
-    tracking.log_artifacts(run.target, run.run_id, sample_dir, f"{artifact_dir}/samples")
-    tracking.log_metrics(run.target, run.run_id, run_metrics(result, label, prefix))
-    return result
-
-
-def _task_test_sets(cfg: Config, workspace: Path) -> list[tuple[str, Path]]:
-    """Prepared test sets (data.test_sets) of the run's task, in name order; missing ones are
-    skipped with a warning (their stage has not run)."""
-    from fusion.data.stages import output_dir
-
-    out = []
-    for name in sorted(cfg.data.test_sets):
-        folder = output_dir(workspace, "test_sets", name)
-        manifest = folder / "manifest.json"
-        if not manifest.is_file():
-            log.warning("test set %s: %s not prepared (run `fusion data prepare`); not evaluated", name, folder)
-            continue
-        if json.loads(manifest.read_text())["task"] == cfg.train.task:
-            out.append((name, folder))
-    return out
-
-
-def _test_set(cfg: Config, prepared: Prepared):
-    """The held-out pairs of what the run trained on: the prepared split, or train.source's."""
-    from fusion.data.training import load_source_split
-    from fusion.evaluate import pairs_test_set, prepared_test_set
-
-    spec = cfg.train.source
-    if spec is None:
-        test_set = prepared_test_set(prepared.root, "test")
-        return test_set, ["near (synthetic)", "far (synthetic)"], f"{test_set.name}: SYNTHETIC multi-focus test pairs"
-    _, test = load_source_split(spec, cfg.seed)
-    test_set = pairs_test_set(test, f"{spec.layout}:{Path(spec.path).name}/test")
-    return test_set, test_set.source_labels, f"{test_set.name}: held-out {cfg.train.task} pairs"
-
-
-def _applicable(names: list[str], has_gt: bool) -> list[str]:
-    """The configured metrics this test set supports: *_gt metrics need a ground truth."""
-    from fusion.metrics import ALL, select_metrics
-
-    unusable = select_metrics(names, has_gt).unusable
-    return [n for n in names if n == ALL or n not in unusable]
-
-
-def _caption_metric(result) -> str | None:
-    for name in ("SSIM_gt", "Qabf", "SSIM"):
-        if name in result.metric_names:
-            return name
-    return None
-
-
-def rescore(cfg: Config, prepared: Prepared, target: tracking.TrackingTarget, run_id: str, metric: str) -> float:
-    """Mean `metric` of run `run_id`'s model on the test set of `cfg`/`prepared` (a champion
-    re-scored on a candidate's test data before the two are compared)."""
-    from fusion.evaluate import evaluate_methods, model_method
-    from fusion.inference import load_model
-    from fusion.device import pick_device
-
-    import tempfile
-
-    device = pick_device(cfg.train.device)
-    with tempfile.TemporaryDirectory(prefix="fusionflow-champion-") as tmp:
-        local = tracking.download(target.uri, f"runs:/{run_id}/checkpoints", Path(tmp))
-        model, _ = load_model(local, device)
-    test_set, _, _ = _test_set(cfg, prepared)
-    result, _ = evaluate_methods(test_set, {"champion": model_method(model, device)}, [metric], device=device)
-    return result.means["champion"][metric]
-
-
-def promote(cfg: Config, prepared: Prepared, run: RunInfo):
-    """Register the run's model; @champion only if it beats the best baseline and the current one (fusion.promotion)."""
-    from fusion.promotion import promote as decide
-
-    return decide(run.target, run.run_id, cfg, lambda champ_id, metric: rescore(cfg, prepared, run.target, champ_id, metric))
+__all__ = [
+    "RUNS_DIR",
+    "Prepared",
+    "RunInfo",
+    "current_data",
+    "evaluate",
+    "new_workspace",
+    "prepare",
+    "promote",
+    "publish",
+    "rescore",
+    "run_config",
+    "run_info",
+    "run_name",
+    "start",
+    "train",
+    "train_in_process",
+]

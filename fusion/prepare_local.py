@@ -43,14 +43,18 @@ def prepare_without_dvc(workspace: Path, cfg: Config):
     out = cfg.data.synth_multifocus.out
     root = workspace / out
     if cfg.train.source is not None:
-        log.warning("DVC is not installed: training on train.source=%s as it is; no data is prepared or versioned",
-                    cfg.train.source.name or cfg.train.source.path)
+        log.warning(
+            "DVC is not installed: training on train.source=%s as it is; no data is prepared or versioned",
+            cfg.train.source.name or cfg.train.source.path,
+        )
         return Prepared(root, UNVERSIONED, UNVERSIONED, [], [], {}, UNVERSIONED)
     manifest = root / MANIFEST
     if not manifest.is_file():
-        raise DataError(f"{root}: no prepared data, and DVC is not installed to build it; build it here with "
-                        f"`fusion data embedded` then `fusion data synth-multifocus` (no DVC needed), copy {out} from "
-                        f"another machine, or train on a source (--set train.source=NAME)")
+        raise DataError(
+            f"{root}: no prepared data, and DVC is not installed to build it; build it here with "
+            f"`fusion data embedded` then `fusion data synth-multifocus` (no DVC needed), copy {out} from "
+            f"another machine, or train on a source (--set train.source=NAME)"
+        )
     log.warning("DVC is not installed: training on %s as it is on disk (not rebuilt or versioned)", root)
     raw = workspace / f"{RAW_DIR}.dvc"
     raw_hash = UNVERSIONED

@@ -37,15 +37,15 @@ TEST_SET_TAG = "eval.test_set"
 class Decision:
     model_name: str
     version: str
-    alias: str                    # champion | challenger
+    alias: str  # champion | challenger
     metric: str
     higher_is_better: bool
     candidate: float
-    champion: float | None        # None: there was no champion
+    champion: float | None  # None: there was no champion
     champion_version: str | None
-    rescored: bool                # the champion was re-scored on the candidate's test set
+    rescored: bool  # the champion was re-scored on the candidate's test set
     reason: str
-    best_baseline: str | None = None          # the classical baseline it had to beat, if required
+    best_baseline: str | None = None  # the classical baseline it had to beat, if required
     baseline_value: float | None = None
 
 
@@ -72,30 +72,47 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
     metric = metric_for(cfg, has_gt)
     key = f"test/{metric}"
     if key not in run.data.metrics:
-        raise FusionError(f"run {run_id} has no {key} metric: evaluate it before promoting "
-                          f"(promote.metric={cfg.promote.metric!r}; logged: {sorted(k for k in run.data.metrics if k.startswith('test/'))})")
+        raise FusionError(
+            f"run {run_id} has no {key} metric: evaluate it before promoting "
+            f"(promote.metric={cfg.promote.metric!r}; logged: {sorted(k for k in run.data.metrics if k.startswith('test/'))})"
+        )
     candidate = run.data.metrics[key]
     higher = METRICS[metric].higher_is_better
     name = model_name(cfg)
-    tracking.ensure_registered_model(c, name, f"{cfg.train.model} fusion models for {cfg.train.task}; "
-                                              f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison")
+    tracking.ensure_registered_model(
+        c,
+        name,
+        f"{cfg.train.model} fusion models for {cfg.train.task}; "
+        f"@{CHAMPION} serves, @{CHALLENGER} lost its last comparison",
+    )
     logged = {a.path for a in c.list_artifacts(run_id)}
     source = f"runs:/{run_id}/model" if "model" in logged else f"runs:/{run_id}/checkpoints"
-    mv = c.create_model_version(name, source=source, run_id=run_id,
-                                tags={"variant": cfg.train.variant, TEST_SET_TAG: run.data.tags.get(TEST_SET_TAG, "unknown")})
+    mv = c.create_model_version(
+        name,
+        source=source,
+        run_id=run_id,
+        tags={"variant": cfg.train.variant, TEST_SET_TAG: run.data.tags.get(TEST_SET_TAG, "unknown")},
+    )
     champ = tracking.version_by_alias(c, name, CHAMPION)
 
     champ_value, rescored = None, False
     best_baseline, baseline_value, loses_to_baseline = None, None, None
     if cfg.promote.require_beat_baselines:
-        best_baseline, baseline_value, loses_to_baseline = _against_baselines(run.data.metrics, metric, candidate,
-                                                                             higher, cfg.promote.min_improvement)
+        best_baseline, baseline_value, loses_to_baseline = _against_baselines(
+            run.data.metrics, metric, candidate, higher, cfg.promote.min_improvement
+        )
     if loses_to_baseline is not None:
         alias, reason = CHALLENGER, loses_to_baseline
     elif champ is None:
-        alias, reason = CHAMPION, "no champion yet" + (
-            f"; {metric} {candidate:.6g} beats the best baseline {best_baseline} {baseline_value:.6g}"
-            if best_baseline else "")
+        alias, reason = (
+            CHAMPION,
+            "no champion yet"
+            + (
+                f"; {metric} {candidate:.6g} beats the best baseline {best_baseline} {baseline_value:.6g}"
+                if best_baseline
+                else ""
+            ),
+        )
     else:
         champ_run = c.get_run(champ.run_id)
         ours = run.data.tags.get(TEST_SET_TAG)
@@ -105,18 +122,39 @@ def promote(t: tracking.TrackingTarget, run_id: str, cfg: Config, rescore=None) 
         elif rescore is not None:
             champ_value, rescored = float(rescore(champ.run_id, metric)), True
         if champ_value is None or not math.isfinite(champ_value):
-            alias, reason = CHAMPION, f"champion v{champ.version} has no comparable {metric} (different test data, not re-scored)"
+            alias, reason = (
+                CHAMPION,
+                f"champion v{champ.version} has no comparable {metric} (different test data, not re-scored)",
+            )
         else:
             margin = cfg.promote.min_improvement
             better = _beats(candidate, champ_value, higher, margin)
             alias = CHAMPION if better else CHALLENGER
-            reason = (f"{metric} {candidate:.6g} {'beats' if better else 'does not beat'} champion v{champ.version} "
-                      f"{champ_value:.6g} by more than {margin:g}" + (" (champion re-scored on this test set)" if rescored else ""))
+            reason = (
+                f"{metric} {candidate:.6g} {'beats' if better else 'does not beat'} champion v{champ.version} "
+                f"{champ_value:.6g} by more than {margin:g}"
+                + (" (champion re-scored on this test set)" if rescored else "")
+            )
     c.set_registered_model_alias(name, alias, mv.version)
-    decision = Decision(name, str(mv.version), alias, metric, higher, candidate, champ_value,
-                        str(champ.version) if champ else None, rescored, reason, best_baseline, baseline_value)
-    tracking.set_tags(t, run_id, {"promote.model": name, "promote.version": decision.version, "promote.alias": alias,
-                                  "promote.reason": reason})
+    decision = Decision(
+        name,
+        str(mv.version),
+        alias,
+        metric,
+        higher,
+        candidate,
+        champ_value,
+        str(champ.version) if champ else None,
+        rescored,
+        reason,
+        best_baseline,
+        baseline_value,
+    )
+    tracking.set_tags(
+        t,
+        run_id,
+        {"promote.model": name, "promote.version": decision.version, "promote.alias": alias, "promote.reason": reason},
+    )
     c.set_model_version_tag(name, mv.version, "promote.reason", reason)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decision.json"
@@ -130,21 +168,37 @@ def _beats(candidate: float, other: float, higher: bool, margin: float) -> bool:
     return candidate > other + margin if higher else candidate < other - margin
 
 
-def _against_baselines(metrics: dict[str, float], metric: str, candidate: float, higher: bool,
-                       margin: float) -> tuple[str | None, float | None, str | None]:
+def _against_baselines(
+    metrics: dict[str, float], metric: str, candidate: float, higher: bool, margin: float
+) -> tuple[str | None, float | None, str | None]:
     """(best baseline, its value, why the candidate may not be champion or None). The baselines
     are the run's own `baseline/<method>/<metric>`: scored on the same test pairs."""
-    scores = {k.split("/")[1]: v for k, v in metrics.items()
-              if k.startswith("baseline/") and k.count("/") == 2 and k.endswith(f"/{metric}") and math.isfinite(v)}
+    scores = {
+        k.split("/")[1]: v
+        for k, v in metrics.items()
+        if k.startswith("baseline/") and k.count("/") == 2 and k.endswith(f"/{metric}") and math.isfinite(v)
+    }
     if not scores:
-        return None, None, (f"no classical baseline was scored on {metric} in this run (evaluate.baselines), and "
-                            f"promote.require_beat_baselines is true")
+        return (
+            None,
+            None,
+            (
+                f"no classical baseline was scored on {metric} in this run (evaluate.baselines), and "
+                f"promote.require_beat_baselines is true"
+            ),
+        )
     best = (max if higher else min)(scores, key=scores.__getitem__)
     value = scores[best]
     if _beats(candidate, value, higher, margin):
         return best, value, None
-    return best, value, (f"{metric} {candidate:.6g} does not beat the best classical baseline {best} {value:.6g} on "
-                         f"the same test data (promote.require_beat_baselines)")
+    return (
+        best,
+        value,
+        (
+            f"{metric} {candidate:.6g} does not beat the best classical baseline {best} {value:.6g} on "
+            f"the same test data (promote.require_beat_baselines)"
+        ),
+    )
 
 
 def _recorded(t: tracking.TrackingTarget, run_id: str) -> Decision:

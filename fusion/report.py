@@ -16,9 +16,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -56,8 +56,12 @@ def comparison_figure(
     first = next(img for img in rows[0].values() if img is not None)
     aspect = first.shape[0] / first.shape[1]
     cell = 2.2
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
-                             figsize=(cell * len(columns), cell * aspect * len(rows) + (0.6 if title else 0.2)))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(columns),
+        squeeze=False,
+        figsize=(cell * len(columns), cell * aspect * len(rows) + (0.6 if title else 0.2)),
+    )
     for r, row in enumerate(rows):
         for c, label in enumerate(columns):
             ax = axes[r][c]
@@ -82,8 +86,15 @@ def comparison_figure(
     return Path(path)
 
 
-def evaluation_figure(samples: list[dict], source_labels: Sequence[str], methods: Sequence[str], path: Path,
-                      title: str = "", caption_metric: str | None = None, rows: list[dict] | None = None) -> Path:
+def evaluation_figure(
+    samples: list[dict],
+    source_labels: Sequence[str],
+    methods: Sequence[str],
+    path: Path,
+    title: str = "",
+    caption_metric: str | None = None,
+    rows: list[dict] | None = None,
+) -> Path:
     """comparison_figure for the samples kept by fusion.evaluate.evaluate_methods."""
     table = []
     captions = {}
@@ -105,19 +116,24 @@ def evaluation_figure(samples: list[dict], source_labels: Sequence[str], methods
 # --------------------------------------------------------------------------- across runs
 @dataclass
 class RunsReport:
-    names: list[str]                              # metric names (columns)
-    means: dict[str, dict[str, float]]            # method label -> metric -> mean
+    names: list[str]  # metric names (columns)
+    means: dict[str, dict[str, float]]  # method label -> metric -> mean
     seconds: dict[str, float]
-    runs: dict[str, str]                          # method label -> run id ("" for baselines)
-    data_versions: dict[str, str]                 # run id -> data.dvc_md5 tag
+    runs: dict[str, str]  # method label -> run id ("" for baselines)
+    data_versions: dict[str, str]  # run id -> data.dvc_md5 tag
     test_set: str
     warnings: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
     report_run_id: str | None = None
 
 
-def select_runs(client, experiment: str | None = None, run_ids: Sequence[str] = (), parent: str | None = None,
-                filter_string: str = "") -> list:
+def select_runs(
+    client,
+    experiment: str | None = None,
+    run_ids: Sequence[str] = (),
+    parent: str | None = None,
+    filter_string: str = "",
+) -> list:
     """Runs by id, by parent run (its children), or by experiment (+ MLflow filter string)."""
     from fusion.tracking import mlflow_error
 
@@ -140,7 +156,9 @@ def select_runs(client, experiment: str | None = None, run_ids: Sequence[str] = 
                 raise DataError(f"--experiment {experiment}: no such experiment in the tracking store")
             exp_ids, filt = [exp.experiment_id], filter_string
         try:
-            found = client.search_runs(exp_ids, filter_string=filt, order_by=["attributes.start_time ASC"], max_results=1000)
+            found = client.search_runs(
+                exp_ids, filter_string=filt, order_by=["attributes.start_time ASC"], max_results=1000
+            )
         except mlflow_error() as exc:
             raise DataError(f"--filter {filter_string!r}: {str(exc).splitlines()[0]}") from exc
         runs += [r for r in found if r.data.tags.get("fusionflow.report") != "true"]
@@ -162,8 +180,15 @@ def _label(run, used: set[str]) -> str:
     return label
 
 
-def runs_report(client, runs: list, out_dir: Path, log_to: str | None = None, experiment_id: str | None = None,
-                figure_pairs: int = 3, artifact_path: str = "report") -> RunsReport:
+def runs_report(
+    client,
+    runs: list,
+    out_dir: Path,
+    log_to: str | None = None,
+    experiment_id: str | None = None,
+    figure_pairs: int = 3,
+    artifact_path: str = "report",
+) -> RunsReport:
     """Combine the evaluation summaries of `runs` into one table (+ figure), write it to
     `out_dir` and log it to the run `log_to` (or to a new report run in `experiment_id`)."""
     # MLflow's per-download tqdm bars would bury the report's own output
@@ -177,8 +202,10 @@ def runs_report(client, runs: list, out_dir: Path, log_to: str | None = None, ex
             try:
                 local = client.download_artifacts(rid, SUMMARY_ARTIFACT, tmp)
             except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-                raise DataError(f"run {rid} ({run.info.run_name}): no {SUMMARY_ARTIFACT} artifact; "
-                                f"was it evaluated? ({exc.__class__.__name__})") from exc
+                raise DataError(
+                    f"run {rid} ({run.info.run_name}): no {SUMMARY_ARTIFACT} artifact; "
+                    f"was it evaluated? ({exc.__class__.__name__})"
+                ) from exc
             summaries[rid] = json.loads(Path(local).read_text())
         report = _combine(runs, summaries)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,8 +215,10 @@ def runs_report(client, runs: list, out_dir: Path, log_to: str | None = None, ex
         report.paths["table"] = out_dir / "report.md"
         report.paths["table_csv"] = out_dir / "report.csv"
         legend = "\n".join(f"- {label}: run `{rid}`" for label, rid in report.runs.items() if rid)
-        write_bytes_atomic(report.paths["table"], (markdown_table(report.means, report.names, report.seconds, title)
-                                                   + "\n" + legend + "\n").encode())
+        write_bytes_atomic(
+            report.paths["table"],
+            (markdown_table(report.means, report.names, report.seconds, title) + "\n" + legend + "\n").encode(),
+        )
         write_bytes_atomic(report.paths["table_csv"], csv_table(report.means, report.names, report.seconds).encode())
         fig = _runs_figure(client, runs, report, out_dir / "comparison.png", Path(tmp), figure_pairs)
         if fig is not None:
@@ -221,7 +250,9 @@ def _combine(runs: list, summaries: dict[str, dict]) -> RunsReport:
             if m in _BASELINE_NAMES:
                 vals = {n: s["means"][m].get(n, math.nan) for n in names}
                 if m in baselines and any(not _close(baselines[m][n], vals[n]) for n in names):
-                    warnings.append(f"baseline {m} differs between runs: the runs were not scored on the same test data")
+                    warnings.append(
+                        f"baseline {m} differs between runs: the runs were not scored on the same test data"
+                    )
                 baselines.setdefault(m, vals)
                 seconds.setdefault(m, s["seconds_per_pair"].get(m, math.nan))
     for m, vals in baselines.items():
@@ -286,18 +317,27 @@ def _log(client, report: RunsReport, log_to: str | None, experiment_id: str, art
     from fusion.tracking import log_metric_batch
 
     if log_to is None:
-        run = client.create_run(experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags={"fusionflow.report": "true", "report.runs": ",".join(sorted({r for r in report.runs.values() if r}))})
+        run = client.create_run(
+            experiment_id,
+            run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"fusionflow.report": "true", "report.runs": ",".join(sorted({r for r in report.runs.values() if r}))},
+        )
         log_to = run.info.run_id
         created = True
     else:
         created = False
     for p in report.paths.values():
         client.log_artifact(log_to, str(p), artifact_path)
-    log_metric_batch(client, log_to, {f"{artifact_path}/{m}/{n}": v for m, vals in report.means.items()
-                                      for n, v in vals.items() if math.isfinite(v)})
+    log_metric_batch(
+        client,
+        log_to,
+        {
+            f"{artifact_path}/{m}/{n}": v
+            for m, vals in report.means.items()
+            for n, v in vals.items()
+            if math.isfinite(v)
+        },
+    )
     if created:
         client.set_terminated(log_to)
     return log_to
-
-

@@ -53,9 +53,9 @@ class Comparison:
     data_md5: str
     device: str
     tolerance: float
-    checkpoints: dict[str, bool] = field(default_factory=dict)       # file -> weights identical
+    checkpoints: dict[str, bool] = field(default_factory=dict)  # file -> weights identical
     max_weight_diff: dict[str, float] = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)                # per epoch: name, original, reproduced
+    metrics: list[dict] = field(default_factory=list)  # per epoch: name, original, reproduced
     metrics_equal: bool = True
 
     @property
@@ -73,15 +73,21 @@ def check_reproducible(tags: dict[str, str], run_id: str, repo: Path) -> str:
     if commit == "unknown":
         raise _refuse(run_id, "it records no git commit (its code was not in a git checkout)")
     if tags.get("git.dirty") != "false":
-        raise _refuse(run_id, f"it was trained from a checkout with uncommitted changes on top of {commit[:12]} "
-                              f"(git.dirty={tags.get('git.dirty')}); that code was never recorded")
+        raise _refuse(
+            run_id,
+            f"it was trained from a checkout with uncommitted changes on top of {commit[:12]} "
+            f"(git.dirty={tags.get('git.dirty')}); that code was never recorded",
+        )
     if git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
         raise _refuse(run_id, f"its code revision {commit} is not in {repo} (git fetch it from the team's remote)")
     if "data.dvc_md5" not in tags or tags["data.dvc_md5"] == "unknown":
         raise _refuse(run_id, "it records no DVC data version (data.dvc_md5)")
     if tags.get("data.synthetic") == "false":
-        raise _refuse(run_id, f"it trained on {tags.get('data.source')}, read in place outside DVC; only runs on "
-                              f"DVC-prepared data can be materialised exactly")
+        raise _refuse(
+            run_id,
+            f"it trained on {tags.get('data.source')}, read in place outside DVC; only runs on "
+            f"DVC-prepared data can be materialised exactly",
+        )
     return commit
 
 
@@ -109,8 +115,11 @@ def materialize_data(ws: Path, worktree: Path, lock_text: str, out: str, expecte
         pulled = versioning.dvc(worktree, "pull", out, check=False)
         if pulled.returncode != 0:
             detail = (pulled.stderr or pulled.stdout).strip().splitlines()[-1:] or [""]
-            raise _refuse(run_id, f"its data version {out} md5 {expected_md5} is in neither the DVC cache of {ws} "
-                                  f"nor the remote {url} ({detail[0]})")
+            raise _refuse(
+                run_id,
+                f"its data version {out} md5 {expected_md5} is in neither the DVC cache of {ws} "
+                f"nor the remote {url} ({detail[0]})",
+            )
     return worktree / out
 
 
@@ -128,8 +137,11 @@ def compare(original: Path, reproduced: Path, cmp: Comparison) -> Comparison:
         a, b = load_checkpoint(a_path), load_checkpoint(b_path)
         wa, wb = a["state_dict"], b["state_dict"]
         same_keys = wa.keys() == wb.keys()
-        diffs = [float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].numel() else 0.0
-                 for k in wa if same_keys and wa[k].shape == wb[k].shape]
+        diffs = [
+            float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].numel() else 0.0
+            for k in wa
+            if same_keys and wa[k].shape == wb[k].shape
+        ]
         worst = max(diffs, default=math.inf if not same_keys else 0.0)
         scale = max((float(v.double().abs().max()) for v in wa.values() if v.numel()), default=1.0) or 1.0
         cmp.max_weight_diff[name] = worst
@@ -138,8 +150,14 @@ def compare(original: Path, reproduced: Path, cmp: Comparison) -> Comparison:
             for epoch, (ha, hb) in enumerate(zip(a.get("history", []), b.get("history", [])), 1):
                 for key in sorted((set(ha) | set(hb)) - set(WALL_CLOCK)):
                     va, vb = ha.get(key), hb.get(key)
-                    equal = va is not None and vb is not None and (va == vb or abs(va - vb) <= cmp.tolerance * max(abs(va), 1e-12))
-                    cmp.metrics.append({"epoch": epoch, "metric": key, "original": va, "reproduced": vb, "equal": equal})
+                    equal = (
+                        va is not None
+                        and vb is not None
+                        and (va == vb or abs(va - vb) <= cmp.tolerance * max(abs(va), 1e-12))
+                    )
+                    cmp.metrics.append(
+                        {"epoch": epoch, "metric": key, "original": va, "reproduced": vb, "equal": equal}
+                    )
                     cmp.metrics_equal &= equal
             cmp.metrics_equal &= len(a.get("history", [])) == len(b.get("history", []))
     return cmp
@@ -177,20 +195,34 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
             from fusion.data.manifest import data_version
 
             if data_version(data_root) != tags["data.version"]:
-                raise _refuse(run_id, f"the materialised {out} has another manifest than data.version {tags['data.version']}")
+                raise _refuse(
+                    run_id, f"the materialised {out} has another manifest than data.version {tags['data.version']}"
+                )
         config_file = tmp / "resolved.json"
         config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
         ckpt = tmp / "reproduced"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(worktree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        proc = subprocess.run([sys.executable, "-c", _RETRAIN, str(config_file), str(data_root), str(ckpt), threads],
-                              cwd=worktree, env=env, capture_output=True, text=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(worktree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _RETRAIN, str(config_file), str(data_root), str(ckpt), threads],
+            cwd=worktree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise ReproducibilityError(f"run {run_id}: training with the code of {commit[:12]} failed:\n"
-                                       + "\n".join(proc.stderr.strip().splitlines()[-15:]))
+            raise ReproducibilityError(
+                f"run {run_id}: training with the code of {commit[:12]} failed:\n"
+                + "\n".join(proc.stderr.strip().splitlines()[-15:])
+            )
         result = compare(fetched / "checkpoints", ckpt, Comparison(run_id, commit, tags["data.dvc_md5"], device, tol))
         if keep is not None:
             shutil.copytree(ckpt, keep, dirs_exist_ok=True)
-            (keep / "comparison.json").write_text(json.dumps({**result.__dict__, "identical": result.identical}, indent=2))
+            (keep / "comparison.json").write_text(
+                json.dumps({**result.__dict__, "identical": result.identical}, indent=2)
+            )
         return result
     finally:
         git(repo, "worktree", "remove", "--force", str(worktree), check=False)

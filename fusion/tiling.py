@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,17 +27,13 @@ import torch
 from fusion.data.dataset import to_image, to_tensor
 from fusion.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
-GB = 1024 ** 3
+GB = 1024**3
 # The probe counts live tensors; kernels' scratch space and the allocator add to that (RSS
 # of a tiled 12 MP UFA-Fuse fusion: 1.25x the count), hence the margin.
 SLACK = 1.5
-FIXED_SLACK = 128 * 2 ** 20
+FIXED_SLACK = 128 * 2**20
 MIN_TILE = 32
-PROGRESS_DELAY = 2.0       # seconds before a fusion shows its progress bar: quick ones stay silent
-_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "KB": 2 ** 10, "M": 2 ** 20, "MB": 2 ** 20, "G": GB, "GB": GB, "T": 2 ** 40, "TB": 2 ** 40}
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": GB, "GB": GB, "T": 2**40, "TB": 2**40}
 
 
 def parse_memory(text: str | int | None, key: str = "--max-memory") -> int | None:
@@ -49,7 +44,7 @@ def parse_memory(text: str | int | None, key: str = "--max-memory") -> int | Non
     if not m:
         raise ConfigError(f"{key} {text}: give a size such as 4GB, 512MB or 2.5G")
     size = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if size < 2 ** 20:
+    if size < 2**20:
         raise ConfigError(f"{key} {text}: too small to fuse anything; give at least 1MB (e.g. 4GB)")
     return size
 
@@ -71,7 +66,7 @@ def parse_tile(text: str | int | None, key: str = "--tile") -> str | int | None:
 
 
 def format_bytes(n: float) -> str:
-    return f"{n / GB:.1f} GB" if n >= GB / 10 else f"{n / 2 ** 20:.0f} MB"
+    return f"{n / GB:.1f} GB" if n >= GB / 10 else f"{n / 2**20:.0f} MB"
 
 
 def current_rss() -> int:
@@ -123,20 +118,25 @@ class Cost:
     tile_bpp: float | None = None
     tile_const: float = 0.0
     image_bpp: float = 0.0
-    note: str | None = None        # a probe's reason why this model cannot be tiled after all
+    note: str | None = None  # a probe's reason why this model cannot be tiled after all
 
     def tiled(self, tile_px: float, image_px: float) -> float:
         bpp = self.whole_bpp if self.tile_bpp is None else self.tile_bpp
         return SLACK * (self.tile_const + bpp * tile_px) + self.image_bpp * image_px
 
 
-_COSTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def cost_of(rule, model, n_inputs: int, channels: int, device: torch.device) -> Cost:
     """The rule's measurement, once per model and input layout (evaluation fuses many pairs)."""
-    key = (n_inputs, channels, device.type, torch.is_autocast_enabled(device.type),
-           torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None)
+    key = (
+        n_inputs,
+        channels,
+        device.type,
+        torch.is_autocast_enabled(device.type),
+        torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None,
+    )
     per_model = _COSTS.setdefault(model, {})
     if key not in per_model:
         per_model[key] = rule.measure(model, n_inputs, channels, device)
@@ -148,7 +148,7 @@ def cost_of(rule, model, n_inputs: int, channels: int, device: torch.device) -> 
 
 @dataclass(frozen=True)
 class Tile:
-    y0: int   # input region (kept region plus halo, clipped to the image)
+    y0: int  # input region (kept region plus halo, clipped to the image)
     y1: int
     x0: int
     x1: int
@@ -159,8 +159,11 @@ class Tile:
 
     def crop(self, t: torch.Tensor, scale: int = 1) -> torch.Tensor:
         """The kept part of a tensor computed on this tile's input region (at 1/scale)."""
-        return t[..., (self.ky0 - self.y0) // scale:(self.ky1 - self.y0) // scale,
-                 (self.kx0 - self.x0) // scale:(self.kx1 - self.x0) // scale]
+        return t[
+            ...,
+            (self.ky0 - self.y0) // scale : (self.ky1 - self.y0) // scale,
+            (self.kx0 - self.x0) // scale : (self.kx1 - self.x0) // scale,
+        ]
 
 
 def _spans(length: int, side: int, halo: int, align: int) -> list[tuple[int, int, int, int]]:
@@ -178,8 +181,11 @@ def _spans(length: int, side: int, halo: int, align: int) -> list[tuple[int, int
 def layout(h: int, w: int, side: int | None, halo: int, align: int = 1) -> list[Tile]:
     if side is None:
         return [Tile(0, h, 0, w, 0, h, 0, w)]
-    return [Tile(y0, y1, x0, x1, ky0, ky1, kx0, kx1) for (y0, y1, ky0, ky1) in _spans(h, side, halo, align)
-            for (x0, x1, kx0, kx1) in _spans(w, side, halo, align)]
+    return [
+        Tile(y0, y1, x0, x1, ky0, ky1, kx0, kx1)
+        for (y0, y1, ky0, ky1) in _spans(h, side, halo, align)
+        for (x0, x1, kx0, kx1) in _spans(w, side, halo, align)
+    ]
 
 
 class Rule(Protocol):
@@ -201,19 +207,28 @@ class Rule(Protocol):
 @dataclass
 class Plan:
     shape: tuple[int, int]
-    side: int | None                 # kept tile side; None = the whole image in one call
+    side: int | None  # kept tile side; None = the whole image in one call
     halo: int
     tiles: list[Tile]
     rule: Rule
     cost: Cost
-    need: int                        # estimated peak bytes of the process
+    need: int  # estimated peak bytes of the process
     budget: int
-    model_bytes: int                 # the part of `need` for tensors (what the model runs on)
-    passes: int = 1                  # progress steps: tiles times the model's passes over them
+    model_bytes: int  # the part of `need` for tensors (what the model runs on)
+    passes: int = 1  # progress steps: tiles times the model's passes over them
 
 
-def plan(model, rule, shape: tuple[int, int], n_inputs: int, channels: int, device: torch.device,
-         tile: str | int | None = "auto", max_memory: int | None = None, arrays: int = 0) -> Plan:
+def plan(
+    model,
+    rule,
+    shape: tuple[int, int],
+    n_inputs: int,
+    channels: int,
+    device: torch.device,
+    tile: str | int | None = "auto",
+    max_memory: int | None = None,
+    arrays: int = 0,
+) -> Plan:
     """Choose whole image or tiles so the estimated peak stays under max_memory (bytes; default:
     this process plus most of the free RAM). `arrays`: the full-resolution images the caller
     will allocate. Raises DataError naming the sizes when nothing fits."""
@@ -224,7 +239,11 @@ def plan(model, rule, shape: tuple[int, int], n_inputs: int, channels: int, devi
     base = current_rss() + arrays + FIXED_SLACK
     cost = cost_of(rule, model, n_inputs, channels, device)
     whole = int(base + SLACK * (cost.whole_const + cost.whole_bpp * px))
-    limit = f"--max-memory {format_bytes(budget)}" if given else f"the memory available ({format_bytes(budget)}; see --max-memory)"
+    limit = (
+        f"--max-memory {format_bytes(budget)}"
+        if given
+        else f"the memory available ({format_bytes(budget)}; see --max-memory)"
+    )
     what = f"fusing {w}x{h} with {type(model).__name__}"
     images = f" (this process {format_bytes(base - arrays - FIXED_SLACK)}, full-size images {format_bytes(arrays)})"
     reason = rule.reason_for(model, shape) or cost.note
@@ -247,28 +266,37 @@ def plan(model, rule, shape: tuple[int, int], n_inputs: int, channels: int, devi
         if ok or tile is None:
             if not ok:
                 hint = f"this model cannot be tiled ({reason})" if reason else "use --tile auto"
-                raise DataError(f"{what} needs ~{format_bytes(need)} as one tile (--tile none){images}, above {limit}; "
-                                f"{hint} or raise --max-memory")
+                raise DataError(
+                    f"{what} needs ~{format_bytes(need)} as one tile (--tile none){images}, above {limit}; "
+                    f"{hint} or raise --max-memory"
+                )
             return _made(model, rule, shape, None, 0, cost, need, budget, base)
         if reason:
-            raise DataError(f"{what} needs ~{format_bytes(need)} as one tile{images}, above {limit}, and this model "
-                            f"cannot be tiled: {reason}")
+            raise DataError(
+                f"{what} needs ~{format_bytes(need)} as one tile{images}, above {limit}, and this model "
+                f"cannot be tiled: {reason}"
+            )
         side = _largest_side(fits, rule.align, max(h, w), halo)
         if side is None:
             _, need = fits(max(MIN_TILE, rule.align))
-            raise DataError(f"{what} needs ~{format_bytes(need)} even in {max(MIN_TILE, rule.align)}-px tiles, "
-                            f"~{format_bytes(whole)} whole{images}, above {limit}")
+            raise DataError(
+                f"{what} needs ~{format_bytes(need)} even in {max(MIN_TILE, rule.align)}-px tiles, "
+                f"~{format_bytes(whole)} whole{images}, above {limit}"
+            )
     else:
         if reason:
-            raise DataError(f"--tile {tile}: {type(model).__name__} cannot be tiled ({reason}); use --tile auto "
-                            f"or none")
+            raise DataError(
+                f"--tile {tile}: {type(model).__name__} cannot be tiled ({reason}); use --tile auto or none"
+            )
         if not isinstance(tile, int):  # parse_tile gives "auto", None or a side in pixels
             raise ConfigError(f"--tile {tile}: use auto, none or a tile side in pixels (e.g. 1024)")
         side = -(-tile // rule.align) * rule.align
         ok, need = fits(side if side < max(h, w) else None)
         if not ok:
-            raise DataError(f"{what} needs ~{format_bytes(need)} at tile {side} px{images}, above {limit}; use a smaller "
-                            f"--tile or --tile auto")
+            raise DataError(
+                f"{what} needs ~{format_bytes(need)} at tile {side} px{images}, above {limit}; use a smaller "
+                f"--tile or --tile auto"
+            )
         if side >= max(h, w):
             return _made(model, rule, shape, None, 0, cost, need, budget, base)
     return _made(model, rule, shape, side, halo, cost, fits(side)[1], budget, base)
@@ -308,7 +336,7 @@ class Output:
         part = to_image(t)
         if self.image is None:
             self.image = np.empty(self.shape + part.shape[2:], np.uint8)
-        self.image[tile.ky0:tile.ky1, tile.kx0:tile.kx1] = part
+        self.image[tile.ky0 : tile.ky1, tile.kx0 : tile.kx1] = part
 
     def fused(self) -> np.ndarray:
         """The finished image; every layout has at least one tile, so one was put."""
@@ -318,8 +346,10 @@ class Output:
 
 
 def tile_inputs(planes, tile: Tile, device, fmt=torch.contiguous_format) -> list[torch.Tensor]:
-    return [to_tensor(p[tile.y0:tile.y1, tile.x0:tile.x1])[None].to(device).contiguous(memory_format=fmt)
-            for p in planes]
+    return [
+        to_tensor(p[tile.y0 : tile.y1, tile.x0 : tile.x1])[None].to(device).contiguous(memory_format=fmt)
+        for p in planes
+    ]
 
 
 def run_tiles(model, planes, tiles: list[Tile], device, fmt, progress, out: Output | None = None) -> Output:
@@ -336,41 +366,7 @@ def run(model, planes, p: Plan, device, fmt, progress) -> np.ndarray:
     try:
         return p.rule.run(model, planes, p, device, fmt, progress)
     except (MemoryError, torch.OutOfMemoryError) as exc:
-        raise DataError(f"out of memory fusing {p.shape[1]}x{p.shape[0]} ({'whole' if p.side is None else f'tile {p.side} px'}, "
-                        f"estimated {format_bytes(p.need)}): give a smaller --max-memory or --tile") from exc
-
-
-class TileProgress:
-    """A tiles-done bar on stderr, shown only once a fusion has run for `delay` seconds."""
-
-    def __init__(self, total: int, enabled: bool, delay: float | None = None, console=None, label: str = "fusing"):
-        self.total, self.enabled, self.console, self.label = total, enabled, console, label
-        self.delay = PROGRESS_DELAY if delay is None else delay
-        self.bar: Progress | None = None
-        self.timer: threading.Timer | None = None
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> "TileProgress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                                TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=self.console or Console(stderr=True), transient=True)
-            self.task = self.bar.add_task(self.label, total=self.total)
-            self.timer = threading.Timer(self.delay, self.bar.start)
-            self.timer.daemon = True
-            self.timer.start()
-        return self
-
-    def advance(self, n: int = 1) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer.join()
-        if self.bar is not None:
-            self.bar.stop()
+        raise DataError(
+            f"out of memory fusing {p.shape[1]}x{p.shape[0]} ({'whole' if p.side is None else f'tile {p.side} px'}, "
+            f"estimated {format_bytes(p.need)}): give a smaller --max-memory or --tile"
+        ) from exc

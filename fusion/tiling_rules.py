@@ -26,12 +26,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fusion.device import memory_format
 from fusion.tiling import Cost, Output, Tile, layout, run_tiles, tile_inputs
 from fusion.tiling_probe import measure, random_planes
-from fusion.device import memory_format
 
-PROBE = 64             # side of the probe tile of fully convolutional models
-CAM_CHUNK = 8          # CrossFuse windows attended at once
+PROBE = 64  # side of the probe tile of fully convolutional models
+CAM_CHUNK = 8  # CrossFuse windows attended at once
 STAGED_IMAGE_BPP = 128  # bytes per image pixel CrossFuse's staged run keeps whole (measured: ~100)
 
 
@@ -60,7 +60,7 @@ class Local:
         p = measure(model, lambda: random_planes(n, channels, PROBE, PROBE, device, fmt), PROBE)
         unexpected = p.global_ops - self.expected_global
         note = f"it computes {', '.join(sorted(unexpected))} over the whole image" if unexpected else None
-        return Cost(whole_bpp=p.peak / PROBE ** 2, halo=_ceil(p.radius + 1, 8), note=note)
+        return Cost(whole_bpp=p.peak / PROBE**2, halo=_ceil(p.radius + 1, 8), note=note)
 
     def run(self, model, planes, plan, device, fmt, progress) -> np.ndarray:
         return run_tiles(model, planes, plan.tiles, device, fmt, progress).fused()
@@ -94,15 +94,19 @@ class ChannelMeans(Local):
         released block's first conv output per input."""
         got: list[torch.Tensor] = []
         if self.released:
+
             def hook(module, args, out):
                 got.append(out)
                 if len(got) == 2:
                     raise _Collected
+
             handle = model.sc4.conv1.register_forward_hook(hook)
         else:
+
             def pre_hook(module, args):
                 got.extend(args[0])
                 raise _Collected
+
             handle = model.ufa.register_forward_pre_hook(pre_hook)
         try:
             model(*inputs)
@@ -128,6 +132,7 @@ class ChannelMeans(Local):
                 mask = channel_masks(m[0], m[1])[calls[0] % 2]
                 calls[0] += 1
                 return mask * out
+
             handles = [block.register_forward_pre_hook(reset), block.conv1.register_forward_hook(hook)]
         else:
             block = model.ufa
@@ -136,6 +141,7 @@ class ChannelMeans(Local):
                 feats = args[0]
                 weights = torch.softmax(means.to(feats[0].dtype)[..., None, None], dim=0)
                 return ([w * f for w, f in zip(weights, feats)],)
+
             handles = [block.register_forward_pre_hook(pre_hook)]
         block.channel = False
         try:
@@ -171,16 +177,21 @@ class CADNIFWindows(Local):
 
     def _windows(self, shape) -> list[tuple[int, int]]:
         h, w = shape
-        return [(y, x) for y in range(0, h + (-h) % self.align, self.align)
-                for x in range(0, w + (-w) % self.align, self.align)]
+        return [
+            (y, x)
+            for y in range(0, h + (-h) % self.align, self.align)
+            for x in range(0, w + (-w) % self.align, self.align)
+        ]
 
     def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]:
         h, w = shape
         if h <= self.window and w <= self.window:  # fused whole by the model too
             return layout(h, w, None, 0)
         s = self.align
-        return [Tile(y, y + self.window, x, x + self.window, y, min(y + s, h), x, min(x + s, w))
-                for y, x in self._windows(shape)]
+        return [
+            Tile(y, y + self.window, x, x + self.window, y, min(y + s, h), x, min(x + s, w))
+            for y, x in self._windows(shape)
+        ]
 
     def measure(self, model, n, channels, device) -> Cost:
         s = self.window
@@ -199,7 +210,7 @@ class CADNIFWindows(Local):
         out = Output(plan.shape)
         for tile in plan.tiles:  # y0, x0: the window's corner in the padded planes
             fused = model.fuse_pair(*tile_inputs(padded, tile, device))[0]
-            out.put(tile, fused[:, b:b + tile.ky1 - tile.ky0, b:b + tile.kx1 - tile.kx0])
+            out.put(tile, fused[:, b : b + tile.ky1 - tile.ky0, b : b + tile.kx1 - tile.kx0])
             progress.advance()
         return out.fused()
 
@@ -209,8 +220,10 @@ class CrossFuseStaged(Local):
 
     def reason_for(self, model, shape) -> str | None:
         if model.released_sizing and (shape[0] % 8 or shape[1] % 8 or min(shape) < 16):
-            return ("the released sizing (pooling rounded down, output centre-padded) shifts sides that are not "
-                    "multiples of 8; train.options.fix_odd_sizes lifts it")
+            return (
+                "the released sizing (pooling rounded down, output centre-padded) shifts sides that are not "
+                "multiples of 8; train.options.fix_odd_sizes lifts it"
+            )
         return None
 
     def layout(self, shape: tuple[int, int], side: int | None, halo: int) -> list[Tile]:
@@ -227,17 +240,23 @@ class CrossFuseStaged(Local):
             fused, de_ir, de_vi = random_planes(3, 128, d, d, device)
             sh_ir, sh_vi = random_planes(2, 32, s, s, device)
             return fused, {"ir": sh_ir, "vi": sh_vi}, {"ir": de_ir, "vi": de_vi}
+
         dec = measure(model.decoder, decoder_inputs, s)
         cam = 0
         if _is_cam(model):
             w = model.window
             cam = measure(model.fusion, lambda: random_planes(2, 128, w, w, device), w * 8).peak
-        tile_bpp = max(enc.peak + 2 * 4 * s * s, dec.peak) / s ** 2
+        tile_bpp = max(enc.peak + 2 * 4 * s * s, dec.peak) / s**2
         # whole image: the worst stage plus what lives across stages (both shallow skips, 32
         # float channels each, the deep maps) and the CAM over every window at once
         whole_bpp = tile_bpp + 2 * 32 * 4 + 32 + cam / (model.window * 8) ** 2
-        return Cost(whole_bpp=whole_bpp, halo=_ceil(max(enc.radius, dec.radius) + 8, 8), tile_bpp=tile_bpp,
-                    tile_const=CAM_CHUNK * cam, image_bpp=STAGED_IMAGE_BPP)
+        return Cost(
+            whole_bpp=whole_bpp,
+            halo=_ceil(max(enc.radius, dec.radius) + 8, 8),
+            tile_bpp=tile_bpp,
+            tile_const=CAM_CHUNK * cam,
+            image_bpp=STAGED_IMAGE_BPP,
+        )
 
     def run(self, model, planes, plan, device, fmt, progress) -> np.ndarray:
         if plan.side is None:
@@ -255,23 +274,25 @@ class CrossFuseStaged(Local):
                 part = tile.crop(model.encoders[m].encoder(x)[1], 8)
                 if m not in deep:
                     deep[m] = part.new_empty(part.shape[:2] + (hp // 8, wp // 8))
-                deep[m][..., tile.ky0 // 8:tile.ky1 // 8, tile.kx0 // 8:tile.kx1 // 8] = part
+                deep[m][..., tile.ky0 // 8 : tile.ky1 // 8, tile.kx0 // 8 : tile.kx1 // 8] = part
             progress.advance()
         if _is_cam(model):
             win = model.window
             fused = _cam_in_chunks(model.fusion, pad_to_multiple(deep["ir"], win), pad_to_multiple(deep["vi"], win))
-            fused = fused[..., :hp // 8, :wp // 8]
+            fused = fused[..., : hp // 8, : wp // 8]
         else:
             fused = model.fusion(deep["ir"], deep["vi"])
         progress.advance()
         raw: torch.Tensor | None = None
         for tile in plan.tiles:
-            sh = {m: model.encoders[m].encoder.shallow(x) for m, x in zip(MODALITIES, tile_inputs(padded, tile, device))}
+            sh = {
+                m: model.encoders[m].encoder.shallow(x) for m, x in zip(MODALITIES, tile_inputs(padded, tile, device))
+            }
             cut = (slice(None), slice(None), slice(tile.y0 // 8, tile.y1 // 8), slice(tile.x0 // 8, tile.x1 // 8))
             part = tile.crop(model.decoder(fused[cut], sh, {m: deep[m][cut] for m in MODALITIES}))
             if raw is None:  # float32: the released output is min-max scaled over the whole image
                 raw = torch.empty(part.shape[:2] + (hp, wp), dtype=torch.float32)
-            raw[..., tile.ky0:tile.ky1, tile.kx0:tile.kx1] = part.float().cpu()
+            raw[..., tile.ky0 : tile.ky1, tile.kx0 : tile.kx1] = part.float().cpu()
             progress.advance()
         del deep, fused
         if raw is None:
@@ -302,10 +323,10 @@ def _cam_in_chunks(cam, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
     def blocks(stack, xw: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(xw)
         for i in range(0, len(xw), CAM_CHUNK):
-            t = _to_tokens(xw[i:i + CAM_CHUNK], p)
+            t = _to_tokens(xw[i : i + CAM_CHUNK], p)
             for blk in stack:
                 t = blk(t)
-            out[i:i + CAM_CHUNK] = _from_tokens(t, p, c, win)
+            out[i : i + CAM_CHUNK] = _from_tokens(t, p, c, win)
         return out
 
     tok = {}
@@ -317,9 +338,9 @@ def _cam_in_chunks(cam, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
         tok[m] = cam._roll(xw, 1, shape) if cam.shifting() else xw
     fused = torch.empty_like(tok["ir"])
     for i in range(0, len(fused), CAM_CHUNK):
-        t_ir, t_vi = _to_tokens(tok["ir"][i:i + CAM_CHUNK], p), _to_tokens(tok["vi"][i:i + CAM_CHUNK], p)
+        t_ir, t_vi = _to_tokens(tok["ir"][i : i + CAM_CHUNK], p), _to_tokens(tok["vi"][i : i + CAM_CHUNK], p)
         both = cam.cross_branch(t_ir, t_vi, "ir") + cam.cross_branch(t_vi, t_ir, "vi")
-        fused[i:i + CAM_CHUNK] = _from_tokens(both, p, c, win)
+        fused[i : i + CAM_CHUNK] = _from_tokens(both, p, c, win)
     return _from_windows(fused, win, b, h, w)
 
 

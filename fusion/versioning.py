@@ -136,6 +136,8 @@ def materialize(workspace: Path, rev: str, path: str, dest: Path) -> Path:
                     child.rename(tmp / child.name)
                 inner.rmdir()
     except (FileNotFoundError, OSError) as exc:
-        raise DvcError(f"{path}@{rev}: its data is in neither the DVC cache nor the remote ({exc}); "
-                       f"`dvc push` it from the machine that built it") from None
+        raise DvcError(
+            f"{path}@{rev}: its data is in neither the DVC cache nor the remote ({exc}); "
+            f"`dvc push` it from the machine that built it"
+        ) from None
     return dest

@@ -47,12 +47,16 @@ def resolve_workspace(workspace: str | Path | None = None) -> Path:
     elif (project_root() / PARAMS_FILE).is_file():
         return project_root()
     else:
-        raise ConfigError(f"no workspace: no {PARAMS_FILE} + {PIPELINE_FILE} in {Path.cwd()} or any folder above it, "
-                          f"and {WORKSPACE_ENV} is unset; {_CREATE_HINT}, or pass --workspace")
+        raise ConfigError(
+            f"no workspace: no {PARAMS_FILE} + {PIPELINE_FILE} in {Path.cwd()} or any folder above it, "
+            f"and {WORKSPACE_ENV} is unset; {_CREATE_HINT}, or pass --workspace"
+        )
     candidate = candidate.expanduser().resolve()
     if not (candidate / PARAMS_FILE).is_file():
-        raise ConfigError(f"workspace {candidate} (from {how}): no {PARAMS_FILE} there; {_CREATE_HINT}, "
-                          f"or point {how} at a fusionflow workspace or checkout")
+        raise ConfigError(
+            f"workspace {candidate} (from {how}): no {PARAMS_FILE} there; {_CREATE_HINT}, "
+            f"or point {how} at a fusionflow workspace or checkout"
+        )
     return candidate
 
 
@@ -68,7 +72,7 @@ def read_params(workspace: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); {fix}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-    if "\x00" in text:   # YAML would report a NUL as an unprintable character several lines long
+    if "\x00" in text:  # YAML would report a NUL as an unprintable character several lines long
         raise ConfigError(f"{path}: not a text file (contains NUL bytes); {fix}")
     try:
         tree = yaml.safe_load(text)
@@ -77,8 +81,10 @@ def read_params(workspace: Path) -> dict[str, Any]:
     if tree is None:
         raise ConfigError(f"{path}: empty (no parameters); {fix}")
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level is a {type(tree).__name__}, not a mapping of sections "
-                          f"(seed, sources, data, train, ...); {fix}")
+        raise ConfigError(
+            f"{path}: the top level is a {type(tree).__name__}, not a mapping of sections "
+            f"(seed, sources, data, train, ...); {fix}"
+        )
     return tree
 
 

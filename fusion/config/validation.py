@@ -106,7 +106,10 @@ def check_model(model: str, variant: str, options: dict[str, Any], stage: str = 
     (whether the stage fits this model and train.init_from is the trainer's to say)."""
     from fusion.models import MODELS, check_options
 
-    known = ["auto", *sorted({s.name for spec in MODELS.values() for v in spec.variants for s in spec.stages(v)} - {"single"})]
+    known = [
+        "auto",
+        *sorted({s.name for spec in MODELS.values() for v in spec.variants for s in spec.stages(v)} - {"single"}),
+    ]
     if stage not in known:
         raise ValueError(f"train.stage: {stage!r} is no model's stage; valid: {', '.join(known)}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,18 @@ def read_manifest(root: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
+
+
+class PairSet(Protocol):
+    """What training reads pairs from: a prepared folder, a source's split or a patch set."""
+
+    root: Any  # the image cache's key: unique per dataset and split
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict: ...
+
+    def load(self, index: int) -> dict[str, np.ndarray]: ...
 
 
 class PairedFolder(Dataset):
@@ -102,7 +115,7 @@ class RandomCropPairs(Dataset):
     Decoded images are cached in memory up to FUSIONFLOW_IMAGE_CACHE_MB (default 2048).
     """
 
-    def __init__(self, base: PairedFolder, crop: int, hflip: bool, seed: int, epoch: int, length: int):
+    def __init__(self, base: PairSet, crop: int, hflip: bool, seed: int, epoch: int, length: int):
         self.base, self.crop, self.hflip, self.length = base, crop, hflip, length
         self.rng = np.random.default_rng([seed, epoch])
         self._plan = [self._draw() for _ in range(length)]  # drawn up front: order-independent
@@ -111,8 +124,12 @@ class RandomCropPairs(Dataset):
         return IMAGE_CACHE.get((str(self.base.root), index), lambda: self.base.load(index))
 
     def _draw(self) -> tuple[int, float, float, bool]:
-        return (int(self.rng.integers(len(self.base))), float(self.rng.random()), float(self.rng.random()),
-                bool(self.hflip and self.rng.random() < 0.5))
+        return (
+            int(self.rng.integers(len(self.base))),
+            float(self.rng.random()),
+            float(self.rng.random()),
+            bool(self.hflip and self.rng.random() < 0.5),
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -125,7 +142,7 @@ class RandomCropPairs(Dataset):
         y, x = int(fy * (h - c + 1)), int(fx * (w - c + 1))
         out = {}
         for k, img in images.items():
-            patch = img[y:y + c, x:x + c]
+            patch = img[y : y + c, x : x + c]
             out[k] = to_tensor(patch[:, ::-1] if flip else patch)
         return out
 

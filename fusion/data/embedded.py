@@ -15,9 +15,24 @@ from fusion.io import atomic_directory, sha256_file, write_json_atomic
 # Natural photographs only: the synthetic test patterns (chessboard, logo, phantom...) make
 # meaningless multi-focus pairs.
 PHOTOGRAPHS = (
-    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
-    "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
-    "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 )
 # photograph stem -> mask file shipped beside it
 MASKS = {"motorcycle_left": "motorcycle_disp.npz"}
@@ -43,17 +58,22 @@ def export_embedded(out: str | Path) -> Path:
                 origin = src / (MASKS[Path(name).stem] if sub == "masks" else name)
                 dest = tmp / sub / name
                 shutil.copyfile(origin, dest)
-                files.append({
-                    "file": f"{sub}/{name}",
-                    "sha256": sha256_file(dest),
-                    # skimage's __init__.pyi lists __version__ in __all__ but never declares it
-                    "source": f"scikit-image {skimage.__version__}: skimage/data/{origin.name}",  # type: ignore[attr-defined]
-                })
-        write_json_atomic(tmp / "manifest.json", {
-            "dataset": "embedded-photographs",
-            "description": "real natural photographs bundled with scikit-image (see its data/README.txt for credits)",
-            "files": files,
-        })
+                files.append(
+                    {
+                        "file": f"{sub}/{name}",
+                        "sha256": sha256_file(dest),
+                        # skimage's __init__.pyi lists __version__ in __all__ but never declares it
+                        "source": f"scikit-image {skimage.__version__}: skimage/data/{origin.name}",  # type: ignore[attr-defined]
+                    }
+                )
+        write_json_atomic(
+            tmp / "manifest.json",
+            {
+                "dataset": "embedded-photographs",
+                "description": "real natural photographs bundled with scikit-image (see its data/README.txt for credits)",
+                "files": files,
+            },
+        )
     return out
 
 

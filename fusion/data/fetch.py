@@ -27,9 +27,10 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -73,14 +74,21 @@ def load_catalogue(path: Path | None = None) -> dict[str, Entry]:
         entry = Entry(name=name, **spec)
         if entry.archive not in ("zip", "tar", "none"):
             raise ConfigError(f"{path}: {name}.archive: expected zip, tar or none, got {entry.archive!r}")
-        if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
+        if entry.sha256 is not None and (
+            len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)
+        ):
             raise ConfigError(f"{path}: {name}.sha256: expected 64 lowercase hex digits")
         out[name] = entry
     return out
 
 
-def download(url: str, dest: Path, progress: Callable[[int, int | None], None] | None = None,
-             attempts: int = 3, timeout: float = 60.0) -> str:
+def download(
+    url: str,
+    dest: Path,
+    progress: Callable[[int, int | None], None] | None = None,
+    attempts: int = 3,
+    timeout: float = 60.0,
+) -> str:
     """Stream `url` to `dest` (a temporary name, renamed on success); returns its sha256.
     Transient network errors are retried with back-off; HTTP 4xx are not."""
     for attempt in range(1, attempts + 1):
@@ -113,10 +121,12 @@ def download(url: str, dest: Path, progress: Callable[[int, int | None], None] |
                 raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             if attempt == attempts:
-                raise DataError(f"{url}: download failed after {attempts} attempts ({getattr(exc, 'reason', exc)})") from None
+                raise DataError(
+                    f"{url}: download failed after {attempts} attempts ({getattr(exc, 'reason', exc)})"
+                ) from None
         finally:
             tmp.unlink(missing_ok=True)
-        time.sleep(min(30.0, 2.0 ** attempt))
+        time.sleep(min(30.0, 2.0**attempt))
     raise AssertionError("unreachable")
 
 
@@ -174,11 +184,19 @@ def foreign_files(dest: Path) -> list[str]:
             known = {LOCK, *json.loads(lock_path.read_text()).get("files", [])}
         except (ValueError, AttributeError):
             known = set()
-    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() and str(p.relative_to(dest)) not in known)
+    return sorted(
+        str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() and str(p.relative_to(dest)) not in known
+    )
 
 
-def fetch(entry: Entry, dest: Path, sha256: str | None = None, trust: bool = False,
-          progress: Callable[[int, int | None], None] | None = None, overwrite: bool = False) -> dict:
+def fetch(
+    entry: Entry,
+    dest: Path,
+    sha256: str | None = None,
+    trust: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Download, verify and unpack `entry` into `dest` (created atomically; an existing
     folder is replaced only once the new one is complete). Returns the lock record.
 
@@ -186,23 +204,38 @@ def fetch(entry: Entry, dest: Path, sha256: str | None = None, trust: bool = Fal
     is refused unless `overwrite`: replacing the folder would delete them."""
     foreign = foreign_files(dest)
     if foreign and not overwrite:
-        what = "is a file" if not dest.is_dir() else f"holds {len(foreign)} file(s) fetch did not create ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+        what = (
+            "is a file"
+            if not dest.is_dir()
+            else f"holds {len(foreign)} file(s) fetch did not create ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+        )
         raise ConfigError(f"--dest {dest}: {what}; choose a new or empty folder, or pass --overwrite to replace it")
     lock_path = dest / LOCK
     pinned = json.loads(lock_path.read_text()).get("sha256") if lock_path.is_file() else None
     expected = sha256 or entry.sha256 or pinned
     if expected is None and not trust:
-        raise ConfigError(f"{entry.name}: the catalogue has no sha256 for {entry.url}; pass --sha256 HEX "
-                          f"(from the publisher) or --trust to pin the checksum of what arrives")
+        raise ConfigError(
+            f"{entry.name}: the catalogue has no sha256 for {entry.url}; pass --sha256 HEX "
+            f"(from the publisher) or --trust to pin the checksum of what arrives"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     archive = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.archive"
     try:
         got = download(entry.url, archive, progress)
         if expected is not None and got != expected:
-            raise DataError(f"{entry.url}: sha256 {got} does not match the expected {expected}; "
-                            f"the download was deleted and nothing was unpacked")
-        record: dict[str, Any] = {"name": entry.name, "url": entry.url, "sha256": got, "layout": entry.layout, "subdir": entry.subdir,
-                  "verified": expected is not None, "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            raise DataError(
+                f"{entry.url}: sha256 {got} does not match the expected {expected}; "
+                f"the download was deleted and nothing was unpacked"
+            )
+        record: dict[str, Any] = {
+            "name": entry.name,
+            "url": entry.url,
+            "sha256": got,
+            "layout": entry.layout,
+            "subdir": entry.subdir,
+            "verified": expected is not None,
+            "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         with atomic_directory(dest) as tmp:
             unpack(archive, entry.archive, entry.strip, tmp)
             record["files"] = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

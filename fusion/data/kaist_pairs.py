@@ -10,9 +10,9 @@ sequences as groups (no sequence on both sides of a split).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ FOLDERS = ("lwir", "visible")
 
 @dataclass(frozen=True)
 class KaistParams:
-    pairs: int = 1000          # 0 = every frame left after the stride
+    pairs: int = 1000  # 0 = every frame left after the stride
     frame_stride: int = 1
     size: int = 256
     seed: int = 0
@@ -41,15 +41,21 @@ def sample_frames(frames: Sequence[SourcePair], params: KaistParams) -> list[Sou
     by_seq: dict[str, list[SourcePair]] = {}
     for f in frames:
         by_seq.setdefault(f.group, []).append(f)
-    pool = [f for seq in sorted(by_seq) for i, f in enumerate(sorted(by_seq[seq], key=lambda f: f.id))
-            if i % params.frame_stride == 0]
+    pool = [
+        f
+        for seq in sorted(by_seq)
+        for i, f in enumerate(sorted(by_seq[seq], key=lambda f: f.id))
+        if i % params.frame_stride == 0
+    ]
     if not pool:
         raise DataError("no KAIST frames to sample from")
     if params.pairs == 0:
         return pool
     if params.pairs > len(pool):
-        raise ConfigError(f"pairs={params.pairs}: only {len(pool)} frame(s) left after frame_stride="
-                          f"{params.frame_stride} ({len(frames)} in the source); lower pairs or frame_stride")
+        raise ConfigError(
+            f"pairs={params.pairs}: only {len(pool)} frame(s) left after frame_stride="
+            f"{params.frame_stride} ({len(frames)} in the source); lower pairs or frame_stride"
+        )
     pick = np.random.default_rng(params.seed).choice(len(pool), params.pairs, replace=False)
     return [pool[i] for i in sorted(pick)]
 
@@ -86,8 +92,16 @@ def _out_name(frame_id: str, folder: str) -> str:
     return f"{s}/{seq}/{folder}/{frame}.png"
 
 
-def build_kaist_pairs(frames: Sources, out: Path, params: KaistParams, *, source: dict, skip_bad: bool = False,
-                      workers: int = 0, progress: Progress | None = None) -> dict:
+def build_kaist_pairs(
+    frames: Sources,
+    out: Path,
+    params: KaistParams,
+    *,
+    source: dict,
+    skip_bad: bool = False,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> dict:
     """Sample, check, convert and write the pairs + manifest to `out`, atomically."""
     chosen = sample_frames(frames, params)
     good, report = checked(Sources(chosen, frames.problems, frames.root), skip_bad, workers)
@@ -101,8 +115,13 @@ def build_kaist_pairs(frames: Sources, out: Path, params: KaistParams, *, source
             e["group"] = f.group
             e["source_files"] = [relative(p, root) for p in f.paths]
         manifest = {
-            "format": FORMAT, "stage": "kaist_pairs", "params": asdict(params), "source": source,
-            "layout": "kaist", "count": len(entries), "pairs": entries,
+            "format": FORMAT,
+            "stage": "kaist_pairs",
+            "params": asdict(params),
+            "source": source,
+            "layout": "kaist",
+            "count": len(entries),
+            "pairs": entries,
             "skipped": write_bad_inputs(tmp, report, f"KAIST pairs from {root}"),
         }
         write_manifest(tmp, manifest)

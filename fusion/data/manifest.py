@@ -10,8 +10,8 @@ source root), so the version does not depend on where a workspace lives.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from fusion.errors import DataError
 from fusion.io import write_bytes_atomic, write_json_atomic
@@ -24,8 +24,10 @@ def data_version(folder: str | Path) -> str:
     """sha256 of the folder's manifest: the version of the data it holds."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{path}: no manifest, so {folder} is not a complete prepared dataset "
-                        f"(a stage that failed leaves none; re-run `dvc repro`)")
+        raise DataError(
+            f"{path}: no manifest, so {folder} is not a complete prepared dataset "
+            f"(a stage that failed leaves none; re-run `dvc repro`)"
+        )
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -39,7 +41,8 @@ def write_bad_inputs(folder: Path, problems: Iterable, headline: str) -> list[di
     rows = [{"path": str(p.path), "problem": p.problem} for p in problems]
     if rows:
         text = f"{headline}: {len(rows)} input(s) skipped (skip_bad: true)\n" + "".join(
-            f"{r['path']}: {r['problem']}\n" for r in rows)
+            f"{r['path']}: {r['problem']}\n" for r in rows
+        )
         write_bytes_atomic(folder / BAD_INPUTS, text.encode())
     return rows
 

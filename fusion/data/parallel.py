@@ -8,8 +8,9 @@ output never depends on how many workers built it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,8 +27,9 @@ def worker_count(workers: int, jobs: int) -> int:
     return max(1, min(workers, jobs))
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int = 0,
-                progress: Progress | None = None, chunksize: int = 0) -> list[R]:
+def map_ordered(
+    fn: Callable[[T], R], items: Sequence[T], workers: int = 0, progress: Progress | None = None, chunksize: int = 0
+) -> list[R]:
     """[fn(x) for x in items] on `workers` processes (0 = all cores, 1 = in this process)."""
     n = worker_count(workers, len(items))
     results: list[R] = []

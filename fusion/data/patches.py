@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from fusion.data.manifest import relative, write_bad_inputs
 from fusion.data.parallel import map_ordered
-from fusion.errors import ConfigError, DataError
-from fusion.errors import output_error
+from fusion.errors import ConfigError, DataError, output_error
 from fusion.io import atomic_directory, read_image, sha256_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -35,13 +34,13 @@ FORMAT = "fusionflow-patches/1"
 
 @dataclass(frozen=True)
 class PatchParams:
-    window: int = 132          # the released CADNIF code: 132x132 windows ...
-    stride: int = 14           # ... at stride 14
-    gray: bool = True          # Y of YCrCb (the unsupervised models fuse luminance)
-    flips: bool = False        # + horizontal flip of every window
-    rotations: bool = False    # + 90, 180, 270 degree rotations
-    shard_size: int = 4096     # windows per shard
-    max_per_pair: int = 0      # 0 = every window; else a seeded sample of this many per pair
+    window: int = 132  # the released CADNIF code: 132x132 windows ...
+    stride: int = 14  # ... at stride 14
+    gray: bool = True  # Y of YCrCb (the unsupervised models fuse luminance)
+    flips: bool = False  # + horizontal flip of every window
+    rotations: bool = False  # + 90, 180, 270 degree rotations
+    shard_size: int = 4096  # windows per shard
+    max_per_pair: int = 0  # 0 = every window; else a seeded sample of this many per pair
     seed: int = 0
 
     def validate(self) -> None:
@@ -90,7 +89,7 @@ def cut_pair(paths: Sequence[str], params: PatchParams, salt: int) -> np.ndarray
     if params.max_per_pair and len(origins) > params.max_per_pair:
         pick = np.random.default_rng([params.seed, salt]).choice(len(origins), params.max_per_pair, replace=False)
         origins = [origins[i] for i in sorted(pick)]
-    windows = [v for y, x in origins for v in _augment(stack[:, y:y + params.window, x:x + params.window], params)]
+    windows = [v for y, x in origins for v in _augment(stack[:, y : y + params.window, x : x + params.window], params)]
     if not windows:
         return np.zeros((0, stack.shape[0], params.window, params.window), np.uint8)
     return np.stack(windows)
@@ -116,12 +115,23 @@ def _cut_group(job) -> tuple[int, dict | None, list[str]]:
         np.save(Path(folder) / name, arr)
     except OSError as exc:  # numpy reports a short write without an errno ("N requested and M written")
         raise output_error(Path(folder) / name, exc) from exc
-    return index, {"file": name, "count": len(arr), "planes": arr.shape[1], "sha256": sha256_file(Path(folder) / name)}, []
+    return (
+        index,
+        {"file": name, "count": len(arr), "planes": arr.shape[1], "sha256": sha256_file(Path(folder) / name)},
+        [],
+    )
 
 
-def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int = 0, provenance: dict | None = None,
-                  progress: Callable[[int, int], None] | None = None, skipped: Sequence = (),
-                  root: Path | None = None) -> dict:
+def build_patches(
+    pairs: Sequence,
+    out: Path,
+    params: PatchParams,
+    workers: int = 0,
+    provenance: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    skipped: Sequence = (),
+    root: Path | None = None,
+) -> dict:
     """Cut every pair into windows and write shards + manifest to `out` (atomically).
 
     pairs: records with `id`, `paths` (and optional `gt`), e.g. from fusion.data.sources.
@@ -138,7 +148,7 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
     paths = [[str(x) for x in p.paths] + ([str(p.gt)] if getattr(p, "gt", None) else []) for p in pairs]
     first = len(cut_pair(paths[0], params, 0)) if not params.max_per_pair else params.max_per_pair * _copies(params)
     per_shard = max(1, math.ceil(params.shard_size / max(1, first)))
-    groups = [list(enumerate(paths))[i:i + per_shard] for i in range(0, len(paths), per_shard)]
+    groups = [list(enumerate(paths))[i : i + per_shard] for i in range(0, len(paths), per_shard)]
     with atomic_directory(out) as tmp:
         jobs = [(i, g, params, str(tmp)) for i, g in enumerate(groups)]
         step = (lambda done, _: progress(min(len(pairs), done * per_shard), len(pairs))) if progress else None
@@ -156,18 +166,31 @@ def build_patches(pairs: Sequence, out: Path, params: PatchParams, workers: int 
         if total == 0:
             raise DataError(f"no {params.window}x{params.window} window fits in any source image; lower patches.window")
         manifest = {
-            "format": FORMAT, "params": asdict(params), "count": total, "planes": planes.pop(),
-            "sources": [{"id": p.id, "paths": [rel(x) for x in p.paths], "gt": rel(p.gt) if getattr(p, "gt", None) else None}
-                        for p in pairs],
-            "has_gt": all(getattr(p, "gt", None) for p in pairs), "provenance": provenance or {},
+            "format": FORMAT,
+            "params": asdict(params),
+            "count": total,
+            "planes": planes.pop(),
+            "sources": [
+                {"id": p.id, "paths": [rel(x) for x in p.paths], "gt": rel(p.gt) if getattr(p, "gt", None) else None}
+                for p in pairs
+            ],
+            "has_gt": all(getattr(p, "gt", None) for p in pairs),
+            "provenance": provenance or {},
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
         bad = write_bad_inputs(tmp, skipped, f"patches of {root or 'the sources'}")
         if bad:
             manifest["skipped"] = bad
         write_bytes_atomic(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    log.info("%d windows of %dx%d from %d pairs in %d shard(s) -> %s", total, params.window, params.window,
-             len(pairs), len(shards), out)
+    log.info(
+        "%d windows of %dx%d from %d pairs in %d shard(s) -> %s",
+        total,
+        params.window,
+        params.window,
+        len(pairs),
+        len(shards),
+        out,
+    )
     return manifest
 
 

@@ -52,13 +52,21 @@ def synth_multifocus(ws: Path, cfg: Config, workers: int = 0, progress: Progress
     from fusion.data.synth_multifocus import SynthInput, SynthParams, build_records
 
     p = cfg.data.synth_multifocus
-    params = SynthParams(p.max_side, p.pairs_per_image, tuple((lo, hi) for lo, hi in p.blur_intervals), p.mask_threshold,
-                         p.test_images, cfg.seed, tuple(p.blur_weights) if p.blur_weights else None)
+    params = SynthParams(
+        p.max_side,
+        p.pairs_per_image,
+        tuple((lo, hi) for lo, hi in p.blur_intervals),
+        p.mask_threshold,
+        p.test_images,
+        cfg.seed,
+        tuple(p.blur_weights) if p.blur_weights else None,
+    )
     records, _ = _load(cfg, ws, p.source, p.skip_bad)
     records, report = checked(records, p.skip_bad, workers)
     inputs = [SynthInput(r.id, r.image, r.mask) for r in records]
-    return build_records(inputs, ws / p.out, params, _source_record(cfg, p.source), skipped=report,
-                         workers=workers, progress=progress)
+    return build_records(
+        inputs, ws / p.out, params, _source_record(cfg, p.source), skipped=report, workers=workers, progress=progress
+    )
 
 
 def kaist_pairs(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progress | None = None) -> dict:
@@ -68,8 +76,15 @@ def kaist_pairs(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Pr
     frames, _ = _load(cfg, ws, e.source, e.skip_bad)
     params = KaistParams(e.pairs, e.frame_stride, e.size, cfg.seed)
     try:
-        return build_kaist_pairs(frames, output_dir(ws, "kaist_pairs", name), params, source=_source_record(cfg, e.source),
-                                 skip_bad=e.skip_bad, workers=workers, progress=progress)
+        return build_kaist_pairs(
+            frames,
+            output_dir(ws, "kaist_pairs", name),
+            params,
+            source=_source_record(cfg, e.source),
+            skip_bad=e.skip_bad,
+            workers=workers,
+            progress=progress,
+        )
     except ConfigError as exc:
         raise ConfigError(f"data.kaist_pairs.{name}.{exc}") from None
 
@@ -80,8 +95,15 @@ def test_set(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progr
     e = _entry(cfg, "test_sets", name)
     pairs, spec = _load(cfg, ws, e.source, e.skip_bad)
     params = TestSetParams(e.split, spec.test_fraction, cfg.seed)
-    return build_test_set(pairs, output_dir(ws, "test_sets", name), params, source=_source_record(cfg, e.source),
-                          skip_bad=e.skip_bad, workers=workers, progress=progress)
+    return build_test_set(
+        pairs,
+        output_dir(ws, "test_sets", name),
+        params,
+        source=_source_record(cfg, e.source),
+        skip_bad=e.skip_bad,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def patches(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progress | None = None) -> dict:
@@ -94,7 +116,15 @@ def patches(ws: Path, cfg: Config, name: str, workers: int = 0, progress: Progre
     e = _entry(cfg, "patches", name)
     pairs, spec = _load(cfg, ws, e.source, e.skip_bad)
     train, _ = split_by_group(pairs, spec.test_fraction, cfg.seed)
-    train, report = (checked(Sources(train, pairs.problems, pairs.root), True, workers) if e.skip_bad else (train, []))
+    train, report = checked(Sources(train, pairs.problems, pairs.root), True, workers) if e.skip_bad else (train, [])
     params = PatchParams(e.window, e.stride, e.gray, e.flips, e.rotations, e.shard_size, e.max_per_pair, cfg.seed)
-    return build_patches(train, output_dir(ws, "patches", name), params, workers, source_provenance(spec, cfg.seed),
-                         progress, skipped=report, root=pairs.root)
+    return build_patches(
+        train,
+        output_dir(ws, "patches", name),
+        params,
+        workers,
+        source_provenance(spec, cfg.seed),
+        progress,
+        skipped=report,
+        root=pairs.root,
+    )

@@ -18,9 +18,10 @@ does not depend on the number of workers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -39,13 +40,13 @@ class SynthParams:
     mask_threshold: float = 0.5
     test_images: int = 4
     seed: int = 0
-    blur_weights: tuple[float, ...] | None = None   # relative frequency per interval; None = uniform
+    blur_weights: tuple[float, ...] | None = None  # relative frequency per interval; None = uniform
 
 
 class SynthInput(NamedTuple):
     stem: str
     image: Path
-    mask: Path | None       # None: spectral-residual saliency of the image
+    mask: Path | None  # None: spectral-residual saliency of the image
 
 
 def resize_max_side(img: np.ndarray, max_side: int) -> np.ndarray:
@@ -119,8 +120,9 @@ def synthesize_pair(sharp: np.ndarray, focus: np.ndarray, kernel: int) -> dict[s
     return {"near": as_u8(near), "far": as_u8(far), "gt": sharp, "focus": (focus * 255).astype(np.uint8)}
 
 
-def draw_kernel(rng: np.random.Generator, intervals: tuple[tuple[int, int], ...],
-                weights: tuple[float, ...] | None = None) -> tuple[int, tuple[int, int]]:
+def draw_kernel(
+    rng: np.random.Generator, intervals: tuple[tuple[int, int], ...], weights: tuple[float, ...] | None = None
+) -> tuple[int, tuple[int, int]]:
     p = None if weights is None else np.asarray(weights, float) / float(sum(weights))
     lo, hi = intervals[int(rng.choice(len(intervals), p=p)) if p is not None else int(rng.integers(len(intervals)))]
     return int(rng.integers(lo, hi + 1)), (lo, hi)
@@ -137,8 +139,14 @@ def split_sources(names: list[str], test_images: int, seed: int) -> dict[str, li
     return {"train": sorted(set(names) - set(test)), "test": test}
 
 
-def build(raw: str | Path, out: str | Path, params: SynthParams, source_label: str | None = None,
-          workers: int = 1, progress: Progress | None = None) -> dict:
+def build(
+    raw: str | Path,
+    out: str | Path,
+    params: SynthParams,
+    source_label: str | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> dict:
     """Create `out/{train,test}/{near,far,gt,focus}/<id>.png` + `out/manifest.json`, atomically,
     from a folder of photographs (`raw/images`, optional `raw/masks`).
 
@@ -152,8 +160,15 @@ def build(raw: str | Path, out: str | Path, params: SynthParams, source_label: s
     return build_records(inputs, out, params, source_label or raw.name, workers=workers, progress=progress)
 
 
-def build_records(inputs: Sequence[SynthInput], out: str | Path, params: SynthParams, source: str | dict,
-                  skipped: Sequence = (), workers: int = 1, progress: Progress | None = None) -> dict:
+def build_records(
+    inputs: Sequence[SynthInput],
+    out: str | Path,
+    params: SynthParams,
+    source: str | dict,
+    skipped: Sequence = (),
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> dict:
     """The synthesis of `inputs` (e.g. DUTS image + mask records) into `out`, atomically.
     `skipped`: bad inputs left out under skip_bad, reported beside the data."""
     out = Path(out)
@@ -190,20 +205,32 @@ def _synthesize_image(item: SynthInput, dest: Path, split: str, params: SynthPar
     focus = focus_map(mask, params.mask_threshold)
     if focus.min() == focus.max():
         what = f"mask {item.mask}" if item.mask else f"saliency of {item.image}"
-        raise DataError(f"{what}: {'all zero' if focus.max() == 0 else 'all one'} after thresholding, "
-                        f"so the pair would have no in-focus {'region' if focus.max() == 0 else 'background'}")
+        raise DataError(
+            f"{what}: {'all zero' if focus.max() == 0 else 'all one'} after thresholding, "
+            f"so the pair would have no in-focus {'region' if focus.max() == 0 else 'background'}"
+        )
     out = []
     for j in range(params.pairs_per_image):
         # One generator per (seed, image, pair): adding an image never changes the others.
         rng = np.random.default_rng([params.seed, int(hashlib.sha256(item.stem.encode()).hexdigest()[:15], 16), j])
         kernel, interval = draw_kernel(rng, params.blur_intervals, params.blur_weights)
         pid = f"{item.stem}_{j}"
-        hashes = {kind: write_image(dest / kind / f"{pid}.png", img) for kind, img in synthesize_pair(sharp, focus, kernel).items()}
-        out.append({
-            "id": pid, "split": split, "source_image": item.image.name,
-            "mask": item.mask.name if item.mask else "spectral-residual saliency",
-            "blur_kernel": kernel, "blur_interval": list(interval),
-            "focus_fraction": round(float(focus.mean()), 6),
-            "size": list(sharp.shape[:2]), "sha256": hashes, "synthetic": True,
-        })
+        hashes = {
+            kind: write_image(dest / kind / f"{pid}.png", img)
+            for kind, img in synthesize_pair(sharp, focus, kernel).items()
+        }
+        out.append(
+            {
+                "id": pid,
+                "split": split,
+                "source_image": item.image.name,
+                "mask": item.mask.name if item.mask else "spectral-residual saliency",
+                "blur_kernel": kernel,
+                "blur_interval": list(interval),
+                "focus_fraction": round(float(focus.mean()), 6),
+                "size": list(sharp.shape[:2]),
+                "sha256": hashes,
+                "synthetic": True,
+            }
+        )
     return out

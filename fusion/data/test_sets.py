@@ -9,9 +9,9 @@ modality with the same file stem in each: `out/<modality>/<id>.<ext>` (+ `out/gt
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from fusion.data.manifest import relative, write_bad_inputs, write_manifest
 from fusion.data.parallel import Progress, map_ordered
@@ -24,7 +24,7 @@ FORMAT = "fusionflow-test-set/1"
 
 @dataclass(frozen=True)
 class TestSetParams:
-    split: str = "all"            # all | test (the held-out split train.source trains beside)
+    split: str = "all"  # all | test (the held-out split train.source trains beside)
     test_fraction: float = 0.25
     seed: int = 0
 
@@ -50,8 +50,16 @@ def _copy(job) -> list[str]:
     return hashes
 
 
-def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: dict, skip_bad: bool = False,
-                   workers: int = 0, progress: Progress | None = None) -> dict:
+def build_test_set(
+    pairs: Sources,
+    out: Path,
+    params: TestSetParams,
+    *,
+    source: dict,
+    skip_bad: bool = False,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> dict:
     chosen, report = checked(Sources(choose(pairs, params), pairs.problems, pairs.root), skip_bad, workers)
     if not chosen:
         raise DataError(f"{pairs.root}: no usable pairs for a test set")
@@ -60,21 +68,36 @@ def build_test_set(pairs: Sources, out: Path, params: TestSetParams, *, source: 
     for p in chosen:
         other = stems.setdefault(file_id(p.id), p.id)
         if other != p.id:
-            raise DataError(f"{root}: pairs {other!r} and {p.id!r} would both be written as {file_id(p.id)!r}; rename one")
+            raise DataError(
+                f"{root}: pairs {other!r} and {p.id!r} would both be written as {file_id(p.id)!r}; rename one"
+            )
     plans = []
     for p in chosen:
         files = list(zip(p.paths, p.modalities)) + ([(p.gt, "gt")] if p.gt else [])
         plans.append([(str(src), f"{mod}/{file_id(p.id)}{Path(src).suffix.lower()}") for src, mod in files])
     with atomic_directory(out) as tmp:
         hashes = map_ordered(_copy, [(str(tmp), plan) for plan in plans], workers, progress)
-        entries = [{"id": p.id, "group": p.group, "modalities": list(p.modalities) + (["gt"] if p.gt else []),
-                    "files": [rel for _, rel in plan], "sha256": h,
-                    "source_files": [relative(src, root) for src, _ in plan]}
-                   for p, plan, h in zip(chosen, plans, hashes)]
+        entries = [
+            {
+                "id": p.id,
+                "group": p.group,
+                "modalities": list(p.modalities) + (["gt"] if p.gt else []),
+                "files": [rel for _, rel in plan],
+                "sha256": h,
+                "source_files": [relative(src, root) for src, _ in plan],
+            }
+            for p, plan, h in zip(chosen, plans, hashes)
+        ]
         modalities = sorted({m for e in entries for m in e["modalities"]})
         manifest = {
-            "format": FORMAT, "stage": "test_set", "task": chosen[0].task, "params": params.__dict__,
-            "source": source, "count": len(entries), "modalities": modalities, "pairs": entries,
+            "format": FORMAT,
+            "stage": "test_set",
+            "task": chosen[0].task,
+            "params": params.__dict__,
+            "source": source,
+            "count": len(entries),
+            "modalities": modalities,
+            "pairs": entries,
             "skipped": write_bad_inputs(tmp, report, f"test set from {root}"),
         }
         write_manifest(tmp, manifest)
@@ -103,7 +126,10 @@ def load_test_set(folder: str | Path):
         sources = [m for m in e["modalities"] if m != "gt"]
         pair_labels = [sources[0], sources[-1]]
         labels = labels or pair_labels
-        files[e["id"]] = {**dict(zip(labels, (by_mod[m] for m in pair_labels))), **({"gt": by_mod["gt"]} if "gt" in by_mod else {})}
+        files[e["id"]] = {
+            **dict(zip(labels, (by_mod[m] for m in pair_labels))),
+            **({"gt": by_mod["gt"]} if "gt" in by_mod else {}),
+        }
         ids.append(e["id"])
     has_gt = all("gt" in f for f in files.values())
     return TestSet(folder.name, ids, labels, files, has_gt)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from fusion.data.dataset import PairedFolder, to_tensor
+from fusion.data.dataset import PairedFolder, PairSet, to_tensor
 from fusion.errors import ConfigError, DataError
 from fusion.io import read_image
 
@@ -23,7 +23,7 @@ from fusion.io import read_image
 class Roles:
     sources: tuple[str, ...]
     gt: str | None
-    labels: tuple[str, ...]            # human names of the sources, for figures and tables
+    labels: tuple[str, ...]  # human names of the sources, for figures and tables
 
 
 PREPARED_ROLES = Roles(("near", "far"), "gt", ("near (synthetic)", "far (synthetic)"))
@@ -67,7 +67,7 @@ def source_roles(pairs: list) -> Roles:
     return Roles(("s0", "s1"), None, tuple(labels))
 
 
-def training_data(cfg, data_root: Path | None) -> tuple[Dataset, Dataset, Roles]:
+def training_data(cfg, data_root: Path | None) -> tuple[PairSet, PairSet, Roles]:
     """(train, validation/test, roles) for `cfg.train`: train.source if set, else the prepared set."""
     spec = cfg.train.source
     if spec is None:
@@ -90,8 +90,14 @@ def source_provenance(spec, seed: int) -> dict:
     parameter of the stage) pins its path, and the record stays the same wherever the
     workspace lives."""
     where = {"source": spec.name} if spec.name else {"path": spec.path}
-    return {"layout": spec.layout, **where, "split": "train", "test_fraction": spec.test_fraction,
-            "seed": seed, "options": dict(spec.options)}
+    return {
+        "layout": spec.layout,
+        **where,
+        "split": "train",
+        "test_fraction": spec.test_fraction,
+        "seed": seed,
+        "options": dict(spec.options),
+    }
 
 
 def patch_set(path: str, expected: dict):
@@ -102,8 +108,10 @@ def patch_set(path: str, expected: dict):
     shards = PatchShards(path)
     got = shards.manifest.get("provenance", {})
     if got != expected:
-        raise ConfigError(f"train.patches={path}: cut from {got or 'an unrecorded source'}, but train.source is "
-                          f"{expected}; rebuild it with `fusion data patches` for this source")
+        raise ConfigError(
+            f"train.patches={path}: cut from {got or 'an unrecorded source'}, but train.source is "
+            f"{expected}; rebuild it with `fusion data patches` for this source"
+        )
     return shards
 
 

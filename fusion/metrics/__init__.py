@@ -15,8 +15,8 @@ flat FMI windows count as 1 (identical uniform feature PDFs).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,8 +25,17 @@ from fusion.metrics import fmi, gradient, information, reference, statistical, s
 from fusion.metrics._context import Batch
 from fusion.metrics.convention import MetricInputError, check_same_shape, to_gray, to_gray_batch
 
-__all__ = ["ALL", "METRICS", "MetricInfo", "MetricInputError", "MetricSelection", "compute", "compute_batch",
-           "select_metrics", "to_gray"]
+__all__ = [
+    "ALL",
+    "METRICS",
+    "MetricInfo",
+    "MetricInputError",
+    "MetricSelection",
+    "compute",
+    "compute_batch",
+    "select_metrics",
+    "to_gray",
+]
 
 
 @dataclass(frozen=True)
@@ -66,23 +75,25 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
-ALL = "all"   # alone in a list of metric names (params.yaml, --metric): every metric that applies
+ALL = "all"  # alone in a list of metric names (params.yaml, --metric): every metric that applies
 
 
 @dataclass(frozen=True)
 class MetricSelection:
     """A list of metric names read against METRICS; each caller words its own error."""
 
-    names: list[str]            # what to compute: every metric that applies for None or [ALL], else the request
-    unknown: list[str]          # requested names that are no metric (ALL beside other names is one)
-    unusable: dict[str, str]    # requested name -> what it lacks here: "gt" or "sources"
+    names: list[str]  # what to compute: every metric that applies for None or [ALL], else the request
+    unknown: list[str]  # requested names that are no metric (ALL beside other names is one)
+    unusable: dict[str, str]  # requested name -> what it lacks here: "gt" or "sources"
 
 
 def select_metrics(names: Iterable[str] | None, has_gt: bool = True, has_sources: bool = True) -> MetricSelection:
     """The one reading of metric names: the configuration, evaluation, the pipeline and
     compute() all resolve theirs here."""
     if names is None or list(names) == [ALL]:
-        applicable = [n for n, m in METRICS.items() if (has_gt or not m.needs_gt) and (has_sources or not m.needs_sources)]
+        applicable = [
+            n for n, m in METRICS.items() if (has_gt or not m.needs_gt) and (has_sources or not m.needs_sources)
+        ]
         return MetricSelection(applicable, [], {})
     names = list(names)
     unusable: dict[str, str] = {}

@@ -6,7 +6,7 @@ suite is run on every test pair nightly, so recomputing them would waste most of
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -63,8 +63,6 @@ def plog2p(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * torch.log2(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
 
 
-
-
 def _host_view(t: torch.Tensor):
     """A numpy view of a CPU tensor's memory (no copy), or None where there is none."""
     if t.device.type != "cpu" or not t.is_contiguous() or t.requires_grad or t.dtype != torch.float64:

@@ -320,8 +320,18 @@ def L1_gt(gt, f):
 
 NO_REFERENCE = {"EN": EN, "SD": SD, "SF": SF, "AG": AG}
 WITH_SOURCES = {
-    "MI": MI, "CC": CC, "SCD": SCD, "VIF": VIF, "Qabf": Qabf, "SSIM": SSIM, "FMI_pixel": FMI_pixel,
-    "FMI_dct": FMI_dct, "FMI_w": FMI_w, "Qc": Qc, "Qm": Qm, "PSNR": PSNR,
+    "MI": MI,
+    "CC": CC,
+    "SCD": SCD,
+    "VIF": VIF,
+    "Qabf": Qabf,
+    "SSIM": SSIM,
+    "FMI_pixel": FMI_pixel,
+    "FMI_dct": FMI_dct,
+    "FMI_w": FMI_w,
+    "Qc": Qc,
+    "Qm": Qm,
+    "PSNR": PSNR,
 }
 WITH_GT = {"SSIM_gt": SSIM_gt, "PSNR_gt": PSNR_gt, "L1_gt": L1_gt}
 

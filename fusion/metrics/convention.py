@@ -66,9 +66,7 @@ def to_gray_batch(x, role: str, device) -> torch.Tensor:
     elif t.ndim == 4 and t.shape[1] == 1:
         t = t[:, 0]
     elif t.ndim != 3:
-        raise MetricInputError(
-            f"batch {role!r} must be NxHxW, Nx1xHxW, Nx3xHxW or NxHxWx3, got shape {tuple(t.shape)}"
-        )
+        raise MetricInputError(f"batch {role!r} must be NxHxW, Nx1xHxW, Nx3xHxW or NxHxWx3, got shape {tuple(t.shape)}")
     return torch.clamp(torch.floor(t + 0.5), 0.0, 255.0)
 
 

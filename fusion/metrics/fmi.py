@@ -244,8 +244,10 @@ def fmi_maps(xfs: list[torch.Tensor], ff: torch.Tensor) -> list[torch.Tensor]:
         from fusion.metrics import fmi_cpu  # numba: imported only where FMI runs on CPU
 
         xa, xb = xfs
-        maps = [fmi_cpu.fmi_window_maps(xa[i].numpy(), xb[i].numpy(), ff[i].numpy(), threads=torch.get_num_threads())
-                for i in range(ff.shape[0])]
+        maps = [
+            fmi_cpu.fmi_window_maps(xa[i].numpy(), xb[i].numpy(), ff[i].numpy(), threads=torch.get_num_threads())
+            for i in range(ff.shape[0])
+        ]
         return [torch.from_numpy(np.stack([m[k] for m in maps])) for k in range(2)]
     return fmi_maps_torch(xfs, ff)
 

@@ -28,8 +28,11 @@ def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def psnr_from_mse(m: torch.Tensor) -> torch.Tensor:
     """10 log10(255^2 / MSE); +inf for identical images (MSE = 0), never NaN."""
-    return torch.where(m > 0, 10.0 * torch.log10((255.0 * 255.0) / torch.where(m > 0, m, torch.ones_like(m))),
-                       torch.full_like(m, math.inf))
+    return torch.where(
+        m > 0,
+        10.0 * torch.log10((255.0 * 255.0) / torch.where(m > 0, m, torch.ones_like(m))),
+        torch.full_like(m, math.inf),
+    )
 
 
 def SD(batch: Batch) -> torch.Tensor:

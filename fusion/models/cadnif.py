@@ -44,38 +44,45 @@ parameters and their names are the same in both modes. Each released bug has a f
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fusion.errors import ConfigError
+from fusion.losses import CADNIFLoss
 from fusion.models.cadnif_blocks import (  # noqa: F401 - re-exported
     _SLOPE,
-    Norm,
-    tiled,
-    _conv_lrelu,
     CrossAttentionBlock,
     CrossNonLocal,
     DilatedResidualDenseBlock,
+    Norm,
+    _conv_lrelu,
+    tiled,
 )
 from fusion.models.registry import ModelSpec, register
-from fusion.losses import CADNIFLoss
 
-VARIANTS = {"OD-Net": "OD-Net", "CA-Net": "CA-Net", "CA-DRDB-Net": "CA-DRDB-Net", "CA-DRDB-AU-Net": "CA-DRDB-AU-Net",
-            "CA-DRDB-AU-GRL-Net": "CA-DRDB-AU-GRL-Net (proposed)"}
+VARIANTS = {
+    "OD-Net": "OD-Net",
+    "CA-Net": "CA-Net",
+    "CA-DRDB-Net": "CA-DRDB-Net",
+    "CA-DRDB-AU-Net": "CA-DRDB-AU-Net",
+    "CA-DRDB-AU-GRL-Net": "CA-DRDB-AU-GRL-Net (proposed)",
+}
 DEFAULT_VARIANT = "CA-DRDB-AU-GRL-Net"
 
 # variant -> (cross attention, DRDB, auxiliary branch, global residual)
-COMPONENTS = {"OD-Net": (False, False, False, False), "CA-Net": (True, False, False, False),
-              "CA-DRDB-Net": (True, True, False, False), "CA-DRDB-AU-Net": (True, True, True, False),
-              "CA-DRDB-AU-GRL-Net": (True, True, True, True)}
+COMPONENTS = {
+    "OD-Net": (False, False, False, False),
+    "CA-Net": (True, False, False, False),
+    "CA-DRDB-Net": (True, True, False, False),
+    "CA-DRDB-AU-Net": (True, True, True, False),
+    "CA-DRDB-AU-GRL-Net": (True, True, True, True),
+}
 
 TILE, TILE_BORDER = 132, 6  # project choice (paper mode): 132x132 tiles, central 120x120 kept
-TF_EPS = 1.001e-5           # FusedBatchNorm raises the code's 1e-5 to its minimum, 1.001e-5
-TF_AUX_EPS = 1e-3           # tf.layers.batch_normalization's default
-PUBLISHED_STD = 1e-3        # the released initialiser: truncated normal, cut at 2 std
+TF_EPS = 1.001e-5  # FusedBatchNorm raises the code's 1e-5 to its minimum, 1.001e-5
+TF_AUX_EPS = 1e-3  # tf.layers.batch_normalization's default
+PUBLISHED_STD = 1e-3  # the released initialiser: truncated normal, cut at 2 std
 
 OPTIONS = {
     "stacking": '"cross" (streams ir,ir,vi / vi,vi,ir: the trained graph) or "same" (ir x3 / vi x3: the paper '
@@ -91,15 +98,25 @@ OPTIONS = {
 }
 
 
-def _after_load(module: "CADNIF", incompatible_keys) -> None:
+def _after_load(module: CADNIF, incompatible_keys) -> None:
     module.redraw_published()
 
 
 class CADNIF(nn.Module):
-    def __init__(self, variant: str = DEFAULT_VARIANT, released: bool = False, width: int = 16, merge_width: int = 64,
-                 num_blocks: int = 5, in_channels: int = 1, stacking: str | None = None,
-                 bn_running_stats: bool | None = None, aux_attention: bool | None = None,
-                 published_test_graph: bool = False, published_seed: int = 0):
+    def __init__(
+        self,
+        variant: str = DEFAULT_VARIANT,
+        released: bool = False,
+        width: int = 16,
+        merge_width: int = 64,
+        num_blocks: int = 5,
+        in_channels: int = 1,
+        stacking: str | None = None,
+        bn_running_stats: bool | None = None,
+        aux_attention: bool | None = None,
+        published_test_graph: bool = False,
+        published_seed: int = 0,
+    ):
         super().__init__()
         if variant not in COMPONENTS:
             raise ValueError(f"unknown CADNIF variant {variant!r}; valid: {list(COMPONENTS)}")
@@ -108,8 +125,10 @@ class CADNIF(nn.Module):
         if stacking not in (None, "cross", "same"):
             raise ConfigError(f"train.options.stacking: {stacking!r}; valid: 'cross', 'same'")
         if published_test_graph and (not released or bn_running_stats or aux_attention):
-            raise ConfigError("train.options.published_test_graph: needs train.released=true and neither "
-                              "bn_running_stats nor aux_attention")
+            raise ConfigError(
+                "train.options.published_test_graph: needs train.released=true and neither "
+                "bn_running_stats nor aux_attention"
+            )
         self.variant = variant
         self.in_channels = in_channels  # read by fusion.inference and the trainer
         self.released = released
@@ -121,7 +140,9 @@ class CADNIF(nn.Module):
         self.published_seed = int(published_seed)
 
         batch_stats = not self.bn_running_stats
-        norm = partial(Norm, eps=TF_EPS, batch_stats=batch_stats) if released else partial(Norm, batch_stats=batch_stats)
+        norm = (
+            partial(Norm, eps=TF_EPS, batch_stats=batch_stats) if released else partial(Norm, batch_stats=batch_stats)
+        )
         # tf.layers' momentum 0.99; TF never ran these updates, so model-11 holds (0, 1) there
         aux_norm = partial(Norm, eps=TF_AUX_EPS, momentum=0.01, batch_stats=batch_stats) if released else norm
 
@@ -148,8 +169,9 @@ class CADNIF(nn.Module):
             self.drdb = DilatedResidualDenseBlock(merge_width, growth=width, act=act)
             self.merge_out = _conv_lrelu(2 * merge_width, merge_width, 1)
         tail_in = merge_width + (width if self.global_residual else 0)
-        self.tail = nn.Sequential(conv_bn_lrelu(tail_in, merge_width, 3), nn.Conv2d(merge_width, 1, 3, padding=1),
-                                  nn.Tanh())
+        self.tail = nn.Sequential(
+            conv_bn_lrelu(tail_in, merge_width, 3), nn.Conv2d(merge_width, 1, 3, padding=1), nn.Tanh()
+        )
         if published_test_graph:
             self.redraw_published()
             self.register_load_state_dict_post_hook(_after_load)
@@ -224,8 +246,7 @@ class CADNIF(nn.Module):
         ~0.3 s a 132x132 tile on 2 CPU cores). Released mode fuses the whole image, as the authors'
         test script does (its batch-statistics BN depends on the whole image)."""
         h, w = a.shape[-2:]
-        if (self.training or self.released or not (self.use_aux and self.aux_attention)
-                or (h <= TILE and w <= TILE)):
+        if self.training or self.released or not (self.use_aux and self.aux_attention) or (h <= TILE and w <= TILE):
             return self._fuse_pair(a, b)
         return tiled(self._fuse_pair, a, b, TILE, TILE_BORDER)
 

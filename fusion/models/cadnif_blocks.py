@@ -6,8 +6,8 @@ The network that joins them, its variants and its registration are in cadnif.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,9 @@ class Norm(nn.BatchNorm2d):
         return f"{super().extra_repr()}, batch_stats={self.batch_stats}"
 
 
-def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
-          tile: int, border: int) -> torch.Tensor:
+def tiled(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor, tile: int, border: int
+) -> torch.Tensor:
     """fn over overlapping tiles: each tile sees `border` pixels of context on every side
     (reflected at the image edges) and contributes only its centre."""
     h, w = a.shape[-2:]
@@ -45,8 +46,8 @@ def tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Ten
     out = a.new_empty(a.shape[0], 1, a.shape[-2] - 2 * border, a.shape[-1] - 2 * border)
     for y in range(0, out.shape[-2], step):
         for x in range(0, out.shape[-1], step):
-            part = fn(a[..., y:y + tile, x:x + tile], b[..., y:y + tile, x:x + tile])
-            out[..., y:y + step, x:x + step] = part[..., border:border + step, border:border + step]
+            part = fn(a[..., y : y + tile, x : x + tile], b[..., y : y + tile, x : x + tile])
+            out[..., y : y + step, x : x + step] = part[..., border : border + step, border : border + step]
     return out[..., :h, :w]
 
 
@@ -64,8 +65,13 @@ class CrossAttentionBlock(nn.Module):
         def gate() -> nn.Sequential:
             act = partial(nn.LeakyReLU, _SLOPE) if released else nn.ReLU
             tail = [nn.LeakyReLU(_SLOPE)] if released else []
-            return nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), act(),
-                                 nn.Conv2d(width, width, 3, padding=1), *tail, nn.Sigmoid())
+            return nn.Sequential(
+                nn.Conv2d(2 * width, width, 3, padding=1),
+                act(),
+                nn.Conv2d(width, width, 3, padding=1),
+                *tail,
+                nn.Sigmoid(),
+            )
 
         self.gate_a = gate()
         self.gate_b = gate()
@@ -112,8 +118,14 @@ class CrossNonLocal(nn.Module):
 class DilatedResidualDenseBlock(nn.Module):
     """AHDRNet's DRDB as CADNIF uses it: the residual is a concatenation, so 64 in -> 128 out."""
 
-    def __init__(self, width: int = 64, growth: int = 16, layers: int = 3, dilation: int = 2,
-                 act: Callable[[], nn.Module] = nn.ReLU):
+    def __init__(
+        self,
+        width: int = 64,
+        growth: int = 16,
+        layers: int = 3,
+        dilation: int = 2,
+        act: Callable[[], nn.Module] = nn.ReLU,
+    ):
         super().__init__()
         self.convs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width + i * growth, growth, 3, padding=dilation, dilation=dilation), act())

@@ -58,30 +58,30 @@ conv_gra) have no place here: fusion/weights/crossfuse.py lists them as ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fusion.errors import ConfigError
-from fusion.models.registry import ModelSpec, Stage, register
 from fusion.losses import CrossFuseAELoss, CrossFuseLoss
 from fusion.models.crossfuse_blocks import (  # noqa: F401 - re-exported
-    pad_to_multiple,
-    _conv,
-    DenseBlock,
-    Encoder,
-    ReconstructionDecoder,
     AutoEncoder,
     ConvFusion,
+    DenseBlock,
     DenseFusion,
+    Encoder,
+    FusionDecoder,
+    ReconstructionDecoder,
+    _conv,
+    _conv_bn,
     _local_mean,
-    skip_weights,
     centre_pad,
     pad_to_at_least,
-    _conv_bn,
-    FusionDecoder,
+    pad_to_multiple,
+    skip_weights,
 )
 from fusion.models.crossfuse_cam import (  # noqa: F401 - re-exported
     MODALITIES,
@@ -93,6 +93,7 @@ from fusion.models.crossfuse_cam import (  # noqa: F401 - re-exported
     _to_tokens,
     _to_windows,
 )
+from fusion.models.registry import ModelSpec, Stage, register
 
 VARIANTS = {
     "full": "CrossFuse (s1-c1)",
@@ -113,7 +114,7 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class _Config:
-    fusion: str = "cam"        # cam | cnn | dense
+    fusion: str = "cam"  # cam | cnn | dense
     depth: int = 1
     resoftmax: bool = True
     shift: bool = True
@@ -160,7 +161,7 @@ class CrossFuse(nn.Module):
         self.window = window
         self.encoders = nn.ModuleDict({m: AutoEncoder(in_channels, reconstruction=cfg.two_stage) for m in MODALITIES})
         if cfg.fusion == "cam":
-            self.fusion = CrossAttentionMechanism(
+            self.fusion: nn.Module = CrossAttentionMechanism(
                 window=window,
                 depth=cfg.depth,
                 heads=heads,
@@ -183,6 +184,9 @@ class CrossFuse(nn.Module):
         )
 
     # -- stage 1
+    def autoencoder(self, modality: str) -> AutoEncoder:
+        return cast(AutoEncoder, self.encoders[modality])  # ModuleDict types its values as Module
+
     def autoencode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """Stage-1 reconstruction of x (B x 1 x H x W in [0, 1], any size) by its modality's auto-encoder."""
         if modality not in MODALITIES:
@@ -190,14 +194,14 @@ class CrossFuse(nn.Module):
         h, w = x.shape[-2:]
         return self.encoders[modality](pad_to_multiple(x, 8, minimum=16))[..., :h, :w]
 
-    def freeze_encoders(self) -> "CrossFuse":
+    def freeze_encoders(self) -> CrossFuse:
         """Stage 2: fix both auto-encoders (no gradients, eval mode)."""
         for p in self.encoders.parameters():
             p.requires_grad_(False)
         self.encoders.eval()
         return self
 
-    def train(self, mode: bool = True) -> "CrossFuse":
+    def train(self, mode: bool = True) -> CrossFuse:
         super().train(mode)
         if all(not p.requires_grad for p in self.encoders.parameters()):
             self.encoders.eval()  # frozen encoders stay in inference mode
@@ -211,8 +215,11 @@ class CrossFuse(nn.Module):
             return list(self.encoders.parameters())
         if stage == "fusion":
             return [*self.fusion.parameters(), *self.decoder.parameters()]
-        return [*(p for ae in self.encoders.values() for p in ae.encoder.parameters()),
-                *self.fusion.parameters(), *self.decoder.parameters()]
+        return [
+            *(p for m in MODALITIES for p in self.autoencoder(m).encoder.parameters()),
+            *self.fusion.parameters(),
+            *self.decoder.parameters(),
+        ]
 
     # -- fusion
     def _output(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +244,7 @@ class CrossFuse(nn.Module):
             # released: no input padding, pooling rounds down, the decoder centre-pads its output
             # (below 16 px the released code fails: deep maps too small for its reflect padding)
             x = pad_to_at_least(x, 16) if self.released_sizing else pad_to_multiple(x, 8, minimum=16)
-            sh[m], de[m] = self.encoders[m].encoder(x)
+            sh[m], de[m] = self.autoencoder(m).encoder(x)
         dh, dw = de["ir"].shape[-2:]
         if isinstance(self.fusion, CrossAttentionMechanism):
             fused = self.fusion(pad_to_multiple(de["ir"], self.window), pad_to_multiple(de["vi"], self.window))
@@ -248,24 +255,24 @@ class CrossFuse(nn.Module):
         return self._output(out)
 
 
-RELEASED_WEIGHT_DECAY = 0.9   # Adam(..., weight_decay=0.9) in both released training scripts
+RELEASED_WEIGHT_DECAY = 0.9  # Adam(..., weight_decay=0.9) in both released training scripts
 
 # train.options.NAME: each fixes one bug of the released code (with train.released=true)
 RELEASED_OPTIONS = {
     "fix_ca_chaining": "released only (s2-c2, s3-c3): every CA block takes its query from the other "
-                       "modality's SA output and key/value from the previous block's normalised output "
-                       "(released: query from the previous block's norm1 output, key from its output "
-                       "before the final norm)",
+    "modality's SA output and key/value from the previous block's normalised output "
+    "(released: query from the previous block's norm1 output, key from its output "
+    "before the final norm)",
     "fix_odd_sizes": "released only: reflect-pad the input to a multiple of 8 and crop the output "
-                     "(released: pooling rounds down, the decoder output is centre-padded back)",
+    "(released: pooling rounds down, the decoder output is centre-padded back)",
     "fix_weight_decay": "released only: Adam with train.weight_decay (released: weight_decay 0.9)",
     "fix_ms_ssim": "released only: stage-1 loss with the standard MS-SSIM (released: pytorch_msssim "
-                   "normalize=True, factors (x+1)/2, last scale's SSIM to the power 4 w5, data range "
-                   "guessed from the image)",
+    "normalize=True, factors (x+1)/2, last scale's SSIM to the power 4 w5, data range "
+    "guessed from the image)",
 }
 
 
-def released_fixes(released: bool, given: dict[str, object]) -> dict[str, bool]:
+def released_fixes(released: bool, given: Mapping[str, object]) -> dict[str, bool]:
     unknown = sorted(set(given) - set(RELEASED_OPTIONS))
     if unknown:
         raise ConfigError(f"train.options.{unknown[0]}: not an option of crossfuse; valid: {sorted(RELEASED_OPTIONS)}")
@@ -273,8 +280,10 @@ def released_fixes(released: bool, given: dict[str, object]) -> dict[str, bool]:
         if not isinstance(value, bool):
             raise ConfigError(f"train.options.{name}: expected true or false, got {value!r}")
         if value and not released:
-            raise ConfigError(f"train.options.{name}: fixes a bug of the released code; set train.released=true "
-                              "with it (the paper's model does not have the bug)")
+            raise ConfigError(
+                f"train.options.{name}: fixes a bug of the released code; set train.released=true "
+                "with it (the paper's model does not have the bug)"
+            )
     return {name: bool(given.get(name, False)) for name in RELEASED_OPTIONS}
 
 
@@ -295,8 +304,13 @@ def _reconstruction(step, sources, gt, loss_fn, autocast, supervised) -> dict[st
     return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
 
 
-_AUTOENCODER = Stage("autoencoder", fuses=False, label="stage-1 (auto-encoder)",
-                     forward=lambda model: model.autoencode, objective=_reconstruction)
+_AUTOENCODER = Stage(
+    "autoencoder",
+    fuses=False,
+    label="stage-1 (auto-encoder)",
+    forward=lambda model: cast(CrossFuse, model).autoencode,
+    objective=_reconstruction,
+)
 _TWO_STAGES = (_AUTOENCODER, Stage("fusion", starts_from="autoencoder"))
 _ONE_STAGE = (Stage("joint"),)
 
@@ -308,14 +322,17 @@ def _stages(variant: str) -> tuple[Stage, ...]:
 def _loss(stage: str, cfg) -> nn.Module:
     released = getattr(cfg, "released", False)
     if stage == "autoencoder":  # train.options.fix_ms_ssim: the standard MS-SSIM in released mode
-        return CrossFuseAELoss(released=released and not (getattr(cfg, "options", None) or {}).get("fix_ms_ssim", False))
+        return CrossFuseAELoss(
+            released=released and not (getattr(cfg, "options", None) or {}).get("fix_ms_ssim", False)
+        )
     return CrossFuseLoss(released=released)
 
 
-def _start_from_encoders(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+def _start_from_encoders(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Stage 2 starts from a stage-1 checkpoint's auto-encoders, then freezes them."""
+    model = cast(CrossFuse, module)
     prefix = "encoders."
-    model.encoders.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    model.encoders.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
     model.freeze_encoders()
 
 
@@ -326,11 +343,11 @@ register(
         builder=build_crossfuse,
         loss=_loss,
         stages=_stages,
-        trainable=lambda model, stage: model.parameters_for(stage),
+        trainable=lambda model, stage: cast(CrossFuse, model).parameters_for(stage),
         start_from=_start_from_encoders,
         variants=VARIANTS,
         shared_stage1=frozenset(v for v, c in VARIANT_CONFIG.items() if c.two_stage),
-        aliases=frozenset({"full"}),   # = s1-c1
+        aliases=frozenset({"full"}),  # = s1-c1
         task="ir-vis",
         paper="CrossFuse (Li & Wu), cross attention mechanism with re-softmax, two-stage IR-VIS fusion",
         notes={

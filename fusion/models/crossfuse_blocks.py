@@ -7,6 +7,8 @@ variants and its training recipe in crossfuse.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -138,7 +140,7 @@ def skip_weights(a: torch.Tensor, b: torch.Tensor, level: str, sum_channels: boo
     return (ga / denom).detach(), (gb / denom).detach()
 
 
-def centre_pad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def centre_pad(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Reflect-pad x to `size`, the extra pixel of an odd difference at the bottom/right (the
     released `UpsampleReshape_eval`)."""
     dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]

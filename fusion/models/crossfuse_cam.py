@@ -46,8 +46,9 @@ class Attention(nn.Module):
         b, n, d = t.shape
         return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, query: torch.Tensor | None = None,
-                key: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, query: torch.Tensor | None = None, key: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: the values (and keys unless `key` is given); query: the other modality's tokens."""
         if self.cross:
             if query is None:
@@ -71,8 +72,9 @@ class TransformerBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, query: torch.Tensor | None = None,
-                key: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, query: torch.Tensor | None = None, key: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pre-norm block; x is the residual and the values, `key` (if given) the keys."""
         q = None if query is None else self.norm1(query)
         k = None if key is None else self.norm1(key)

@@ -16,15 +16,15 @@ import torch
 import torch.nn as nn
 
 from fusion.errors import ConfigError
-from fusion.models.registry import ModelSpec, register
 from fusion.losses import L1SSIMLoss
+from fusion.models.registry import ModelSpec, register
 from fusion.models.ufa_released import ReleasedUFAFuse
 
 VARIANTS = {
-    "UFA": "UFA",          # channel + spatial attention (the paper's model)
-    "NO-UFA": "NO-UFA",    # features concatenated without attention
-    "NO-SA": "NO-SA",      # channel attention only
-    "NO-CA": "NO-CA",      # spatial attention only
+    "UFA": "UFA",  # channel + spatial attention (the paper's model)
+    "NO-UFA": "NO-UFA",  # features concatenated without attention
+    "NO-SA": "NO-SA",  # channel attention only
+    "NO-CA": "NO-CA",  # spatial attention only
 }
 
 
@@ -48,7 +48,7 @@ class UnityFusionAttention(nn.Module):
             feats = [w * f for w, f in zip(weights, feats)]
         if self.spatial:
             maps = []
-            for k, f in enumerate(feats):
+            for f in feats:
                 conv = self.spatial_convs[0]
                 desc = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
                 maps.append(conv(desc))
@@ -103,16 +103,21 @@ class UFAFuse(nn.Module):
         return self.reconstruct(self.ffb(fused))
 
 
-def build_ufa(variant: str = "UFA", released: bool = False, fix_spatial_softmax: bool = False,
-              luma: bool = False, **options) -> nn.Module:
+def build_ufa(
+    variant: str = "UFA", released: bool = False, fix_spatial_softmax: bool = False, luma: bool = False, **options
+) -> nn.Module:
     if released:
         if luma:
-            raise ConfigError("train.options.luma: the released network is the authors' RGB graph; set "
-                              "train.options.luma=false with train.released=true (the smoke profile sets luma)")
+            raise ConfigError(
+                "train.options.luma: the released network is the authors' RGB graph; set "
+                "train.options.luma=false with train.released=true (the smoke profile sets luma)"
+            )
         return ReleasedUFAFuse(variant=variant, fix_spatial_softmax=fix_spatial_softmax, **options)
     if fix_spatial_softmax:
-        raise ConfigError("train.options.fix_spatial_softmax: fixes a bug of the released graph; "
-                          "set train.released=true with it (the paper's model has a true softmax)")
+        raise ConfigError(
+            "train.options.fix_spatial_softmax: fixes a bug of the released graph; "
+            "set train.released=true with it (the paper's model has a true softmax)"
+        )
     if luma:
         return UFAFuse(variant=variant, in_channels=1, out_channels=1, **options)
     return UFAFuse(variant=variant, **options)
@@ -127,16 +132,20 @@ register(
         variants=VARIANTS,
         task="multi-focus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
-        notes={"released": "the authors' AF network (455,111 parameters, RGB), their spatial-softmax bug kept; "
-                            "loss SSIM with a zero-padded window; xavier-normal init"},
-        options={"fix_spatial_softmax": "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) "
-                                        "(released: exp(a2) twice)",
-                 # Not in the paper. Twelve convolutions without a skip learn the small differences
-                 # between R, G and B long after the structure: after the CPU main job's 250 steps an
-                 # RGB network paints every image in its training set's mean tint (sepia).
-                 "luma": "paper network on Y of YCrCb, one channel in and out; the chroma is restored "
-                         "from the sources at inference, as for the gray models (not in the paper, which "
-                         "fuses RGB; the smoke profile's CPU main job uses it)"},
+        notes={
+            "released": "the authors' AF network (455,111 parameters, RGB), their spatial-softmax bug kept; "
+            "loss SSIM with a zero-padded window; xavier-normal init"
+        },
+        options={
+            "fix_spatial_softmax": "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) "
+            "(released: exp(a2) twice)",
+            # Not in the paper. Twelve convolutions without a skip learn the small differences
+            # between R, G and B long after the structure: after the CPU main job's 250 steps an
+            # RGB network paints every image in its training set's mean tint (sepia).
+            "luma": "paper network on Y of YCrCb, one channel in and out; the chroma is restored "
+            "from the sources at inference, as for the gray models (not in the paper, which "
+            "fuses RGB; the smoke profile's CPU main job uses it)",
+        },
         supervised=True,
     )
 )

@@ -110,8 +110,14 @@ class AttentionBlock(nn.Module):
 class ReleasedUFAFuse(nn.Module):
     """The authors' `AF(in_ch=3, out_ch=64)`: 455,111 parameters with the full attention."""
 
-    def __init__(self, variant: str = "UFA", in_channels: int = 3, out_channels: int = 3, width: int = 64,
-                 fix_spatial_softmax: bool = False):
+    def __init__(
+        self,
+        variant: str = "UFA",
+        in_channels: int = 3,
+        out_channels: int = 3,
+        width: int = 64,
+        fix_spatial_softmax: bool = False,
+    ):
         super().__init__()
         self.variant = variant
         self.released = True
@@ -120,8 +126,12 @@ class ReleasedUFAFuse(nn.Module):
         self.in_channels = in_channels
         self.conv1 = nn.Sequential(_conv(in_channels, width), nn.LeakyReLU(_SLOPE))
         self.rb1, self.rb2, self.rb3 = ConvBlock(width), ConvBlock(width), ConvBlock(width)
-        self.sc4 = AttentionBlock(width, channel=variant in ("UFA", "NO-SA"), spatial=variant in ("UFA", "NO-CA"),
-                                  fix_spatial_softmax=fix_spatial_softmax)
+        self.sc4 = AttentionBlock(
+            width,
+            channel=variant in ("UFA", "NO-SA"),
+            spatial=variant in ("UFA", "NO-CA"),
+            fix_spatial_softmax=fix_spatial_softmax,
+        )
         self.fusion = _conv(2 * width, width, 1)
         self.EX3 = nn.Sequential(*[ConvLReLU(width, width) for _ in range(4)])
         self.restruction = _conv(width, out_channels)

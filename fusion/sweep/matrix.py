@@ -25,15 +25,15 @@ STAGE1 = "stage1"
 @dataclass(frozen=True)
 class TrialSpec:
     id: str
-    overrides: dict[str, Any]          # nested, on top of the sweep's profile and overrides
-    depends_on: str | None = None      # the stage-1 trial whose checkpoint this one starts from
-    label: str = ""                    # the paper's name of the variant, for tables
+    overrides: dict[str, Any]  # nested, on top of the sweep's profile and overrides
+    depends_on: str | None = None  # the stage-1 trial whose checkpoint this one starts from
+    label: str = ""  # the paper's name of the variant, for tables
 
 
 @dataclass
 class Trial:
     spec: TrialSpec
-    config: dict[str, Any] | None = None   # the resolved Config (JSON), None when it failed to resolve
+    config: dict[str, Any] | None = None  # the resolved Config (JSON), None when it failed to resolve
     error: str | None = None
 
     @property
@@ -43,7 +43,9 @@ class Trial:
 
 def sweep_config(cfg: Config, name: str) -> SweepConfig:
     if name not in cfg.sweeps:
-        raise ConfigError(f"sweep {name!r} is not defined under `sweeps:` in params.yaml; defined: {sorted(cfg.sweeps) or 'none'}")
+        raise ConfigError(
+            f"sweep {name!r} is not defined under `sweeps:` in params.yaml; defined: {sorted(cfg.sweeps) or 'none'}"
+        )
     return cfg.sweeps[name]
 
 
@@ -64,16 +66,23 @@ def expand(sweep: SweepConfig) -> list[TrialSpec]:
         tasks = entry.tasks or list(sweep.data)
         keys = list(entry.grid)
         for task, seed, variant in itertools.product(tasks, sweep.seeds, variants):
-            base: dict[str, Any] = {"seed": seed, "train": {"model": entry.model, "variant": variant, "task": task,
-                                            "source": sweep.data.get(task)}}
+            base: dict[str, Any] = {
+                "seed": seed,
+                "train": {"model": entry.model, "variant": variant, "task": task, "source": sweep.data.get(task)},
+            }
             depends = None
             if spec is not None and variant in spec.shared_stage1:
                 first, then = spec.stages(variant)[:2]  # the shared stage, and the one starting from it
                 depends = slug(entry.model, STAGE1, task, f"s{seed}")
-                base["train"]["stage"] = then.name   # its init_from is filled in when the sweep runs
-                stage1.setdefault(depends, TrialSpec(
-                    depends, merge_trees(base, {"train": {"stage": first.name}}),
-                    label=f"{entry.model} stage 1 ({first.name})"))
+                base["train"]["stage"] = then.name  # its init_from is filled in when the sweep runs
+                stage1.setdefault(
+                    depends,
+                    TrialSpec(
+                        depends,
+                        merge_trees(base, {"train": {"stage": first.name}}),
+                        label=f"{entry.model} stage 1 ({first.name})",
+                    ),
+                )
             label = spec.variants.get(variant, variant) if spec else variant
             for values in itertools.product(*(entry.grid[k] for k in keys)):
                 overrides = merge_trees(base, nest_dotted(dict(zip(keys, values)), "sweep grid key"))
@@ -84,8 +93,10 @@ def expand(sweep: SweepConfig) -> list[TrialSpec]:
     seen: set[str] = set()
     for t in out:
         if t.id in seen:
-            raise ConfigError(f"sweep: trial {t.id} appears twice in the matrix (the same model, variant, task, "
-                              f"seed and grid values in two rows)")
+            raise ConfigError(
+                f"sweep: trial {t.id} appears twice in the matrix (the same model, variant, task, "
+                f"seed and grid values in two rows)"
+            )
         seen.add(t.id)
     return out
 
@@ -93,7 +104,7 @@ def expand(sweep: SweepConfig) -> list[TrialSpec]:
 def _variants(entry: SweepEntry, spec) -> list[str]:
     if entry.variants != "all":
         return list(entry.variants)
-    return spec.sweep_variants() if spec is not None else ["all"]   # an unknown model fails in its trial
+    return spec.sweep_variants() if spec is not None else ["all"]  # an unknown model fails in its trial
 
 
 def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list[Trial]:
@@ -103,7 +114,7 @@ def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list
     for spec in specs:
         try:
             cfg = load_config(workspace, sweep.profile, merge_trees(common, spec.overrides))
-            tree = cfg.model_dump(mode="json", exclude={"sweeps"})   # a trial is one training run, not a sweep
+            tree = cfg.model_dump(mode="json", exclude={"sweeps"})  # a trial is one training run, not a sweep
             tree["nightly"]["sweep"] = None
             out.append(Trial(spec, tree))
         except FusionError as exc:
@@ -114,6 +125,10 @@ def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list
 def sweep_key(name: str, trials: list[Trial], data_version: str, code: str) -> str:
     """Identity of a sweep: its trials' configurations, the data and the code. A re-run with
     the same key continues the same sweep (resumes what did not finish)."""
-    body = {"name": name, "data": data_version, "code": code,
-            "trials": [[t.id, t.config, t.error, t.spec.depends_on] for t in trials]}
+    body = {
+        "name": name,
+        "data": data_version,
+        "code": code,
+        "trials": [[t.id, t.config, t.error, t.spec.depends_on] for t in trials],
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

@@ -14,11 +14,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,15 +25,25 @@ from fusion import pipeline, tracking
 from fusion.config import SweepConfig, load_config, resolve_workspace
 from fusion.errors import ConfigError
 from fusion.git_info import git_diff_hash, git_state
-from fusion.io import write_bytes_atomic, write_json_atomic
 from fusion.sweep.matrix import Trial, expand, resolve, sweep_config, sweep_key
-from fusion.sweep.trial import (CHECKPOINTS, DONE, FINAL, TAG_STATUS, SweepContext, child_run, execute, read_status,
-                                record_failure, write_status)
+from fusion.sweep.summary import summarise
+from fusion.sweep.trial import (
+    CHECKPOINTS,
+    DONE,
+    FINAL,
+    TAG_STATUS,
+    SweepContext,
+    child_run,
+    execute,
+    read_status,
+    record_failure,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = "sweeps"
-GRACE_SECONDS = 120   # after the budget, Ray stops trials still running (they stop themselves first)
+GRACE_SECONDS = 120  # after the budget, Ray stops trials still running (they stop themselves first)
 TAG_ROLE, TAG_KEY = "sweep.role", "sweep.key"
 
 
@@ -49,7 +56,7 @@ class SweepResult:
     trials: list[dict[str, Any]]
     resumed: bool
     seconds: float
-    reports: dict[str, Path] = field(default_factory=dict)   # task -> report.md
+    reports: dict[str, Path] = field(default_factory=dict)  # task -> report.md
 
     @property
     def finished(self) -> bool:
@@ -62,7 +69,9 @@ class SweepResult:
         return out
 
 
-def plan(workspace: Path | str | None, name: str, overrides: list[str] | None = None) -> tuple[SweepConfig, list[Trial]]:
+def plan(
+    workspace: Path | str | None, name: str, overrides: list[str] | None = None
+) -> tuple[SweepConfig, list[Trial]]:
     """The sweep's trials with their resolved configurations (nothing runs)."""
     ws = resolve_workspace(workspace)
     return _plan(ws, load_config(ws), name, overrides)
@@ -74,20 +83,32 @@ def _plan(ws: Path, cfg, name: str, overrides: list[str] | None) -> tuple[SweepC
         sweep = sweep.model_copy(update={"overrides": [*sweep.overrides, *overrides]})
     for task, source in sweep.data.items():
         if source is not None and source not in cfg.sources:
-            raise ConfigError(f"sweeps.{name}.data.{task}: {source!r} is not in the `sources` registry; "
-                              f"registered: {sorted(cfg.sources) or 'none'} (null = the prepared synthetic set)")
+            raise ConfigError(
+                f"sweeps.{name}.data.{task}: {source!r} is not in the `sources` registry; "
+                f"registered: {sorted(cfg.sources) or 'none'} (null = the prepared synthetic set)"
+            )
     if sweep.profile != "default":
-        load_config(ws, sweep.profile)   # an unknown profile fails here, not in every trial
+        load_config(ws, sweep.profile)  # an unknown profile fails here, not in every trial
     return sweep, resolve(ws, sweep, expand(sweep))
 
 
-def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | None = None, *, new: bool = False,
-              budget_minutes: float | None = None, max_concurrent: int | None = None, use_ray: bool = True) -> SweepResult:
+def run_sweep(
+    workspace: Path | str | None,
+    name: str,
+    overrides: list[str] | None = None,
+    *,
+    new: bool = False,
+    budget_minutes: float | None = None,
+    max_concurrent: int | None = None,
+    use_ray: bool = True,
+) -> SweepResult:
     started = time.time()
     ws = resolve_workspace(workspace)
     base = load_config(ws)
     sweep, trials = _plan(ws, base, name, overrides)
-    updates = {k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None}
+    updates = {
+        k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None
+    }
     sweep = sweep.model_copy(update=updates)
     prepared = pipeline.prepare(ws, base)
     git = git_state()
@@ -99,22 +120,35 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
     parent, resumed = _parent_run(target, name, key, sweep, trials, prepared, git)
     status = {t.id: read_status(sdir / t.id) for t in trials}
     if resumed and all(_final(status[t.id]) for t in trials):
-        log.info("sweep %s: every trial already has a final status (parent run %s); nothing to do "
-                 "(--new starts it again)", name, parent)
+        log.info(
+            "sweep %s: every trial already has a final status (parent run %s); nothing to do (--new starts it again)",
+            name,
+            parent,
+        )
         rows = json.loads((sdir / "trials.json").read_text()) if (sdir / "trials.json").is_file() else []
         return SweepResult(name, key, sdir, parent, rows, True, time.time() - started)
     if resumed:
         tracking.client(target).update_run(parent, status="RUNNING")
-    for t in trials:   # stage 2 starts from its stage-1 trial's best checkpoint
+    for t in trials:  # stage 2 starts from its stage-1 trial's best checkpoint
         if t.spec.depends_on and t.config:
             t.config["train"]["init_from"] = str(sdir / t.spec.depends_on / CHECKPOINTS / "best.pt")
     threads = max(1, int(sweep.resources.cpus))
-    ctx = SweepContext(name, str(sdir), str(ws), parent, asdict(target),
-                       {**asdict(prepared), "root": str(prepared.root)}, threads,
-                       started + sweep.budget_minutes * 60 if sweep.budget_minutes else None, sweep.evaluate)
-    log.info("sweep %s: %d trials in %s (parent run %s%s)", name, len(trials), sdir, parent, ", resumed" if resumed else "")
+    ctx = SweepContext(
+        name,
+        str(sdir),
+        str(ws),
+        parent,
+        asdict(target),
+        {**asdict(prepared), "root": str(prepared.root)},
+        threads,
+        started + sweep.budget_minutes * 60 if sweep.budget_minutes else None,
+        sweep.evaluate,
+    )
+    log.info(
+        "sweep %s: %d trials in %s (parent run %s%s)", name, len(trials), sdir, parent, ", resumed" if resumed else ""
+    )
     try:
-        for t in trials:   # a configuration error fails its trial alone, without taking a Ray slot
+        for t in trials:  # a configuration error fails its trial alone, without taking a Ray slot
             if t.error and not status[t.id]:
                 status[t.id] = execute(_payload(t), ctx)
         todo = [t for t in trials if not t.spec.depends_on and not _final(status[t.id])]
@@ -128,16 +162,18 @@ def run_sweep(workspace: Path | str | None, name: str, overrides: list[str] | No
                 todo.append(t)
             elif dep.get("status") == "failed":
                 run = child_run(ctx, _payload(t), _config(t))
-                status[t.id] = record_failure(ctx, _payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped")
+                status[t.id] = record_failure(
+                    ctx, _payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped"
+                )
         _run(todo, ctx, sweep, sdir, "phase2", use_ray, status)
     except KeyboardInterrupt:
-        _finish_rows(trials, status, sdir, ctx)   # trial runs say "interrupted" rather than stay RUNNING
+        _finish_rows(trials, status, sdir, ctx)  # trial runs say "interrupted" rather than stay RUNNING
         tracking.end_run(target, parent, "KILLED")
         log.warning("sweep %s interrupted; run it again to resume the unfinished trials", name)
         raise
     rows = _finish_rows(trials, status, sdir, ctx)
     result = SweepResult(name, key, sdir, parent, rows, resumed, time.time() - started)
-    _summarise(result, target, sweep)
+    summarise(result, target, sweep)
     return result
 
 
@@ -146,8 +182,13 @@ def _final(record: dict | None) -> bool:
 
 
 def _payload(t: Trial) -> dict[str, Any]:
-    return {"id": t.id, "config": t.config, "error": t.error, "depends_on": t.spec.depends_on,
-            "overrides": t.spec.overrides}
+    return {
+        "id": t.id,
+        "config": t.config,
+        "error": t.error,
+        "depends_on": t.spec.depends_on,
+        "overrides": t.spec.overrides,
+    }
 
 
 def _config(t: Trial):
@@ -156,8 +197,15 @@ def _config(t: Trial):
     return Config.model_validate(t.config) if t.config else None
 
 
-def _run(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path, phase: str, use_ray: bool,
-         status: dict[str, dict | None]) -> None:
+def _run(
+    trials: list[Trial],
+    ctx: SweepContext,
+    sweep: SweepConfig,
+    sdir: Path,
+    phase: str,
+    use_ray: bool,
+    status: dict[str, dict | None],
+) -> None:
     if not trials:
         return
     if ctx.deadline is not None and time.time() >= ctx.deadline:
@@ -166,7 +214,7 @@ def _run(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path,
     if not use_ray:
         for t in trials:
             if ctx.deadline is not None and time.time() >= ctx.deadline:
-                break   # the rest stay not_started, as under Ray
+                break  # the rest stay not_started, as under Ray
             status[t.id] = execute(_payload(t), ctx)
         return
     errors = _tune(trials, ctx, sweep, sdir, phase)
@@ -188,8 +236,10 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     res = sweep.resources
     for kind, want in (("CPU", res.cpus), ("GPU", res.gpus)):
         if want > available.get(kind, 0):
-            raise ConfigError(f"sweeps.{ctx.name}.resources.{kind.lower()}s={want} but the Ray cluster has "
-                              f"{available.get(kind, 0):g} {kind}s: no trial could ever start")
+            raise ConfigError(
+                f"sweeps.{ctx.name}.resources.{kind.lower()}s={want} but the Ray cluster has "
+                f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
+            )
     budget = None
     if ctx.deadline is not None:
         budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
@@ -199,10 +249,18 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
         param_space={"trial": tune.grid_search([t.id for t in trials])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or None, time_budget_s=budget,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sdir / "ray"),
-                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures), verbose=1),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent or None,
+            time_budget_s=budget,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(sdir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            verbose=1,
+        ),
     )
     grid = tuner.fit()
     errors = {}
@@ -226,7 +284,7 @@ def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContex
     for t in trials:
         rec = status.get(t.id) or read_status(sdir / t.id) or {}
         state = rec.get("status")
-        if state is None:   # stopped from outside: the budget's hard stop, Ctrl-C, or never started
+        if state is None:  # stopped from outside: the budget's hard stop, Ctrl-C, or never started
             late = ctx.deadline is not None and time.time() >= ctx.deadline
             started = (sdir / t.id / CHECKPOINTS / "last.pt").is_file()
             state = ("out_of_time" if late else "interrupted") if started else "not_started"
@@ -238,78 +296,57 @@ def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContex
                 rec["run_id"] = run.run_id
             if (sdir / t.id).is_dir():
                 write_status(sdir / t.id, rec)
-        rows.append({"trial": t.id, "label": t.spec.label or t.id, "status": state, "epochs": rec.get("epochs", 0),
-                     "attempts": rec.get("attempts", 0), "best_val_loss": rec.get("best_val_loss"),
-                     "depends_on": t.spec.depends_on or "", "run_id": rec.get("run_id", ""),
-                     "task": (t.config or {}).get("train", {}).get("task", ""), "error": rec.get("error", "")})
+        rows.append(
+            {
+                "trial": t.id,
+                "label": t.spec.label or t.id,
+                "status": state,
+                "epochs": rec.get("epochs", 0),
+                "attempts": rec.get("attempts", 0),
+                "best_val_loss": rec.get("best_val_loss"),
+                "depends_on": t.spec.depends_on or "",
+                "run_id": rec.get("run_id", ""),
+                "task": (t.config or {}).get("train", {}).get("task", ""),
+                "error": rec.get("error", ""),
+            }
+        )
     return rows
 
 
-def _parent_run(target, name: str, key: str, sweep: SweepConfig, trials: list[Trial], prepared, git) -> tuple[str, bool]:
+def _parent_run(
+    target, name: str, key: str, sweep: SweepConfig, trials: list[Trial], prepared, git
+) -> tuple[str, bool]:
     client = tracking.client(target)
-    found = client.search_runs([tracking.experiment_id(target)], max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_KEY}` = '{key}'")
+    found = client.search_runs(
+        [tracking.experiment_id(target)],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_KEY}` = '{key}'",
+    )
     if found:
         return found[0].info.run_id, True
-    run = client.create_run(tracking.experiment_id(target), run_name=f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={
-        TAG_ROLE: "parent", TAG_KEY: key, "sweep.name": name, "data.version": prepared.version,
-        "data.dvc_md5": prepared.data_hash, **git, **tracking.environment_tags(),
-        "mlflow.note.content": f"Sweep `{name}`: {len(trials)} trials (profile {sweep.profile}). The child runs are the "
-                               "trials; `sweep/trials.md` says how each ended, `report/<task>/report.md` compares them."})
+    run = client.create_run(
+        tracking.experiment_id(target),
+        run_name=f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            TAG_ROLE: "parent",
+            TAG_KEY: key,
+            "sweep.name": name,
+            "data.version": prepared.version,
+            "data.dvc_md5": prepared.data_hash,
+            **git,
+            **tracking.environment_tags(),
+            "mlflow.note.content": f"Sweep `{name}`: {len(trials)} trials (profile {sweep.profile}). The child runs are the "
+            "trials; `sweep/trials.md` says how each ended, `report/<task>/report.md` compares them.",
+        },
+    )
     definition = sweep.model_dump(mode="json")
     params = {"sweep.name": name, "sweep.trials": len(trials), **{f"sweep.{k}": v for k, v in definition.items()}}
     for k, v in params.items():
         client.log_param(run.info.run_id, k, tracking.param_value(v))
-    client.log_text(run.info.run_id, json.dumps({"sweep": definition, "trials": [_payload(t) for t in trials]}, indent=2,
-                                                default=str), "sweep/plan.json")
+    client.log_text(
+        run.info.run_id,
+        json.dumps({"sweep": definition, "trials": [_payload(t) for t in trials]}, indent=2, default=str),
+        "sweep/plan.json",
+    )
     return run.info.run_id, False
-
-
-COLUMNS = ("trial", "label", "status", "epochs", "attempts", "best_val_loss", "depends_on", "run_id", "error")
-
-
-def trials_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = ""
-    for r in rows:
-        cells = []
-        for c in COLUMNS:
-            v = r.get(c)
-            if isinstance(v, float):
-                v = f"{v:.4g}" if math.isfinite(v) else ""
-            cells.append(str(v if v is not None else "").replace("|", "/").replace("\n", " ")[:200])
-        body += "| " + " | ".join(cells) + " |\n"
-    return head + body
-
-
-def _summarise(result: SweepResult, target, sweep: SweepConfig) -> None:
-    """Trial table and per-task comparison reports into the parent run; parent status."""
-    from fusion.report import runs_report, select_runs
-
-    client = tracking.client(target)
-    sdir = result.dir
-    write_json_atomic(sdir / "trials.json", result.trials)
-    write_bytes_atomic(sdir / "trials.md", (f"# Sweep {result.name}\n\n" + trials_markdown(result.trials)).encode())
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "task"], extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(result.trials)
-    write_bytes_atomic(sdir / "trials.csv", buf.getvalue().encode())
-    for f in ("trials.md", "trials.csv", "trials.json"):
-        client.log_artifact(result.parent_run_id, str(sdir / f), "sweep")
-    tracking.log_metrics(target, result.parent_run_id, {f"sweep/{k}": v for k, v in result.counts().items()}
-                         | {"sweep/seconds": result.seconds})
-    if sweep.evaluate:
-        by_task: dict[str, list[str]] = {}
-        for t in result.trials:
-            if t["status"] in DONE and t["run_id"] and "stage1" not in t["trial"]:
-                by_task.setdefault(t["task"], []).append(t["run_id"])
-        for task, ids in sorted(by_task.items()):
-            try:
-                rep = runs_report(client, select_runs(client, run_ids=ids), sdir / "report" / task,
-                                  log_to=result.parent_run_id, artifact_path=f"report/{task}")
-                result.reports[task] = rep.paths["table"]
-            except Exception as exc:  # noqa: BLE001 - the sweep's own record must not be lost to a report problem
-                log.warning("comparison report for %s not written: %s", task, exc)
-    client.set_tag(result.parent_run_id, "sweep.counts", json.dumps(result.counts(), sort_keys=True))
-    tracking.end_run(target, result.parent_run_id, "FINISHED" if result.finished else "KILLED")

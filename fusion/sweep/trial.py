@@ -14,9 +14,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fusion import tracking
 from fusion.errors import FusionError
@@ -29,8 +30,15 @@ CHECKPOINTS = "checkpoints"
 # how a trial ended; "resumable" ones are continued by the next run of the same sweep
 DONE = ("completed", "early_stopped")
 FINAL = (*DONE, "failed", "skipped")
-RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "skipped": "FAILED",
-              "out_of_time": "KILLED", "interrupted": "KILLED", "not_started": "KILLED"}
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "early_stopped": "FINISHED",
+    "failed": "FAILED",
+    "skipped": "FAILED",
+    "out_of_time": "KILLED",
+    "interrupted": "KILLED",
+    "not_started": "KILLED",
+}
 TAG_PARENT, TAG_TRIAL, TAG_STATUS, TAG_ERROR = "sweep.parent", "sweep.trial", "sweep.status", "sweep.error"
 
 
@@ -39,13 +47,13 @@ class SweepContext:
     """What every trial of one sweep shares (JSON-able: it travels to Ray workers)."""
 
     name: str
-    dir: str                   # the sweep folder; trial folders below it
+    dir: str  # the sweep folder; trial folders below it
     workspace: str
     parent_run_id: str
-    tracking: dict[str, Any]   # TrackingTarget fields
-    prepared: dict[str, Any]   # pipeline.Prepared fields
+    tracking: dict[str, Any]  # TrackingTarget fields
+    prepared: dict[str, Any]  # pipeline.Prepared fields
     threads: int
-    deadline: float | None     # time.time() by which trials stop (marked out_of_time)
+    deadline: float | None  # time.time() by which trials stop (marked out_of_time)
     evaluate: bool
 
     def trial_dir(self, trial_id: str) -> Path:
@@ -78,27 +86,37 @@ def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
     target = tracking.TrackingTarget(**ctx.tracking)
     client = tracking.client(target)
     tdir = ctx.trial_dir(trial["id"])
-    found = client.search_runs([tracking.experiment_id(target)], max_results=1, filter_string=(
-        f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial['id']}'"))
+    found = client.search_runs(
+        [tracking.experiment_id(target)],
+        max_results=1,
+        filter_string=(f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial['id']}'"),
+    )
     name = f"{ctx.name}/{trial['id']}"
     if found:
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
         return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
-    tags = {"mlflow.parentRunId": ctx.parent_run_id, TAG_PARENT: ctx.parent_run_id, TAG_TRIAL: trial["id"],
-            "sweep.name": ctx.name, "report.label": trial["id"],
-            **({"sweep.depends_on": trial["depends_on"]} if trial.get("depends_on") else {})}
+    tags = {
+        "mlflow.parentRunId": ctx.parent_run_id,
+        TAG_PARENT: ctx.parent_run_id,
+        TAG_TRIAL: trial["id"],
+        "sweep.name": ctx.name,
+        "report.label": trial["id"],
+        **({"sweep.depends_on": trial["depends_on"]} if trial.get("depends_on") else {}),
+    }
     if cfg is None:  # a trial whose configuration did not resolve: a run that says why
-        run_id = client.create_run(tracking.experiment_id(target), run_name=name,
-                                   tags={**tags, TAG_STATUS: "failed"}).info.run_id
+        run_id = client.create_run(
+            tracking.experiment_id(target), run_name=name, tags={**tags, TAG_STATUS: "failed"}
+        ).info.run_id
         from fusion.config import flatten
 
         for k, v in sorted(flatten(trial.get("overrides", {})).items()):
             client.log_param(run_id, k, tracking.param_value(v))
         return pipeline.RunInfo(name, tdir, target, run_id, Path(ctx.workspace))
-    return pipeline.start(Path(ctx.workspace), cfg, ctx.prepared_data(), name=name, extra_tags=tags, run_dir=tdir,
-                          target=target)
+    return pipeline.start(
+        Path(ctx.workspace), cfg, ctx.prepared_data(), name=name, extra_tags=tags, run_dir=tdir, target=target
+    )
 
 
 def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, status: str = "failed") -> dict:
@@ -137,20 +155,27 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     ckpt = tdir / CHECKPOINTS
     try:
         callbacks = [_Report(report)] if report else []
-        state = pipeline.train_in_process(cfg, prepared, run, ckpt, callbacks, ctx.deadline,
-                                          executor="ray-tune" if report else "local")
+        state = pipeline.train_in_process(
+            cfg, prepared, run, ckpt, callbacks, ctx.deadline, executor="ray-tune" if report else "local"
+        )
         status = state.stopped or "completed"
         if status in DONE:
             pipeline.publish(run, ckpt)
             if ctx.evaluate:
                 pipeline.evaluate(cfg, prepared, run, ckpt)
-    except (FusionError, FloatingPointError) as exc:   # deterministic: retrying cannot help
+    except (FusionError, FloatingPointError) as exc:  # deterministic: retrying cannot help
         log.error("trial %s failed: %s", trial["id"], exc)
         return record_failure(ctx, trial, run, f"{type(exc).__name__}: {exc}")
     history = state.history
     final = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, float)}
-    record = {"status": status, "run_id": run.run_id, "epochs": state.epoch, "attempts": attempt,
-              "best_val_loss": state.best_val if history else None, "final": final}
+    record = {
+        "status": status,
+        "run_id": run.run_id,
+        "epochs": state.epoch,
+        "attempts": attempt,
+        "best_val_loss": state.best_val if history else None,
+        "final": final,
+    }
     tracking.set_tags(run.target, run.run_id, {TAG_STATUS: status})
     tracking.end_run(run.target, run.run_id, RUN_STATUS[status])
     write_status(tdir, record)
@@ -166,8 +191,15 @@ def _next_attempt(tdir: Path) -> int:
         previous = int(json.loads((tdir / WORKER_FILE).read_text())["attempt"])
     except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError):
         pass
-    write_json_atomic(tdir / WORKER_FILE, {"attempt": previous + 1, "pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json_atomic(
+        tdir / WORKER_FILE,
+        {
+            "attempt": previous + 1,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     return previous + 1
 
 

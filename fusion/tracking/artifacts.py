@@ -21,7 +21,7 @@ def download(uri: str, artifact_uri: str, dst: Path) -> Path:
 def download_first(candidates: list[str], dest: Path) -> tuple[Path | None, list[str]]:
     """The first of `candidates` that downloads from the current store, and why the others did not."""
     uri = current_uri()
-    errors = []
+    errors: list[str] = []
     for artifact_uri in candidates:
         try:
             return download(uri, artifact_uri, dest), errors

@@ -91,12 +91,16 @@ def _row_images(row: int, columns: list[str], values) -> list:
         names.append(name)
     if len(images) < 2:
         given = ", ".join(names) or "none"
-        raise bad_request(f"row {row}: {len(images)} image(s) ({given}); the model fuses 2 to {MAX_INPUTS} images "
-                          f"given as image_0, image_1, ... image_{MAX_INPUTS - 1}")
+        raise bad_request(
+            f"row {row}: {len(images)} image(s) ({given}); the model fuses 2 to {MAX_INPUTS} images "
+            f"given as image_0, image_1, ... image_{MAX_INPUTS - 1}"
+        )
     sizes = [f"{n} {img.shape[1]}x{img.shape[0]}" for n, img in zip(names, images)]
     if len({img.shape[:2] for img in images}) != 1:
-        raise bad_request(f"row {row}: the images differ in size ({', '.join(sizes)}; width x height); "
-                          f"fusion needs registered images of one size")
+        raise bad_request(
+            f"row {row}: the images differ in size ({', '.join(sizes)}; width x height); "
+            f"fusion needs registered images of one size"
+        )
     return images
 
 
@@ -113,15 +117,18 @@ def _decode(row: int, name: str, data):
         try:
             data = base64.b64decode("".join(data.split()), validate=True)
         except (binascii.Error, ValueError):
-            raise bad_request(f"row {row}, {name}: text that is not base64; send the encoded image bytes "
-                              f"(base64 in JSON)") from None
+            raise bad_request(
+                f"row {row}, {name}: text that is not base64; send the encoded image bytes (base64 in JSON)"
+            ) from None
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise bad_request(f"row {row}, {name}: expected encoded image bytes, got {type(data).__name__}")
     buf = np.frombuffer(bytes(data), np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
-        raise bad_request(f"row {row}, {name}: cannot decode the image bytes ({buf.size} bytes; "
-                          f"expected PNG, JPEG, TIFF, BMP or another format OpenCV reads)")
+        raise bad_request(
+            f"row {row}, {name}: cannot decode the image bytes ({buf.size} bytes; "
+            f"expected PNG, JPEG, TIFF, BMP or another format OpenCV reads)"
+        )
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -149,8 +156,12 @@ def save(checkpoint: Path, dest: Path) -> Path:
     import fusion
 
     mlflow.pyfunc.save_model(
-        path=str(dest), python_model=FusionModel(), artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(Path(fusion.__file__).parent)], signature=signature(), pip_requirements=_requirements(),
+        path=str(dest),
+        python_model=FusionModel(),
+        artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(Path(fusion.__file__).parent)],
+        signature=signature(),
+        pip_requirements=_requirements(),
         metadata={"task": "image fusion", "inputs": "2..8 encoded images of one size", "output": "PNG"},
     )
     return dest

@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from fusion.errors import DataError
 from fusion.tracking.failures import unreachable
@@ -42,8 +42,10 @@ def read_records(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpoolError(f"{path}: unreadable tracking spool ({exc}); move it aside to train or sync without it "
-                         "(its records are then not delivered)") from None
+        raise SpoolError(
+            f"{path}: unreadable tracking spool ({exc}); move it aside to train or sync without it "
+            "(its records are then not delivered)"
+        ) from None
     records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,8 +56,10 @@ def read_records(path: Path) -> list[dict]:
         except ValueError as exc:  # not JSON (a line cut by a crash mid-write, an edit)
             problem = str(exc)[:80]
         if problem:
-            raise SpoolError(f"{path}: line {n} is not a tracking record ({problem}); repair or delete that line "
-                             "(its record is then lost) and run `fusion sync`")
+            raise SpoolError(
+                f"{path}: line {n} is not a tracking record ({problem}); repair or delete that line "
+                "(its record is then lost) and run `fusion sync`"
+            )
         records.append(record)
     return records
 
@@ -138,7 +142,9 @@ class Spool:
                 if not unreachable(exc):
                     raise
                 self._last_failure = time.monotonic()
-                log.warning("tracking server %s unreachable; spooling to %s (training goes on)", self.target.uri, self.path)
+                log.warning(
+                    "tracking server %s unreachable; spooling to %s (training goes on)", self.target.uri, self.path
+                )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -156,8 +162,10 @@ def _deliver(target: TrackingTarget, run_id: str, record: dict) -> None:
 
     c = client(target)
     if record["kind"] == "metrics":
-        c.log_batch(run_id, metrics=[Metric(metric_key(k), v, record["ts"], record["step"])
-                                     for k, v in record["metrics"].items()])
+        c.log_batch(
+            run_id,
+            metrics=[Metric(metric_key(k), v, record["ts"], record["step"]) for k, v in record["metrics"].items()],
+        )
     elif record["kind"] == "artifact" and Path(record["path"]).is_dir():  # a folder's content, under artifact_path
         c.log_artifacts(run_id, record["path"], record["artifact_path"])
     elif record["kind"] == "artifact":

@@ -28,8 +28,11 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) make a command wait about 4
 # minutes on a server that is down; these bound it to seconds. A value the user set wins.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 PROBE_SECONDS = 5.0
 # The experiment's kind: MLflow 3 UIs without the GenAI / Model training switch open an
 # experiment of this kind on its runs, not on the GenAI "Traces" view.
@@ -63,9 +66,9 @@ def target(cfg: Config, workspace: Path) -> TrackingTarget:
         return TrackingTarget(checked_uri(uri, TRACKING_ENV), cfg.tracking.experiment, None)
     db = cfg.tracking.default_uri
     prefix = "sqlite:///"
-    if db.startswith(prefix) and not Path(db[len(prefix):]).is_absolute():
+    if db.startswith(prefix) and not Path(db[len(prefix) :]).is_absolute():
         # the project's own store under the workspace: the one store created unasked
-        path = (workspace / db[len(prefix):]).resolve()
+        path = (workspace / db[len(prefix) :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         db = f"{prefix}{path}"
     db = checked_uri(db, "tracking.default_uri")
@@ -95,8 +98,10 @@ def checked_uri(uri: str, source: str) -> str:
         os.environ.setdefault(key, value)
     path = local_store_path(uri)
     if path is not None and not path.parent.is_dir():
-        raise TrackingError(f"{source}={uri}: folder {path.parent} does not exist, so there is no tracking store "
-                            "there; fix the URI (or create the folder to start a new store)")
+        raise TrackingError(
+            f"{source}={uri}: folder {path.parent} does not exist, so there is no tracking store "
+            "there; fix the URI (or create the folder to start a new store)"
+        )
     return uri
 
 
@@ -106,7 +111,7 @@ def local_store_path(uri: str) -> Path | None:
     from urllib.parse import unquote, urlparse
 
     if uri.startswith("sqlite:"):
-        rest = uri.split("?", 1)[0][len("sqlite:"):]
+        rest = uri.split("?", 1)[0][len("sqlite:") :]
         if not rest.startswith("///") or rest[3:] in ("", ":memory:"):
             return None  # in memory
         return Path(unquote(rest[3:])).resolve()
@@ -133,8 +138,10 @@ def reachable(uri: str, source: str | None = None) -> str:
         socket.create_connection((parsed.hostname or "", port), timeout=PROBE_SECONDS).close()
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise TrackingError(f"{source}={uri}: tracking server unreachable ({reason}); start it, or point "
-                            f"{TRACKING_ENV} at one that runs") from None
+        raise TrackingError(
+            f"{source}={uri}: tracking server unreachable ({reason}); start it, or point "
+            f"{TRACKING_ENV} at one that runs"
+        ) from None
     return uri
 
 
@@ -176,8 +183,9 @@ def experiment_id(t: TrackingTarget) -> str:
     c = client(t)
     exp = c.get_experiment_by_name(t.experiment)
     if exp is None:
-        return c.create_experiment(t.experiment, artifact_location=t.artifact_location,
-                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return c.create_experiment(
+            t.experiment, artifact_location=t.artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older fusionflow; a kind the user chose stays
         c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
@@ -204,7 +212,7 @@ def start_run(t: TrackingTarget, run_name: str, cfg: Config, tags: dict[str, str
     _OPEN[run.info.run_id] = t
     params = [Param(k, param_value(v)) for k, v in sorted(cfg.flat().items())]
     for i in range(0, len(params), 100):  # MLflow's batch limit for params
-        c.log_batch(run.info.run_id, params=params[i:i + 100])
+        c.log_batch(run.info.run_id, params=params[i : i + 100])
     c.log_text(run.info.run_id, json.dumps(cfg.loggable(), indent=2), "config/resolved.json")
     return run.info.run_id
 
@@ -225,7 +233,7 @@ def log_metric_batch(c: Any, run_id: str, metrics: dict[str, float], step: int =
     now = int(time.time() * 1000)
     batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
-        c.log_batch(run_id, metrics=batch[i:i + 1000])
+        c.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
 def metric_key(name: str) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -66,8 +67,13 @@ class CompiledForward:
         lines = str(exc).strip().splitlines()
         first = lines[0] if lines else ""
         self.failed = f"{type(exc).__name__}: {first}" if type(exc).__name__ not in first else first
-        log.warning("%s: torch.compile failed (%s); running eager instead, which computes the same "
-                    "thing more slowly. Set %s=false to skip the attempt.", self.key, self.failed, self.key)
+        log.warning(
+            "%s: torch.compile failed (%s); running eager instead, which computes the same "
+            "thing more slowly. Set %s=false to skip the attempt.",
+            self.key,
+            self.failed,
+            self.key,
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this object lacks: the model's own attributes.

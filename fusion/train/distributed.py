@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fusion.checkpoint import BEST, LAST
 from fusion.config import Config
 from fusion.errors import ConfigError
-from fusion.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,13 @@ def init_ray() -> dict[str, Any]:
         # Ship the package so cluster nodes run the same code as this checkout.
         ray.init(address=address, runtime_env={"py_modules": [str(Path(fusion.__file__).parent)], **hook}, **common)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, runtime_env=hook,
-                 object_store_memory=OBJECT_STORE_BYTES, **common)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            runtime_env=hook,
+            object_store_memory=OBJECT_STORE_BYTES,
+            **common,
+        )
     return ray.cluster_resources()
 
 

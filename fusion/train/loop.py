@@ -14,9 +14,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from fusion.checkpoint import BEST, CHECKPOINT_FORMAT, LAST, load_checkpoint, re
 from fusion.config import Config
 from fusion.data.dataset import RandomCropPairs
 from fusion.data.training import training_data
-from fusion.device import amp_dtype, memory_format, pick_device
+from fusion.device import amp_dtype, in_layout, memory_format, pick_device
 from fusion.errors import ConfigError, DataError
 from fusion.models import MODELS, build_model, count_parameters, resolve_stage
 
@@ -48,11 +49,11 @@ class Callback(Protocol):
 
 @dataclass
 class TrainState:
-    epoch: int = 0                 # epochs completed
+    epoch: int = 0  # epochs completed
     global_step: int = 0
     best_val: float = math.inf
     history: list[dict[str, float]] = field(default_factory=list)
-    stopped: str | None = None     # why fit() ended before train.epochs: early_stopped | out_of_time
+    stopped: str | None = None  # why fit() ended before train.epochs: early_stopped | out_of_time
 
 
 def epochs_without_improvement(history: list[dict[str, float]], min_delta: float = 0.0) -> int:
@@ -101,11 +102,12 @@ class Trainer:
         self.spec = MODELS[self.tcfg.model]
         self.train_set, self.val_set, self.roles = training_data(cfg, self.data_root)
         if self.spec.supervised and self.roles.gt is None:
-            raise ConfigError(f"train.source: {self.tcfg.model} is supervised and these source pairs have no ground "
-                              "truth; train it on the prepared synthetic multi-focus set (train.source: null)")
-        self.model = build_model(self.tcfg.model, self.tcfg.variant, **model_options(cfg)).to(self.device)
+            raise ConfigError(
+                f"train.source: {self.tcfg.model} is supervised and these source pairs have no ground "
+                "truth; train it on the prepared synthetic multi-focus set (train.source: null)"
+            )
+        self.model = in_layout(build_model(self.tcfg.model, self.tcfg.variant, **model_options(cfg)), self.device)
         self.memory_format = memory_format(self.model)
-        self.model = self.model.to(memory_format=self.memory_format)
         self.channels = getattr(self.model, "in_channels", 3)
         self.recipe = resolve_stage(self.spec, self.tcfg.variant, self.tcfg.stage, self.tcfg.init_from)
         self.stage = self.recipe.name
@@ -142,8 +144,10 @@ class Trainer:
         wanted = self.recipe.starts_from
         if payload["model"] != self.tcfg.model or payload.get("stage") != wanted:
             prior = self.spec.stage(self.tcfg.variant, wanted)
-            raise ConfigError(f"train.init_from={spec}: holds {payload['model']} stage {payload.get('stage', 'single')}, "
-                              f"not a {self.tcfg.model} {prior.label or prior.name} checkpoint")
+            raise ConfigError(
+                f"train.init_from={spec}: holds {payload['model']} stage {payload.get('stage', 'single')}, "
+                f"not a {self.tcfg.model} {prior.label or prior.name} checkpoint"
+            )
         self.spec.start_from(self.model, payload["state_dict"])
         log.info("%s stage starts from the %s checkpoint %s", self.stage, wanted, spec)
         return {"init_from": str(spec), "init_sha256": sha256_file(path), "init_variant": payload["variant"]}
@@ -200,8 +204,14 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        data = RandomCropPairs(self.train_set, self.tcfg.crop, self.tcfg.hflip, self.cfg.seed, epoch,
-                               self.steps_per_epoch * self.tcfg.batch_size)
+        data = RandomCropPairs(
+            self.train_set,
+            self.tcfg.crop,
+            self.tcfg.hflip,
+            self.cfg.seed,
+            epoch,
+            self.steps_per_epoch * self.tcfg.batch_size,
+        )
         loader = DataLoader(data, batch_size=self.tcfg.batch_size, shuffle=False, num_workers=self.tcfg.num_workers)
         sums: dict[str, float] = {}
         start = time.perf_counter()
@@ -242,12 +252,12 @@ class Trainer:
         except FloatingPointError:
             raise  # a diverging loss, not a compile failure
         except Exception as exc:
-            if not unproven:
+            if not unproven or self.compiled is None or buffers is None:
                 raise
             self.compiled.disable(exc)
             self.model.load_state_dict(buffers)
             return self._backward(sources, gt)
-        if unproven:
+        if unproven and self.compiled is not None:
             self.compiled.verified = True
         return losses
 
@@ -265,8 +275,12 @@ class Trainer:
             return self.compiled
         return self.recipe.forward(self.model)
 
-    def losses(self, sources: list[torch.Tensor], gt: torch.Tensor | None, eager: bool = False) -> dict[str, torch.Tensor]:
-        return self.recipe.objective(self._step_fn(eager), sources, gt, self.loss_fn, self._autocast, self.spec.supervised)
+    def losses(
+        self, sources: list[torch.Tensor], gt: torch.Tensor | None, eager: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return self.recipe.objective(
+            self._step_fn(eager), sources, gt, self.loss_fn, self._autocast, self.spec.supervised
+        )
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -282,8 +296,9 @@ class Trainer:
                 totals[f"val/{key}"] = totals.get(f"val/{key}", 0.0) + float(value)
         return {k: v / n for k, v in totals.items()}
 
-    def fit(self, checkpoint_dir: str | Path, resume_from: str | Path | None = None,
-            deadline: float | None = None) -> TrainState:
+    def fit(
+        self, checkpoint_dir: str | Path, resume_from: str | Path | None = None, deadline: float | None = None
+    ) -> TrainState:
         """Train to train.epochs, or stop early: after train.early_stop_patience epochs without
         improvement, or when the next epoch would end after `deadline` (a time.time() value).
         A stopped run leaves last.pt, so it can be resumed."""
@@ -322,22 +337,32 @@ class Trainer:
                     save_checkpoint(checkpoint_dir / BEST, payload)
                 if is_last or self.state.epoch % self.tcfg.checkpoint_every == 0:
                     save_checkpoint(checkpoint_dir / LAST, payload)
-            log.info("epoch %d/%d %s", self.state.epoch, self.tcfg.epochs,
-                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            log.info(
+                "epoch %d/%d %s",
+                self.state.epoch,
+                self.tcfg.epochs,
+                " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
+            )
             for cb in self.callbacks:
                 cb.on_epoch_end(self.state.epoch, metrics, checkpoint_dir)
             if self.state.stopped:
-                log.info("early stop after epoch %d: no val/loss improvement in %d epochs",
-                         self.state.epoch, self.tcfg.early_stop_patience)
+                log.info(
+                    "early stop after epoch %d: no val/loss improvement in %d epochs",
+                    self.state.epoch,
+                    self.tcfg.early_stop_patience,
+                )
                 break
         return self.state
 
     def _patience_exhausted(self) -> bool:
         patience = self.tcfg.early_stop_patience
-        return bool(patience) and epochs_without_improvement(self.state.history, self.tcfg.early_stop_min_delta) >= patience
+        return (
+            bool(patience)
+            and epochs_without_improvement(self.state.history, self.tcfg.early_stop_min_delta) >= patience
+        )
 
 
 def _centre_crop(t: torch.Tensor, side: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return t[..., y:y + side, x:x + side]
+    return t[..., y : y + side, x : x + side]

@@ -10,8 +10,8 @@ after it. Kernels are HWIO in TF and OIHW in PyTorch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,13 +22,17 @@ from fusion.weights.tf_checkpoint import read_checkpoint, resolve_prefix
 
 VARIANT = "CA-DRDB-AU-GRL-Net"
 ROOT = "fusion_model/"
-DEAD_PREFIXES = (ROOT + "merging/dilation1_", ROOT + "merging/dilation2_")   # DRDB1, DRDB2: no consumer
+DEAD_PREFIXES = (ROOT + "merging/dilation1_", ROOT + "merging/dilation2_")  # DRDB1, DRDB2: no consumer
 OPTIMISER_MARKERS = ("/Adam", "beta1_power", "beta2_power", "global_step")
 
 
 def _bn(ours: str, tf: str) -> dict[str, str]:
-    return {f"{ours}.weight": f"{tf}/gamma", f"{ours}.bias": f"{tf}/beta",
-            f"{ours}.running_mean": f"{tf}/moving_mean", f"{ours}.running_var": f"{tf}/moving_variance"}
+    return {
+        f"{ours}.weight": f"{tf}/gamma",
+        f"{ours}.bias": f"{tf}/beta",
+        f"{ours}.running_mean": f"{tf}/moving_mean",
+        f"{ours}.running_var": f"{tf}/moving_variance",
+    }
 
 
 def _conv(ours: str, w: str, b: str) -> dict[str, str]:
@@ -38,8 +42,11 @@ def _conv(ours: str, w: str, b: str) -> dict[str, str]:
 def name_map(num_blocks: int = 5) -> dict[str, str]:
     """Our state-dict key -> TF variable name (without the `fusion_model/` root)."""
     m: dict[str, str] = {}
-    for ours, scope, w, b in (("shallow_pair", "conv_iv", "w_iv", "b_iv"), ("shallow_a", "conv_i", "w_i", "b_i"),
-                              ("shallow_b", "conv_v", "w_v", "b_iv")):   # conv_v's bias is named b_iv
+    for ours, scope, w, b in (
+        ("shallow_pair", "conv_iv", "w_iv", "b_iv"),
+        ("shallow_a", "conv_i", "w_i", "b_i"),
+        ("shallow_b", "conv_v", "w_v", "b_iv"),
+    ):  # conv_v's bias is named b_iv
         m |= _conv(f"{ours}.0", f"{scope}/{w}", f"{scope}/{b}") | _bn(f"{ours}.1", f"{scope}/BatchNorm")
     for k in range(num_blocks):
         s = f"attention_layer{k + 1}/attention"
@@ -52,7 +59,7 @@ def name_map(num_blocks: int = 5) -> dict[str, str]:
     for k in range(num_blocks - 1):
         name = "A_conv" if k == 0 else f"A_conv{k + 1}"
         m |= _conv(f"dense_convs.{k}.0", f"{name}/{name}_w", f"{name}/{name}_b")
-    for k in range(2):   # non_local1: x_ir + BN(W x_vi); non_local2: x_vi + BN(W x_ir)
+    for k in range(2):  # non_local1: x_ir + BN(W x_vi); non_local2: x_vi + BN(W x_ir)
         s = f"non_local{k + 1}/non_conv"
         # by role in the graph's (dead) attention: query w_a_3, key w_a_2, value w_a_1
         m |= _conv(f"aux.{k}.theta", f"{s}/w_a_3", f"{s}/b_a_3")
@@ -61,11 +68,13 @@ def name_map(num_blocks: int = 5) -> dict[str, str]:
         m |= _conv(f"aux.{k}.w.0", f"{s}/w/w_a_4", f"{s}/w/b_a_4") | _bn(f"aux.{k}.w.1", f"{s}/w/batch_normalization")
     m |= _conv("merge_in.0", "conv_1/w_conv_1", "conv_1/b_conv_1")
     for i in range(3):
-        m |= _conv(f"drdb.convs.{i}.0", f"merging/dilation_conv{i + 1}/w{i + 1}", f"merging/dilation_conv{i + 1}/b{i + 1}")
+        m |= _conv(
+            f"drdb.convs.{i}.0", f"merging/dilation_conv{i + 1}/w{i + 1}", f"merging/dilation_conv{i + 1}/b{i + 1}"
+        )
     m |= _conv("drdb.fuse.0", "merging/dilation_conv4/w4", "merging/dilation_conv4/b4")
     m |= _conv("merge_out.0", "m_conv_1/w_m_1", "m_conv_1/b_m_1")
     m |= _conv("tail.0.0", "conv_2/w_conv_2", "conv_2/b_conv_2") | _bn("tail.0.1", "conv_2/BatchNorm")
-    m |= _conv("tail.1", "conv_3/w_conv_3", "conv_3/b_conv_2")   # conv_3's bias is named b_conv_2
+    m |= _conv("tail.1", "conv_3/w_conv_3", "conv_3/b_conv_2")  # conv_3's bias is named b_conv_2
     return {k: ROOT + v for k, v in m.items()}
 
 
@@ -91,7 +100,8 @@ def is_ignored(name: str) -> bool:
 
 
 @register_importer(
-    "cadnif", ("PREFIX",),
+    "cadnif",
+    ("PREFIX",),
     help="the authors' TensorFlow 1 checkpoint: its prefix (.../model-11) or its .index file; the .index "
     "and .data-00000-of-00001 are read without TensorFlow",
 )
@@ -109,7 +119,7 @@ def read_cadnif(files: Sequence[Path]) -> Imported:
     if wrong:
         raise DataError(f"{index}: not float32: {', '.join(wrong[:4])}")
     state: dict[str, torch.Tensor] = {}
-    for key, shape in shapes.items():
+    for key in shapes:
         if key.endswith("num_batches_tracked"):
             state[key] = torch.tensor(0, dtype=torch.long)
         else:
@@ -118,15 +128,19 @@ def read_cadnif(files: Sequence[Path]) -> Imported:
     notes = [
         f"{len(dead)} variables of the two dense blocks DRDB1/DRDB2 (merging/dilation1_*, dilation2_*) ignored: "
         "the trained graph never uses their output",
-        (f"{len(ignored) - len(dead)} optimiser variables (Adam slots, beta powers, global step) ignored"
-         if len(ignored) > len(dead) else "no optimiser variables in the file (the authors' Saver kept the model's only)"),
+        (
+            f"{len(ignored) - len(dead)} optimiser variables (Adam slots, beta powers, global step) ignored"
+            if len(ignored) > len(dead)
+            else "no optimiser variables in the file (the authors' Saver kept the model's only)"
+        ),
         "theta/phi/g of the non-local branch imported at their untrained initial values: the trained graph "
         "computes that attention but nothing consumes it (released: x + BN(W x_other))",
         "the non-local BNs' moving statistics were never updated (0 and 1 in the file); the other BNs' are "
         "the training's, but the released model normalises on each image's own statistics",
     ]
-    return Imported(variant=VARIANT, state_dict=state, model_options={"released": True}, task="ir-vis",
-                    ignored=ignored, notes=notes)
+    return Imported(
+        variant=VARIANT, state_dict=state, model_options={"released": True}, task="ir-vis", ignored=ignored, notes=notes
+    )
 
 
 __all__ = ["name_map", "read_cadnif", "to_torch", "tf_shape"]

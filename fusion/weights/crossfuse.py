@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ from fusion.models.crossfuse_cam import MODALITIES
 from fusion.weights.importers import Imported, check_layout, load_torch_state_dict, register_importer
 
 DEPTHS = (1, 2, 3)
-_AUTHORS_MODALITY = {"ir": "1", "vi": "2"}           # self_atten1 / self_atten2
+_AUTHORS_MODALITY = {"ir": "1", "vi": "2"}  # self_atten1 / self_atten2
 _AUTHORS_CROSS = {"vi": "cross_atten1", "ir": "cross_atten2"}
 _BLOCK_PARTS = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attn.proj", "mlp.0": "mlp.fc1", "mlp.2": "mlp.fc2"}
 _CA_LINEARS = {"attn.q": "attn.q_linear", "attn.k": "attn.k_linear", "attn.v": "attn.v_linear"}
@@ -70,15 +70,23 @@ def _fusion_map(depth: int) -> dict[str, str]:
     for m in MODALITIES:
         for stage in (1, 2):
             for i in range(depth):
-                block(f"fusion.sa{stage}.{m}.{i}",
-                      f"{cab}.self_atten_block{stage}.self_atten{_AUTHORS_MODALITY[m]}.blocks.{i}", cross=False)
+                block(
+                    f"fusion.sa{stage}.{m}.{i}",
+                    f"{cab}.self_atten_block{stage}.self_atten{_AUTHORS_MODALITY[m]}.blocks.{i}",
+                    cross=False,
+                )
         ca = f"{cab}.cross_atten_block.{_AUTHORS_CROSS[m]}"
         for i in range(depth):
             block(f"fusion.ca.{m}.{i}", f"{ca}.blocks.{i}", cross=True)
         for p in ("weight", "bias"):
             out[f"fusion.ca_norm.{m}.{p}"] = f"{ca}.norm.{p}"
-    for ours, theirs in (("c1", "conv1"), ("c2", "conv_block.0"), ("c3", "conv_block.2"),
-                         ("c4", "conv_block.4"), ("last", "conv_last")):
+    for ours, theirs in (
+        ("c1", "conv1"),
+        ("c2", "conv_block.0"),
+        ("c3", "conv_block.2"),
+        ("c4", "conv_block.4"),
+        ("last", "conv_last"),
+    ):
         for p in ("weight", "bias"):
             out[f"decoder.{ours}.0.{p}"] = f"decoder_fusion.{theirs}.conv2d.0.{p}"
         for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
@@ -104,7 +112,7 @@ def _fusion_unused(depth: int) -> dict[str, list[int]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shapes(depth: int) -> dict[str, tuple[int, ...]]:
     from fusion.models import build_model
 
@@ -134,22 +142,27 @@ def _modality_tokens(path: Path) -> set[str]:
 def _read_autoencoder(path: Path, role: str) -> dict[str, torch.Tensor]:
     state = load_torch_state_dict(path)
     if any(k.startswith(("cross_atten_block.", "decoder_fusion.")) for k in state):
-        raise DataError(f"{path}: looks like the CrossFuse FUSION file (CAM + decoder), not the {role} auto-encoder; "
-                        "give the files in the order IR_AE VI_AE FUSION")
+        raise DataError(
+            f"{path}: looks like the CrossFuse FUSION file (CAM + decoder), not the {role} auto-encoder; "
+            "give the files in the order IR_AE VI_AE FUSION"
+        )
     check_layout(path, state, autoencoder_layout(), f"CrossFuse auto-encoder ({role})")
     return state
 
 
 def _fusion_depth(path: Path, state: dict[str, torch.Tensor]) -> int:
     if any(k.startswith(("fea_encoder1.", "recon_decoder1.")) for k in state):
-        raise DataError(f"{path}: looks like a CrossFuse auto-encoder file (fea_encoder1.*), not the FUSION file; "
-                        "give the files in the order IR_AE VI_AE FUSION")
+        raise DataError(
+            f"{path}: looks like a CrossFuse auto-encoder file (fea_encoder1.*), not the FUSION file; "
+            "give the files in the order IR_AE VI_AE FUSION"
+        )
     pattern = re.compile(r"cross_atten_block\.cross_atten_block\.cross_atten1\.blocks\.(\d+)\.")
     blocks = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    depth = len(blocks) or 1   # none: the layout check below says what the file holds
+    depth = len(blocks) or 1  # none: the layout check below says what the file holds
     if depth not in DEPTHS:
-        raise DataError(f"{path}: {depth} cross-attention blocks per branch; the project builds s1-c1, s2-c2 and "
-                        "s3-c3 (1 to 3)")
+        raise DataError(
+            f"{path}: {depth} cross-attention blocks per branch; the project builds s1-c1, s2-c2 and s3-c3 (1 to 3)"
+        )
     return depth
 
 
@@ -157,18 +170,25 @@ def _check_fixed_means(path: Path, state: dict[str, torch.Tensor]) -> None:
     for key in _FIXED_MEANS:
         t = state[key].float()
         if not torch.allclose(t, torch.full_like(t, 1 / 9), rtol=0, atol=1e-6):
-            raise DataError(f"{path}: {key} is not the released fixed 3x3 mean (all 1/9; found values in "
-                            f"[{t.min().item():.4g}, {t.max().item():.4g}]), which the project computes as a constant")
+            raise DataError(
+                f"{path}: {key} is not the released fixed 3x3 mean (all 1/9; found values in "
+                f"[{t.min().item():.4g}, {t.max().item():.4g}]), which the project computes as a constant"
+            )
 
 
-@register_importer("crossfuse", ("IR_AE", "VI_AE", "FUSION"),
-                   help="the authors' three state dicts: auto_encoder_epoch_4_ir.model, auto_encoder_epoch_4_vi.model "
-                        "and the fusetrans_*.model of s1-c1, s2-c2 or s3-c3")
+@register_importer(
+    "crossfuse",
+    ("IR_AE", "VI_AE", "FUSION"),
+    help="the authors' three state dicts: auto_encoder_epoch_4_ir.model, auto_encoder_epoch_4_vi.model "
+    "and the fusetrans_*.model of s1-c1, s2-c2 or s3-c3",
+)
 def read_crossfuse(files: Sequence[Path]) -> Imported:
     ir_path, vi_path, fusion_path = files
     if _modality_tokens(ir_path) == {"vi"} and _modality_tokens(vi_path) == {"ir"}:
-        raise DataError(f"{ir_path}: named as the VI auto-encoder but given as IR_AE (and {vi_path.name} as VI_AE); "
-                        "give the files in the order IR_AE VI_AE FUSION")
+        raise DataError(
+            f"{ir_path}: named as the VI auto-encoder but given as IR_AE (and {vi_path.name} as VI_AE); "
+            "give the files in the order IR_AE VI_AE FUSION"
+        )
     auto = {"ir": _read_autoencoder(ir_path, "IR_AE"), "vi": _read_autoencoder(vi_path, "VI_AE")}
     fusion = load_torch_state_dict(fusion_path)
     depth = _fusion_depth(fusion_path, fusion)

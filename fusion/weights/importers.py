@@ -11,9 +11,10 @@ importer unpickles code.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,14 +35,14 @@ class Imported:
     model_options: dict[str, Any] = field(default_factory=lambda: {"released": True})
     task: str = ""
     stage: str = "single"
-    ignored: list[str] = field(default_factory=list)   # source tensors not used by the released forward pass
+    ignored: list[str] = field(default_factory=list)  # source tensors not used by the released forward pass
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Importer:
     model: str
-    files: tuple[str, ...]          # what each positional FILE is, e.g. ("IR_AE", "VI_AE", "FUSION")
+    files: tuple[str, ...]  # what each positional FILE is, e.g. ("IR_AE", "VI_AE", "FUSION")
     read: Callable[[Sequence[Path]], Imported]
     help: str
 
@@ -66,7 +67,9 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DataError(f"{path}: not a readable PyTorch state dict of tensors ({exc.__class__.__name__}: {first[:200]})") from None
+        raise DataError(
+            f"{path}: not a readable PyTorch state dict of tensors ({exc.__class__.__name__}: {first[:200]})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -74,20 +77,29 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def check_layout(path: Path, got: Mapping[str, torch.Tensor | np.ndarray], expected: Mapping[str, Sequence[int]],
-                 what: str, optional: Sequence[str] = ()) -> None:
+def check_layout(
+    path: Path,
+    got: Mapping[str, torch.Tensor | np.ndarray],
+    expected: Mapping[str, Sequence[int]],
+    what: str,
+    optional: Sequence[str] = (),
+) -> None:
     """Every expected key present with its shape, nothing else (keys in `optional` may be absent)."""
     missing = [k for k in expected if k not in got and k not in optional]
     extra = [k for k in got if k not in expected]
     if missing and len(missing) == len(expected):
-        raise DataError(f"{path}: none of the {what} keys found (is this a file of another model? it holds "
-                        f"{_few(list(got))})")
+        raise DataError(
+            f"{path}: none of the {what} keys found (is this a file of another model? it holds {_few(list(got))})"
+        )
     if missing:
         raise DataError(f"{path}: missing {len(missing)} {what} key(s): {_few(missing)}")
     if extra:
         raise DataError(f"{path}: {len(extra)} key(s) that the {what} does not have: {_few(extra)}")
-    wrong = [f"{k} {list(got[k].shape)} (expected {list(expected[k])})" for k in expected
-             if k in got and list(got[k].shape) != list(expected[k])]
+    wrong = [
+        f"{k} {list(got[k].shape)} (expected {list(expected[k])})"
+        for k in expected
+        if k in got and list(got[k].shape) != list(expected[k])
+    ]
     if wrong:
         raise DataError(f"{path}: wrong shape: {_few(wrong)}")
 
@@ -119,11 +131,13 @@ def convert(model: str, files: Sequence[str | Path]) -> tuple[Imported, torch.nn
     return result, net.eval()
 
 
-def import_weights(model: str, files: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> tuple[Path, Imported]:
+def import_weights(
+    model: str, files: Sequence[str | Path], out: str | Path, overwrite: bool = False
+) -> tuple[Path, Imported]:
     """Write the fusionflow checkpoint of the authors' weights to `out` (atomic)."""
+    from fusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
     from fusion.io import sha256_file
     from fusion.models import count_parameters
-    from fusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     out = Path(out)
     if out.exists() and not overwrite:

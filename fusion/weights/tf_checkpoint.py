@@ -22,11 +22,24 @@ _MAGIC = 0xDB4775248B80FB57
 _FOOTER = 48
 _TRAILER = 5
 # tensorflow/core/framework/types.proto -> numpy (strings and resources are not plain bytes)
-_DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?",
-           17: "<u2", 19: "<f2", 22: "<u4", 23: "<u8"}
+_DTYPES = {
+    1: "<f4",
+    2: "<f8",
+    3: "<i4",
+    4: "u1",
+    5: "<i2",
+    6: "i1",
+    9: "<i8",
+    10: "?",
+    17: "<u2",
+    19: "<f2",
+    22: "<u4",
+    23: "<u8",
+}
 
 
 # ---------------------------------------------------------------- crc32c (Castagnoli), masked as TF does
+
 
 def _table() -> np.ndarray:
     t = np.arange(256, dtype=np.uint32)
@@ -37,7 +50,7 @@ def _table() -> np.ndarray:
 
 _T = _table()
 _TL = [int(v) for v in _T]
-_LANE = 1024            # bytes per lane: big tensors are hashed as many lanes at once in numpy
+_LANE = 1024  # bytes per lane: big tensors are hashed as many lanes at once in numpy
 _SHIFT_CACHE: dict[int, list[np.ndarray]] = {}
 
 
@@ -56,9 +69,9 @@ def _shift_tables(n: int) -> list[np.ndarray]:
         for _ in range(n):
             cols = _T[cols & 0xFF] ^ (cols >> 8)
         tables = []
-        bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1   # 256 x 8
+        bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1  # 256 x 8
         for k in range(4):
-            sel = np.where(bits.astype(bool), cols[None, 8 * k:8 * k + 8], 0)
+            sel = np.where(bits.astype(bool), cols[None, 8 * k : 8 * k + 8], 0)
             tables.append(np.bitwise_xor.reduce(sel, axis=1).astype(np.uint32))
         _SHIFT_CACHE[n] = tables
     return _SHIFT_CACHE[n]
@@ -91,6 +104,7 @@ def masked_crc32c(data: bytes) -> int:
 
 # ---------------------------------------------------------------- protobuf wire format
 
+
 def _varint(buf: bytes, pos: int, path: Path) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
@@ -115,12 +129,12 @@ def decode_message(buf: bytes, path: Path) -> dict[int, list]:
         if wire == 0:
             value, pos = _varint(buf, pos, path)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos, path)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise DataError(f"{path}: corrupt index (protobuf wire type {wire})")
         if pos > len(buf) or num == 0:
@@ -135,17 +149,20 @@ def _first(fields: dict[int, list], num: int, default=0):
 
 # ---------------------------------------------------------------- LevelDB table
 
+
 def _block(buf: bytes, offset: int, size: int, path: Path) -> bytes:
     end = offset + size + _TRAILER
     if offset < 0 or end > len(buf) - _FOOTER:
         raise DataError(f"{path}: corrupt index (block at {offset}+{size} runs past the end)")
-    contents, kind = buf[offset:offset + size], buf[offset + size]
+    contents, kind = buf[offset : offset + size], buf[offset + size]
     (stored,) = struct.unpack_from("<I", buf, offset + size + 1)
-    if masked_crc32c(buf[offset:offset + size + 1]) != stored:
+    if masked_crc32c(buf[offset : offset + size + 1]) != stored:
         raise DataError(f"{path}: corrupt index (block checksum mismatch at offset {offset})")
     if kind == 1:
-        raise DataError(f"{path}: snappy-compressed index blocks are not supported (TF writes them "
-                        "uncompressed; re-save the checkpoint with TensorFlow)")
+        raise DataError(
+            f"{path}: snappy-compressed index blocks are not supported (TF writes them "
+            "uncompressed; re-save the checkpoint with TensorFlow)"
+        )
     if kind != 0:
         raise DataError(f"{path}: corrupt index (unknown block compression {kind})")
     return contents
@@ -165,9 +182,9 @@ def _entries(block: bytes, path: Path) -> list[tuple[bytes, bytes]]:
         vlen, pos = _varint(block, pos, path)
         if shared > len(key) or pos + unshared + vlen > limit:
             raise DataError(f"{path}: corrupt index (bad block entry)")
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        out.append((key, block[pos:pos + vlen]))
+        out.append((key, block[pos : pos + vlen]))
         pos += vlen
     return out
 
@@ -187,7 +204,7 @@ def read_table(path: Path) -> list[tuple[bytes, bytes]]:
     if len(buf) < _FOOTER or struct.unpack_from("<Q", buf, len(buf) - 8)[0] != _MAGIC:
         raise DataError(f"{path}: not a TensorFlow checkpoint index (no table footer; truncated?)")
     footer = buf[-_FOOTER:]
-    _, pos = _varint(footer, 0, path)       # metaindex handle: TF writes no meta blocks
+    _, pos = _varint(footer, 0, path)  # metaindex handle: TF writes no meta blocks
     _, pos = _varint(footer, pos, path)
     index = _block(buf, *_handle(footer[pos:], path), path)
     out = []
@@ -197,6 +214,7 @@ def read_table(path: Path) -> list[tuple[bytes, bytes]]:
 
 
 # ---------------------------------------------------------------- tensor bundle
+
 
 def resolve_prefix(path: str | Path) -> Path:
     """`.../model-11`, `.../model-11.index` or the data shard -> the prefix."""
@@ -244,9 +262,8 @@ def read_checkpoint(prefix: str | Path, verify_crc: bool = True) -> dict[str, np
         if int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize != size:
             raise DataError(f"{index}: {name}: {size} bytes recorded for shape {shape} {np_dtype}")
         if offset + size > len(data):
-            raise DataError(f"{data_path}: truncated ({len(data)} bytes; {name} needs bytes "
-                            f"{offset}..{offset + size})")
-        raw = data[offset:offset + size]
+            raise DataError(f"{data_path}: truncated ({len(data)} bytes; {name} needs bytes {offset}..{offset + size})")
+        raw = data[offset : offset + size]
         if verify_crc and 6 in e and masked_crc32c(raw) != _first(e, 6):
             raise DataError(f"{data_path}: checksum mismatch for {name} (corrupt data file)")
         out[name] = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()

@@ -6,8 +6,8 @@ import is key for key; the layout check is what stops another model's file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fusion.weights.importers import Imported, check_layout, load_torch_state_dict, register_importer
 

@@ -59,8 +59,10 @@ def test_every_metric_on_the_gpu_equals_the_cpu_value(gpu, photo_pair):
     from fusion.evaluate import score_batch
 
     outputs = [fused, fuse_baseline("average", [near, far])]
-    for g, w in zip(score_batch([near, far], outputs, sharp, list(want), gpu),
-                    score_batch([near, far], outputs, sharp, list(want), "cpu")):
+    for g, w in zip(
+        score_batch([near, far], outputs, sharp, list(want), gpu),
+        score_batch([near, far], outputs, sharp, list(want), "cpu"),
+    ):
         off = {n: (g[n], w[n]) for n in w if abs(g[n] - w[n]) > 1e-5 * max(abs(w[n]), 1e-12)}
         assert not off, off
 
@@ -70,8 +72,16 @@ def test_fusion_fuse_on_the_gpu_matches_the_cpu(gpu, photo_pair, tmp_path):
 
     torch.manual_seed(0)
     ckpt = tmp_path / "ufa.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {"released": False},
-                "state_dict": build_model("ufa", "UFA").state_dict()}, ckpt)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "ufa",
+            "variant": "UFA",
+            "model_options": {"released": False},
+            "state_dict": build_model("ufa", "UFA").state_dict(),
+        },
+        ckpt,
+    )
     near, far, _ = photo_pair
     paths = [tmp_path / "near.png", tmp_path / "far.png"]
     for p, img in zip(paths, (near, far)):
@@ -79,9 +89,26 @@ def test_fusion_fuse_on_the_gpu_matches_the_cpu(gpu, photo_pair, tmp_path):
 
     def fuse_cli(device: str, precision: str = "float32") -> np.ndarray:  # RGB, as fuse() returns
         out = tmp_path / f"{device}-{precision}.png"
-        proc = subprocess.run([sys.executable, "-m", "fusion", "fuse", *map(str, paths), "--model", str(ckpt), "--out",
-                               str(out), "--device", device, "--precision", precision], capture_output=True, text=True,
-                              timeout=240)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fusion",
+                "fuse",
+                *map(str, paths),
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--device",
+                device,
+                "--precision",
+                precision,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"on {device}" in proc.stdout.replace("\n", " ")
         return cv2.cvtColor(cv2.imread(str(out), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fusion.models import MODELS
 from fusion.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fusion.models import MODELS
 from fusion.train.loop import Trainer
 from tests.gpu.conftest import precision_overrides, precisions
 
@@ -27,7 +27,9 @@ def _three_steps(trainer: Trainer, precision: str) -> dict[str, float]:
     losses = {k: v for k, v in metrics.items() if k.startswith("train/epoch_") and k != "train/epoch_seconds"}
     assert losses and all(math.isfinite(v) for v in losses.values()), (precision, losses)
     after = dict(trainer.model.named_parameters())
-    assert all(p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in after.values())  # float32 master weights
+    assert all(
+        p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in after.values()
+    )  # float32 master weights
     if precision == "float16":
         # GradScaler: enabled, and any step it skipped (inf gradients at the initial scale) lowered the scale
         assert trainer.scaler.is_enabled() and math.isfinite(trainer.scaler.get_scale())
@@ -37,10 +39,18 @@ def _three_steps(trainer: Trainer, precision: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize(("model", "variant"), VARIANTS, ids=[f"{m}-{v}" for m, v in VARIANTS])
-def test_every_model_and_variant_trains_three_steps_in_each_precision(gpu, cfg, tiny_prepared, tmp_path, model,
-                                                                       variant):
-    common = {"train.model": model, "train.variant": variant, "train.device": gpu.type, "train.epochs": 1,
-              "train.steps_per_epoch": STEPS, "train.batch_size": 2, "train.crop": 32}
+def test_every_model_and_variant_trains_three_steps_in_each_precision(
+    gpu, cfg, tiny_prepared, tmp_path, model, variant
+):
+    common = {
+        "train.model": model,
+        "train.variant": variant,
+        "train.device": gpu.type,
+        "train.epochs": 1,
+        "train.steps_per_epoch": STEPS,
+        "train.batch_size": 2,
+        "train.crop": 32,
+    }
     for precision in precisions(gpu):
         over = {**common, **precision_overrides(precision)}
         first = Trainer(cfg(**over), tiny_prepared)
@@ -71,7 +81,8 @@ def test_a_gpu_checkpoint_loads_on_the_cpu_and_a_cpu_checkpoint_on_the_gpu(gpu, 
     assert all(torch.equal(v.cpu(), on_cpu.model.state_dict()[k]) for k, v in model.state_dict().items())
     # ... and training continues on the GPU from the CPU's optimiser state
     state = Trainer(cfg(**{"train.device": gpu.type, "train.epochs": 2}), tiny_prepared).fit(
-        tmp_path / "cpu", resume_from=tmp_path / "cpu" / LAST)
+        tmp_path / "cpu", resume_from=tmp_path / "cpu" / LAST
+    )
     assert state.epoch == 2 and math.isfinite(state.history[-1]["train/epoch_loss"])
 
 
@@ -83,7 +94,9 @@ def test_a_resumed_gpu_run_continues_within_the_documented_tolerance(gpu, cfg, t
     over = {"train.device": gpu.type, "train.amp": gpu.type == "cuda"}
     Trainer(cfg(**over, **{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "full")
     Trainer(cfg(**over, **{"train.epochs": 1}), tiny_prepared).fit(tmp_path / "part")
-    Trainer(cfg(**over, **{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "part", resume_from=tmp_path / "part" / LAST)
+    Trainer(cfg(**over, **{"train.epochs": 3}), tiny_prepared).fit(
+        tmp_path / "part", resume_from=tmp_path / "part" / LAST
+    )
     cmp = compare(tmp_path / "full", tmp_path / "part", Comparison("resumed", "", "", gpu.type, 1e-3))
     assert cmp.checkpoints == {"last.pt": True, "best.pt": True}, cmp.max_weight_diff
     assert cmp.metrics_equal, [m for m in cmp.metrics if not m["equal"]]
@@ -95,8 +108,18 @@ def test_torch_compile_trains_and_fuses_on_the_gpu(gpu, cfg, tiny_prepared, tmp_
     from fusion.inference import fuse
     from fusion.train.compiled import CompiledForward
 
-    trainer = Trainer(cfg(**{"train.device": gpu.type, "train.epochs": 1, "train.compile": True,
-                             "train.amp": gpu.type == "cuda", "train.amp_dtype": "bfloat16"}), tiny_prepared)
+    trainer = Trainer(
+        cfg(
+            **{
+                "train.device": gpu.type,
+                "train.epochs": 1,
+                "train.compile": True,
+                "train.amp": gpu.type == "cuda",
+                "train.amp_dtype": "bfloat16",
+            }
+        ),
+        tiny_prepared,
+    )
     state = trainer.fit(tmp_path)
     assert trainer.compiled.failed is None and trainer.compiled.verified, trainer.compiled.failed
     assert state.history[-1]["train/compiled"] == 1.0 and math.isfinite(state.history[-1]["train/epoch_loss"])

@@ -8,15 +8,23 @@ pytestmark = pytest.mark.integration
 
 
 def test_stage_two_starts_from_the_stage_one_mlflow_run(workspace, shared_data, monkeypatch):
-    from mlflow import MlflowClient
-
     from fusion import pipeline, tracking
     from fusion.config import load_config
     from fusion.io import sha256_file
+    from mlflow import MlflowClient
 
     source = {"layout": "tno", "path": str(shared_data / "irvis/TNO42"), "test_fraction": 0.1}
-    common = {"model": "crossfuse", "variant": "full", "task": "ir-vis", "source": source, "device": "cpu",
-              "crop": 32, "batch_size": 2, "steps_per_epoch": 2, "epochs": 1}
+    common = {
+        "model": "crossfuse",
+        "variant": "full",
+        "task": "ir-vis",
+        "source": source,
+        "device": "cpu",
+        "crop": 32,
+        "batch_size": 2,
+        "steps_per_epoch": 2,
+        "epochs": 1,
+    }
     cfg1 = load_config(workspace, "tiny", {"train": {**common, "lr": 1e-4}})
     prepared = pipeline.prepare(workspace, cfg1, push=False)
     run1 = pipeline.start(workspace, cfg1, prepared)
@@ -25,8 +33,9 @@ def test_stage_two_starts_from_the_stage_one_mlflow_run(workspace, shared_data, 
     tracking.end_run(run1.target, run1.run_id)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", run1.target.uri)
 
-    cfg2 = load_config(workspace, "tiny", {"train": {**common, "variant": "no-shift", "lr": 1e-3,
-                                                     "init_from": f"runs:/{run1.run_id}"}})
+    cfg2 = load_config(
+        workspace, "tiny", {"train": {**common, "variant": "no-shift", "lr": 1e-3, "init_from": f"runs:/{run1.run_id}"}}
+    )
     run2 = pipeline.start(workspace, cfg2, prepared)
     ckpt2 = pipeline.train(cfg2, prepared, run2, use_ray=False)
     result = pipeline.evaluate(cfg2, prepared, run2, ckpt2)

@@ -30,10 +30,15 @@ def test_stages_repro_rerun_push_pull_and_materialise_an_old_version(workspace, 
     git(workspace, "config", "user.email", "ci@example.org")
     git(workspace, "config", "user.name", "ci")
     make_kaist(tmp_path / "kaist")
-    configure(workspace, {"kaist": {"layout": "kaist", "path": "../kaist"},
-                          "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")}},
-              kaist_pairs={"cf": {"source": "kaist", "pairs": 4, "frame_stride": 2, "size": 32}},
-              test_sets={"tno": {"source": "tno"}})
+    configure(
+        workspace,
+        {
+            "kaist": {"layout": "kaist", "path": "../kaist"},
+            "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")},
+        },
+        kaist_pairs={"cf": {"source": "kaist", "pairs": 4, "frame_stride": 2, "size": 32}},
+        test_sets={"tno": {"source": "tno"}},
+    )
     (workspace / ".gitignore").write_text("/prepared/\n/.dvc-remote/\n")
 
     first = prepare(workspace, load_config(workspace))  # dvc init, add data, repro, push
@@ -45,11 +50,20 @@ def test_stages_repro_rerun_push_pull_and_materialise_an_old_version(workspace, 
     v1 = git(workspace, "rev-parse", "HEAD")
 
     again = versioning.repro(workspace)
-    assert again.ran == [] and sorted(again.skipped) == ["data.dvc", "kaist_pairs@cf", "synth_multifocus", "test_sets@tno"]
+    assert again.ran == [] and sorted(again.skipped) == [
+        "data.dvc",
+        "kaist_pairs@cf",
+        "synth_multifocus",
+        "test_sets@tno",
+    ]
 
     # one stage's parameter: that stage reruns, the others are skipped
-    configure(workspace, {}, kaist_pairs={"cf": {"source": "kaist", "pairs": 6, "frame_stride": 2, "size": 32}},
-              test_sets={"tno": {"source": "tno"}})
+    configure(
+        workspace,
+        {},
+        kaist_pairs={"cf": {"source": "kaist", "pairs": 6, "frame_stride": 2, "size": 32}},
+        test_sets={"tno": {"source": "tno"}},
+    )
     changed = versioning.repro(workspace)
     assert changed.ran == ["kaist_pairs@cf"]
     assert json.loads((workspace / "prepared/kaist_pairs/cf/manifest.json").read_text())["count"] == 6
@@ -57,7 +71,10 @@ def test_stages_repro_rerun_push_pull_and_materialise_an_old_version(workspace, 
     git(workspace, "add", "-A")
     git(workspace, "commit", "-qm", "data v2")
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
-    assert lock["stages"]["kaist_pairs@cf"]["params"]["params.yaml"]["sources.kaist"] == {"layout": "kaist", "path": "../kaist"}
+    assert lock["stages"]["kaist_pairs@cf"]["params"]["params.yaml"]["sources.kaist"] == {
+        "layout": "kaist",
+        "path": "../kaist",
+    }
 
     # v1's data comes back from its revision; the checkout keeps v2
     old = versioning.materialize(workspace, v1, "prepared/kaist_pairs/cf", tmp_path / "v1")
@@ -73,7 +90,16 @@ def test_stages_repro_rerun_push_pull_and_materialise_an_old_version(workspace, 
 
     # the CLI, from the remote only (the cache is gone again), and its errors
     shutil.rmtree(workspace / ".dvc" / "cache")
-    cli = [sys.executable, "-m", "fusion", "data", "materialize", "prepared/kaist_pairs/cf", "--workspace", str(workspace)]
+    cli = [
+        sys.executable,
+        "-m",
+        "fusion",
+        "data",
+        "materialize",
+        "prepared/kaist_pairs/cf",
+        "--workspace",
+        str(workspace),
+    ]
     done = subprocess.run([*cli, "--rev", v1, "--out", str(tmp_path / "v1-cli")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "v1-cli") == v1_files and v1_kaist in done.stdout.replace("\n", "")

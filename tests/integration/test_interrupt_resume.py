@@ -25,14 +25,28 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 EPOCHS, STEPS = 8, 3
-SETTINGS = ["--profile", "tiny", "--set", f"train.epochs={EPOCHS}", "--set", f"train.steps_per_epoch={STEPS}",
-            "--set", "train.ray.cpus_per_worker=1"]
+SETTINGS = [
+    "--profile",
+    "tiny",
+    "--set",
+    f"train.epochs={EPOCHS}",
+    "--set",
+    f"train.steps_per_epoch={STEPS}",
+    "--set",
+    "train.ray.cpus_per_worker=1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as the Ray worker uses: same arithmetic
 
 
 def _fusion(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 def _client(ws: Path):
@@ -64,9 +78,15 @@ def _interrupt(ws: Path, log: Path, *command: str, ray: bool) -> tuple[int, str,
     with open(log, "w") as err:  # a file, not a pipe: Ray's log lines would fill a pipe nobody reads
         # SIGINT back to its default first: a suite started in the background (`make test &`, nohup)
         # hands its children SIGINT ignored, and a Python started so never sees Ctrl-C; a terminal's does
-        proc = subprocess.Popen([sys.executable, "-m", "fusion", *command], stdout=subprocess.DEVNULL, stderr=err,
-                                env=ENV, cwd=REPO, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fusion", *command],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=ENV,
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.monotonic() + 400
         while proc.poll() is None and time.monotonic() < deadline:
             new = [d for d in (ws / "runs").iterdir() if d not in before]
@@ -86,8 +106,11 @@ def _interrupt(ws: Path, log: Path, *command: str, ray: bool) -> tuple[int, str,
 
 def _killed_run(ws: Path, rc: int, err: str) -> str:
     assert rc == 130, err[-3000:]
-    found = re.findall(r"interrupted: MLflow run ([0-9a-f]{32}) marked KILLED; continue it with "
-                       r"`fusion train --resume ([0-9a-f]{32}) --workspace (\S+)`", err)
+    found = re.findall(
+        r"interrupted: MLflow run ([0-9a-f]{32}) marked KILLED; continue it with "
+        r"`fusion train --resume ([0-9a-f]{32}) --workspace (\S+)`",
+        err,
+    )
     assert len(found) == 1, err[-3000:]
     run_id, resume_id, where = found[0]
     assert resume_id == run_id and where == str(ws)
@@ -119,8 +142,9 @@ def _resume_and_check(ws: Path, run_id: str, expected: dict) -> None:
 
 def test_ctrl_c_in_train_kills_the_run_and_resume_finishes_the_same_run(reference, tmp_path):
     ws, expected = reference
-    rc, err, _ = _interrupt(ws, tmp_path / "train.log", "train", "--no-ray", "--workspace", str(ws), *SETTINGS,
-                            ray=False)
+    rc, err, _ = _interrupt(
+        ws, tmp_path / "train.log", "train", "--no-ray", "--workspace", str(ws), *SETTINGS, ray=False
+    )
     assert "Traceback" not in err
     _resume_and_check(ws, _killed_run(ws, rc, err), expected)
 
@@ -138,8 +162,9 @@ def test_ctrl_c_in_the_prefect_flow_kills_the_run_and_exits_promptly(reference, 
     """The terminal's Ctrl-C reaches Prefect's ephemeral API server too; the flow must still end
     at once (not after minutes of retries against a stopped server)."""
     ws, expected = reference
-    rc, err, seconds = _interrupt(ws, tmp_path / "run.log", "run", "--no-ray", "--workspace", str(ws), *SETTINGS,
-                                  ray=False)
+    rc, err, seconds = _interrupt(
+        ws, tmp_path / "run.log", "run", "--no-ray", "--workspace", str(ws), *SETTINGS, ray=False
+    )
     run_id = _killed_run(ws, rc, err)
     assert seconds < 30, f"exited {seconds:.0f} s after Ctrl-C"
     _resume_and_check(ws, run_id, expected)

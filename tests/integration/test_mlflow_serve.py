@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.tracking import model_flavor as mlflow_model
+from fusion.checkpoint import CHECKPOINT_FORMAT
 from fusion.inference import fuse, load_model
 from fusion.models import build_model
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.tracking import model_flavor as mlflow_model
 from tests.conftest import free_port, terminate, wait_http
 
 pytestmark = pytest.mark.integration
@@ -45,8 +45,16 @@ def served(tmp_path):
 
     torch.manual_seed(0)
     ckpt = tmp_path / "best.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {"released": False},
-                "state_dict": build_model("ufa", "UFA").state_dict()}, ckpt)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "ufa",
+            "variant": "UFA",
+            "model_options": {"released": False},
+            "state_dict": build_model("ufa", "UFA").state_dict(),
+        },
+        ckpt,
+    )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     exp = client.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -60,9 +68,25 @@ def served(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            f"{bin_dir}/mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
         yield f"http://127.0.0.1:{port}/invocations", ckpt
@@ -96,10 +120,14 @@ def test_served_model_fuses_and_answers_bad_requests_with_400_and_a_reason(serve
 
     bad = {
         "wrong column": (_split(["img_a", "img_b"], [_b64png(a), _b64png(b)]), "missing inputs ['image_0', 'image_1']"),
-        "undecodable": (_split(["image_0", "image_1"], [_b64png(a), base64.b64encode(b"junk").decode()]),
-                        "row 0, image_1: cannot decode the image bytes"),
-        "sizes": (_split(["image_0", "image_1"], [_b64png(a), _b64png(_rgb(21, 30, 3))]),
-                  "row 0: the images differ in size (image_0 30x20, image_1 30x21"),
+        "undecodable": (
+            _split(["image_0", "image_1"], [_b64png(a), base64.b64encode(b"junk").decode()]),
+            "row 0, image_1: cannot decode the image bytes",
+        ),
+        "sizes": (
+            _split(["image_0", "image_1"], [_b64png(a), _b64png(_rgb(21, 30, 3))]),
+            "row 0: the images differ in size (image_0 30x20, image_1 30x21",
+        ),
         "single": (_split(["image_0"], [_b64png(a)]), "missing inputs ['image_1']"),
     }
     for case, (payload, reason) in bad.items():

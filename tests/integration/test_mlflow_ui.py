@@ -5,6 +5,7 @@ the metrics, the tags and the fused-image artifact. Screenshots are kept in test
 from __future__ import annotations
 
 import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -20,16 +21,28 @@ SHOTS = REPO / "test-artifacts"
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/install-browser.sh installs them as root)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (scripts/install-browser.sh installs them as root)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # this machine's network is closed: no background calls, no first-run or sync traffic
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -45,7 +58,9 @@ def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        WebDriverWait(driver, timeout).until(lambda d: all(t in d.find_element(By.TAG_NAME, "body").text for t in texts))
+        WebDriverWait(driver, timeout).until(
+            lambda d: all(t in d.find_element(By.TAG_NAME, "body").text for t in texts)
+        )
     except TimeoutException:
         body = driver.find_element(By.TAG_NAME, "body").text
         missing = [t for t in texts if t not in body]

@@ -48,17 +48,20 @@ def receiver():
 
 
 def task_runs(name: str):
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
     from prefect.client.schemas.sorting import TaskRunSort
 
-    import time
-
     deadline = time.monotonic() + 30  # task-run states reach the API shortly after the flow returns
     with get_client(sync_client=True) as client:
         while True:
-            runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
-                                         sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=50)
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
+                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                limit=50,
+            )
             if (runs and runs[0].state and runs[0].state.is_final()) or time.monotonic() > deadline:
                 return runs
             time.sleep(0.5)
@@ -68,7 +71,7 @@ def test_is_transient_tells_infrastructure_from_input_errors():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-    from flows.nightly import is_transient
+    from flows.policy import is_transient
 
     assert is_transient(ConnectionError("tracking server went away"))
     assert is_transient(TimeoutError())
@@ -119,14 +122,14 @@ def test_a_typo_fails_at_once_listing_the_valid_values(workspace):
 
 
 def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace, monkeypatch):
-    from mlflow import MlflowClient
-
     from flows import nightly as flows
     from fusion import pipeline
+    from mlflow import MlflowClient
 
     # the champion-against-champion mechanics; the baseline rule has a test of its own below
-    set_params(workspace, nightly={"retries": 2, "retry_delay_seconds": [0.1]},
-               promote={"require_beat_baselines": False})
+    set_params(
+        workspace, nightly={"retries": 2, "retry_delay_seconds": [0.1]}, promote={"require_beat_baselines": False}
+    )
     real, calls = pipeline.prepare, []
 
     def flaky(*args, **kwargs):
@@ -166,9 +169,10 @@ def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace,
 
     # the champion serves as an MLflow model: two images of any size in, a fused PNG out
     import cv2
-    import mlflow
     import numpy as np
     import pandas as pd
+
+    import mlflow
 
     mlflow.set_tracking_uri(first["tracking_uri"])
     try:
@@ -188,9 +192,9 @@ def test_transient_failure_retried_rerun_cached_and_champion_promoted(workspace,
 
 def test_nightly_also_scores_every_prepared_test_set_of_its_task(workspace, shared_data, tmp_path):
     import cv2
-    from mlflow import MlflowClient
 
     from flows.nightly import nightly
+    from mlflow import MlflowClient
 
     lytro = tmp_path / "lytro-small"
     for scene in ("lytro-01", "lytro-02", "lytro-03"):
@@ -199,9 +203,12 @@ def test_nightly_also_scores_every_prepared_test_set_of_its_task(workspace, shar
             (lytro / folder).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(lytro / folder / f"{scene}.png"), cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA))
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["sources"].update({
-        "lytro": {"layout": "folders", "path": str(lytro), "folders": ["near", "far"], "task": "multi-focus"},
-        "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")}})
+    params["sources"].update(
+        {
+            "lytro": {"layout": "folders", "path": str(lytro), "folders": ["near", "far"], "task": "multi-focus"},
+            "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")},
+        }
+    )
     params["data"]["test_sets"] = {"lytro": {"source": "lytro"}, "tno": {"source": "tno"}}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = nightly(profile="tiny", workspace=str(workspace), use_ray=False)
@@ -237,22 +244,32 @@ def test_each_stage_runs_alone_as_its_own_flow(workspace):
 
 def test_nightly_runs_the_configured_sweep_after_the_model(workspace):
     import ray
-    from mlflow import MlflowClient
 
     from flows.nightly import nightly, sweep
+    from mlflow import MlflowClient
 
-    set_params(workspace, nightly={"sweep": "one"}, sweeps={"one": {
-        "profile": "tiny", "overrides": ["train.epochs=1"], "matrix": [{"model": "ufa", "variants": ["NO-SA"]}],
-        "evaluate": False}})
+    set_params(
+        workspace,
+        nightly={"sweep": "one"},
+        sweeps={
+            "one": {
+                "profile": "tiny",
+                "overrides": ["train.epochs=1"],
+                "matrix": [{"model": "ufa", "variants": ["NO-SA"]}],
+                "evaluate": False,
+            }
+        },
+    )
     try:
         summary = nightly(profile="tiny", workspace=str(workspace), use_ray=False)
-        again = sweep(name="one", workspace=str(workspace))   # the stage alone: the sweep is complete, nothing reruns
+        again = sweep(name="one", workspace=str(workspace))  # the stage alone: the sweep is complete, nothing reruns
     finally:
         ray.shutdown()
     assert summary["sweep"]["counts"] == {"completed": 1} and summary["sweep"]["finished"]
     assert again["parent_run_id"] == summary["sweep"]["parent_run_id"] and again["counts"] == {"completed": 1}
     client = MlflowClient(summary["tracking_uri"])
-    child = client.search_runs([client.get_run(summary["run_id"]).info.experiment_id],
-                               f"tags.mlflow.parentRunId = '{again['parent_run_id']}'")
+    child = client.search_runs(
+        [client.get_run(summary["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{again['parent_run_id']}'"
+    )
     assert [r.data.tags["sweep.trial"] for r in child] == ["ufa-NO-SA-multi-focus-s0"]
     assert "pipeline/seconds_sweep" in client.get_run(summary["run_id"]).data.metrics

@@ -22,9 +22,8 @@ def ray_cleanup():
 
 
 def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_cleanup, capfd):
-    from mlflow import MlflowClient
-
     from flows.nightly import nightly
+    from mlflow import MlflowClient
 
     summary = nightly(profile="tiny", workspace=str(workspace))
     # Ray Train's placement-group cleaner warned once a second without a dashboard
@@ -72,9 +71,23 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
     assert [s.step for s in steps] == [1, 2, 3, 4]  # 2 epochs x 2 steps, per step, no duplicates
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
 
-    artifacts = {a.path for folder in ("checkpoints", "eval", "data", "config") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"checkpoints/last.pt", "checkpoints/best.pt", "eval/grid.png", "eval/table.md", "eval/table.csv",
-            "eval/summary.json", "eval/per_pair.csv", "eval/samples", "data/dvc.lock", "config/resolved.json"} <= artifacts
+    artifacts = {
+        a.path
+        for folder in ("checkpoints", "eval", "data", "config")
+        for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "eval/grid.png",
+        "eval/table.md",
+        "eval/table.csv",
+        "eval/summary.json",
+        "eval/per_pair.csv",
+        "eval/samples",
+        "data/dvc.lock",
+        "config/resolved.json",
+    } <= artifacts
     # the run's evaluation feeds a cross-run report (the sweep issue's parent runs use this)
     from fusion.report import runs_report
 
@@ -95,8 +108,22 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
 
 
 def test_cli_run_reports_a_bad_parameter_before_any_work(workspace):
-    proc = subprocess.run([sys.executable, "-m", "fusion", "run", "--workspace", str(workspace), "--profile", "tiny",
-                           "--set", "train.lamda_l1=0.3"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "run",
+            "--workspace",
+            str(workspace),
+            "--profile",
+            "tiny",
+            "--set",
+            "train.lamda_l1=0.3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "train.lamda_l1: unknown parameter" in proc.stderr
     assert not (workspace / "data").exists() and not (workspace / ".dvc").exists()
@@ -118,10 +145,11 @@ def test_corrupt_raw_image_fails_the_data_stage_naming_the_file(workspace):
     assert not out.parent.exists() or not [p for p in out.parent.iterdir() if "partial" in p.name]
 
 
-def test_flow_logs_to_a_tracking_server_when_mlflow_tracking_uri_is_set(workspace, mlflow_server, monkeypatch, ray_cleanup):
-    from mlflow import MlflowClient
-
+def test_flow_logs_to_a_tracking_server_when_mlflow_tracking_uri_is_set(
+    workspace, mlflow_server, monkeypatch, ray_cleanup
+):
     from flows.nightly import nightly
+    from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     summary = nightly(profile="tiny", workspace=str(workspace), overrides=["train.epochs=1"])

@@ -25,8 +25,13 @@ def test_prefect_deployment_ls_lists_the_deployment_with_its_zone_and_workspace(
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # this machine's zone as $TZ states it, unlike the system's (Etc/UTC on CI machines)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "TZ": "America/Sao_Paulo"}
-    deployed = subprocess.run([sys.executable, "-m", "fusion", "schedule", "deploy", "--pool", "cli-test",
-                               "--workspace", str(workspace)], env=env, capture_output=True, text=True, timeout=300)
+    deployed = subprocess.run(
+        [sys.executable, "-m", "fusion", "schedule", "deploy", "--pool", "cli-test", "--workspace", str(workspace)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deployed.returncode == 0, deployed.stderr
     assert "'15 4 * * *' in America/Sao_Paulo" in deployed.stdout
 
@@ -34,8 +39,9 @@ def test_prefect_deployment_ls_lists_the_deployment_with_its_zone_and_workspace(
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "fusionflow-nightly/nightly" in listed.stdout and "cli-test" in listed.stdout
 
-    as_json = subprocess.run([PREFECT, "deployment", "ls", "--output", "json"], env=env, capture_output=True,
-                             text=True, timeout=120)
+    as_json = subprocess.run(
+        [PREFECT, "deployment", "ls", "--output", "json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert as_json.returncode == 0, as_json.stdout + as_json.stderr
     (dep,) = json.loads(as_json.stdout)
     assert dep["schedules"][0]["schedule"] == {"cron": "15 4 * * *", "timezone": "America/Sao_Paulo", "day_or": True}

@@ -31,22 +31,36 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
 
 
 def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(prefect_server, workspace, tmp_path):
-    from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
+    from mlflow import MlflowClient
+
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["nightly"].update({"profile": "tiny", "use_ray": False, "cron": "30 3 * * 1-5", "timezone": "Europe/Berlin",
-                              "retries": 0, "on_collision": "cancel_new"})
-    params["promote"]["require_beat_baselines"] = False   # the tiny model must take @champion here
+    params["nightly"].update(
+        {
+            "profile": "tiny",
+            "use_ray": False,
+            "cron": "30 3 * * 1-5",
+            "timezone": "Europe/Berlin",
+            "retries": 0,
+            "on_collision": "cancel_new",
+        }
+    )
+    params["promote"]["require_beat_baselines"] = False  # the tiny model must take @champion here
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     log = open(tmp_path / "serve.log", "w")
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1"}
-    serve = subprocess.Popen([sys.executable, "-m", "fusion", "schedule", "serve", "--workspace", str(workspace)],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "fusion", "schedule", "serve", "--workspace", str(workspace)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with get_client(sync_client=True) as client:
+
             def deployment():
                 try:
                     return client.read_deployment_by_name("fusionflow-nightly/nightly")
@@ -80,8 +94,22 @@ def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(p
     assert client.get_model_version_by_alias("fusionflow-multi-focus-ufa", "champion").run_id == runs[0].info.run_id
 
     # the work-pool way: `fusion schedule deploy`, then a worker executes a triggered run
-    deployed = subprocess.run([sys.executable, "-m", "fusion", "schedule", "deploy", "--pool", "fusionflow-test",
-                               "--workspace", str(workspace)], env=env, capture_output=True, text=True)
+    deployed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "schedule",
+            "deploy",
+            "--pool",
+            "fusionflow-test",
+            "--workspace",
+            str(workspace),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert deployed.returncode == 0, deployed.stderr
     assert "prefect worker start --pool fusionflow-test" in deployed.stdout
     with get_client(sync_client=True) as pc:
@@ -90,8 +118,15 @@ def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(p
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(workspace)}}]
         assert dep.schedules[0].schedule.cron == "30 3 * * 1-5"
         third = run_deployment("fusionflow-nightly/nightly", timeout=0)
-        worker = subprocess.run([PREFECT, "worker", "start", "--pool",
-                                 "fusionflow-test", "--run-once"], env=env, capture_output=True, text=True, timeout=300)
+        worker = subprocess.run(
+            [PREFECT, "worker", "start", "--pool", "fusionflow-test", "--run-once"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         state = pc.read_flow_run(third.id).state
     assert state.is_completed(), (state, worker.stdout[-2000:], worker.stderr[-2000:])
-    assert len(client.search_runs([client.get_experiment_by_name("fusionflow").experiment_id])) == 1  # cached: same code and data
+    assert (
+        len(client.search_runs([client.get_experiment_by_name("fusionflow").experiment_id])) == 1
+    )  # cached: same code and data

@@ -21,9 +21,13 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 SWEEPS = {
-    "quarters": {"profile": "tiny", "overrides": ["train.epochs=1", "train.steps_per_epoch=2"],
-                 "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA", "NO-SA", "NO-CA"]}],
-                 "resources": {"cpus": 0.5, "gpus": 0.25}, "evaluate": False},
+    "quarters": {
+        "profile": "tiny",
+        "overrides": ["train.epochs=1", "train.steps_per_epoch=2"],
+        "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA", "NO-SA", "NO-CA"]}],
+        "resources": {"cpus": 0.5, "gpus": 0.25},
+        "evaluate": False,
+    },
 }
 
 
@@ -72,11 +76,15 @@ def test_quarter_gpu_trials_pack_four_to_a_gpu_and_a_cluster_without_gpus_is_ref
 
     from fusion.errors import ConfigError
     from fusion.sweep.runner import run_sweep
-
     from fusion.train.distributed import OBJECT_STORE_BYTES, quiet_ray_workers
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-             runtime_env={"worker_process_setup_hook": quiet_ray_workers})
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE_BYTES,
+        runtime_env={"worker_process_setup_hook": quiet_ray_workers},
+    )
     try:
         assert ray.cluster_resources()["GPU"] == 1
         with _Held() as held:
@@ -91,7 +99,9 @@ def test_quarter_gpu_trials_pack_four_to_a_gpu_and_a_cluster_without_gpus_is_ref
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES)
     try:
-        with pytest.raises(ConfigError, match=r"sweeps\.quarters\.resources\.gpus=0\.25 but the Ray cluster has 0 GPUs"):
+        with pytest.raises(
+            ConfigError, match=r"sweeps\.quarters\.resources\.gpus=0\.25 but the Ray cluster has 0 GPUs"
+        ):
             run_sweep(fraction_ws, "quarters", new=True)
     finally:
         ray.shutdown()

@@ -33,8 +33,13 @@ def test_reproduce_after_data_and_code_changed_then_refusals(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
 
     def fusion(*args, check=True):
-        proc = subprocess.run([sys.executable, "-m", "fusion", *args, "--workspace", str(clone)], env=env,
-                              capture_output=True, text=True, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusion", *args, "--workspace", str(clone)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert not check or proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
@@ -42,7 +47,16 @@ def test_reproduce_after_data_and_code_changed_then_refusals(tmp_path):
     fusion("data", "prepare")
     if git(clone, "status", "--porcelain", "--untracked-files=no"):
         git(clone, "commit", "-qam", "data version")
-    fusion("run", "--profile", "tiny", "--no-ray", "--set", "evaluate.baselines=[]", "--summary-json", str(tmp_path / "s.json"))
+    fusion(
+        "run",
+        "--profile",
+        "tiny",
+        "--no-ray",
+        "--set",
+        "evaluate.baselines=[]",
+        "--summary-json",
+        str(tmp_path / "s.json"),
+    )
     summary = json.loads((tmp_path / "s.json").read_text())
     run_id, head = summary["run_id"], git(clone, "rev-parse", "HEAD")
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
@@ -54,10 +68,15 @@ def test_reproduce_after_data_and_code_changed_then_refusals(tmp_path):
     params["data"]["synth_multifocus"]["pairs_per_image"] = 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     losses = clone / "fusion" / "losses.py"
-    losses.write_text(losses.read_text() + "\n_forward = L1SSIMLoss.forward\nL1SSIMLoss.forward = lambda self, *a: 2 * _forward(self, *a)\n")
+    losses.write_text(
+        losses.read_text()
+        + "\n_forward = L1SSIMLoss.forward\nL1SSIMLoss.forward = lambda self, *a: 2 * _forward(self, *a)\n"
+    )
     git(clone, "commit", "-qam", "other data, other loss")
     fusion("data", "prepare")
-    new_version = json.loads((clone / "prepared/multifocus_synthetic/manifest.json").read_text())["params"]["pairs_per_image"]
+    new_version = json.loads((clone / "prepared/multifocus_synthetic/manifest.json").read_text())["params"][
+        "pairs_per_image"
+    ]
     assert new_version == 1
 
     done = fusion("reproduce", run_id, "--keep", str(tmp_path / "keep"))
@@ -67,7 +86,10 @@ def test_reproduce_after_data_and_code_changed_then_refusals(tmp_path):
     assert all(m["original"] == m["reproduced"] for m in comparison["metrics"])
     # the user's checkout is untouched: its HEAD, its data version, no worktree left behind
     assert git(clone, "rev-parse", "HEAD") != head and len(git(clone, "worktree", "list").splitlines()) == 1
-    assert json.loads((clone / "prepared/multifocus_synthetic/manifest.json").read_text())["params"]["pairs_per_image"] == 1
+    assert (
+        json.loads((clone / "prepared/multifocus_synthetic/manifest.json").read_text())["params"]["pairs_per_image"]
+        == 1
+    )
 
     # what cannot be reproduced is refused with the reason (exit 2), never run on something else
     shutil.rmtree(clone / ".dvc" / "cache")

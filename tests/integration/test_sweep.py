@@ -34,15 +34,33 @@ RAY = str(Path(sys.executable).parent / "ray")
 # long enough (about 1 s an epoch on one core) to be interrupted between two checkpoints
 SLOW = ["train.epochs=6", "train.steps_per_epoch=12", "train.crop=48"]
 SWEEPS = {
-    "mixed": {"profile": "tiny", "overrides": ["train.epochs=2", "train.steps_per_epoch=2"],
-              "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "crossfuse", "variants": ["s1-c1"]}],
-              "resources": {"cpus": 1}},
-    "ft": {"profile": "tiny", "overrides": SLOW, "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA"]}],
-           "resources": {"cpus": 1}, "max_failures": 2, "evaluate": False},
-    "resume": {"profile": "tiny", "overrides": SLOW, "matrix": [{"model": "ufa", "variants": ["UFA"]}],
-               "resources": {"cpus": 1}, "evaluate": False},
-    "budget": {"profile": "tiny", "overrides": ["train.epochs=1"], "matrix": [{"model": "ufa", "variants": ["NO-SA", "NO-CA"]}],
-               "evaluate": False},
+    "mixed": {
+        "profile": "tiny",
+        "overrides": ["train.epochs=2", "train.steps_per_epoch=2"],
+        "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "crossfuse", "variants": ["s1-c1"]}],
+        "resources": {"cpus": 1},
+    },
+    "ft": {
+        "profile": "tiny",
+        "overrides": SLOW,
+        "matrix": [{"model": "ufa", "variants": ["UFA", "NO-UFA"]}],
+        "resources": {"cpus": 1},
+        "max_failures": 2,
+        "evaluate": False,
+    },
+    "resume": {
+        "profile": "tiny",
+        "overrides": SLOW,
+        "matrix": [{"model": "ufa", "variants": ["UFA"]}],
+        "resources": {"cpus": 1},
+        "evaluate": False,
+    },
+    "budget": {
+        "profile": "tiny",
+        "overrides": ["train.epochs=1"],
+        "matrix": [{"model": "ufa", "variants": ["NO-SA", "NO-CA"]}],
+        "evaluate": False,
+    },
 }
 TRIAL = "ufa-UFA-multi-focus-s0"
 
@@ -66,11 +84,10 @@ def reference(sweep_ws, tmp_path_factory):
     """TRIAL of the `ft`/`resume` sweeps trained without interruption, on one thread as the trials are."""
     import torch
 
-    from fusion.config import Config
-    from fusion.pipeline import current_data
-    from fusion.config import load_config
-    from fusion.sweep.runner import plan
     from fusion.checkpoint import load_checkpoint
+    from fusion.config import Config, load_config
+    from fusion.pipeline import current_data
+    from fusion.sweep.runner import plan
     from fusion.train.loop import Trainer
 
     _, trials = plan(sweep_ws, "ft")
@@ -121,11 +138,11 @@ def _once_each(client, run_id: str, key: str, expected: list[int]) -> None:
 
 def test_sweep_failing_trial_dependency_and_report(sweep_ws):
     import ray
-    from mlflow import MlflowClient
 
     from fusion import tracking
     from fusion.config import load_config
     from fusion.sweep.runner import run_sweep
+    from mlflow import MlflowClient
 
     try:
         result = run_sweep(sweep_ws, "mixed")
@@ -134,16 +151,21 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
         ray.shutdown()
     status = {t["trial"]: t for t in result.trials}
     assert {k: v["status"] for k, v in status.items()} == {
-        "crossfuse-stage1-multi-focus-s0": "completed", "ufa-UFA-multi-focus-s0": "completed",
-        "ufa-NOPE-multi-focus-s0": "failed", "crossfuse-s1-c1-multi-focus-s0": "completed"}
+        "crossfuse-stage1-multi-focus-s0": "completed",
+        "ufa-UFA-multi-focus-s0": "completed",
+        "ufa-NOPE-multi-focus-s0": "failed",
+        "crossfuse-s1-c1-multi-focus-s0": "completed",
+    }
     assert "unknown variant 'NOPE'" in status["ufa-NOPE-multi-focus-s0"]["error"]
     assert result.finished and not result.resumed
 
     client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.role"] == "parent"
-    children = {r.data.tags["sweep.trial"]: r for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")}
+    children = {
+        r.data.tags["sweep.trial"]: r
+        for r in client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    }
     assert set(children) == set(status)
     bad = children["ufa-NOPE-multi-focus-s0"]
     assert bad.info.status == "FAILED" and "unknown variant 'NOPE'" in bad.data.tags["sweep.error"]
@@ -161,8 +183,9 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
         assert run.data.params["train.epochs"] == "2" and "test/SSIM_gt" in run.data.metrics
     files = {f.path for f in client.list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.md", "sweep/trials.csv", "sweep/trials.json"} <= files
-    table = Path(client.download_artifacts(result.parent_run_id, "report/multi-focus/report.md",
-                                           str(sweep_ws / "dl"))).read_text()
+    table = Path(
+        client.download_artifacts(result.parent_run_id, "report/multi-focus/report.md", str(sweep_ws / "dl"))
+    ).read_text()
     assert "ufa-UFA-multi-focus-s0" in table and "crossfuse-s1-c1-multi-focus-s0" in table
     assert "NOPE" not in table and "stage1" not in table
     # the same sweep again: already complete, nothing new in MLflow
@@ -184,19 +207,39 @@ def ray_cluster():
     import ray
 
     ray.shutdown()
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # Ray's socket paths must stay under 107 bytes
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     port = free_port()
     import secrets
 
     # token authentication, as a multi-node cluster should run (the README's cluster recipe)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{port}"
     try:
-        _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             "--include-dashboard=false", "--object-store-memory=150000000", f"--temp-dir={temp}", env=env)
-        _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             "--object-store-memory=150000000", env=env)
+        _ray(
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--object-store-memory=150000000",
+            f"--temp-dir={temp}",
+            env=env,
+        )
+        _ray(
+            "start",
+            f"--address={address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--object-store-memory=150000000",
+            env=env,
+        )
         yield address, env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -204,9 +247,8 @@ def ray_cluster():
 
 
 def test_killed_worker_on_two_node_cluster_resumes_exactly(sweep_ws, ray_cluster, mlflow_server, reference, tmp_path):
-    from mlflow import MlflowClient
-
     from fusion.checkpoint import load_checkpoint
+    from mlflow import MlflowClient
 
     address, env = ray_cluster
     env = {**env, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server}
@@ -238,18 +280,19 @@ def test_killed_worker_on_two_node_cluster_resumes_exactly(sweep_ws, ray_cluster
 
 
 def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp_path):
-    from mlflow import MlflowClient
-
     from fusion import tracking
-    from fusion.config import load_config
     from fusion.checkpoint import load_checkpoint
+    from fusion.config import load_config
+    from mlflow import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     log = open(tmp_path / "sweep.log", "w")
-    proc = subprocess.Popen([FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         tdir = _wait_for_epoch(sweep_ws, "resume", TRIAL, 2, proc)
-        proc.send_signal(signal.SIGINT)   # Ctrl-C
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
@@ -260,8 +303,9 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
     epochs_before = load_checkpoint(tdir / "checkpoints" / "last.pt")["epoch"]
     assert 2 <= epochs_before < 6
 
-    out = subprocess.run([FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resumed" in out.stdout
     record = json.loads((tdir / "status.json").read_text())
@@ -269,31 +313,36 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
     _same_training(load_checkpoint(tdir / "checkpoints" / "last.pt"), reference)
 
     client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
-    parents = client.search_runs([client.get_run(record["run_id"]).info.experiment_id],
-                                 "tags.`sweep.name` = 'resume' and tags.`sweep.role` = 'parent'")
+    parents = client.search_runs(
+        [client.get_run(record["run_id"]).info.experiment_id],
+        "tags.`sweep.name` = 'resume' and tags.`sweep.role` = 'parent'",
+    )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     _once_each(client, record["run_id"], "val/loss", list(range(1, 7)))
     _once_each(client, record["run_id"], "train/loss", list(range(1, 6 * 12 + 1)))
 
 
 def test_a_spent_budget_leaves_trials_not_started_and_the_next_run_completes_them(sweep_ws):
-    from mlflow import MlflowClient
-
     from fusion import tracking
     from fusion.config import load_config
     from fusion.sweep.runner import run_sweep
+    from mlflow import MlflowClient
 
-    first = run_sweep(sweep_ws, "budget", budget_minutes=1e-4, use_ray=False)   # spent while the data is checked
+    first = run_sweep(sweep_ws, "budget", budget_minutes=1e-4, use_ray=False)  # spent while the data is checked
     assert {t["status"] for t in first.trials} == {"not_started"} and not first.finished
     client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
     assert client.get_run(first.parent_run_id).info.status == "KILLED"
     assert json.loads(client.get_run(first.parent_run_id).data.tags["sweep.counts"]) == {"not_started": 2}
 
-    second = run_sweep(sweep_ws, "budget", budget_minutes=0, use_ray=False)     # 0: no limit
+    second = run_sweep(sweep_ws, "budget", budget_minutes=0, use_ray=False)  # 0: no limit
     assert second.resumed and second.parent_run_id == first.parent_run_id
     assert {t["status"] for t in second.trials} == {"completed"} and second.finished
     assert client.get_run(first.parent_run_id).info.status == "FINISHED"
-    children = client.search_runs([client.get_run(first.parent_run_id).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{first.parent_run_id}'")
-    assert sorted(r.data.tags["sweep.trial"] for r in children) == ["ufa-NO-CA-multi-focus-s0", "ufa-NO-SA-multi-focus-s0"]
+    children = client.search_runs(
+        [client.get_run(first.parent_run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{first.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["sweep.trial"] for r in children) == [
+        "ufa-NO-CA-multi-focus-s0",
+        "ufa-NO-SA-multi-focus-s0",
+    ]
     assert all(r.data.tags["train.executor"] == "local" for r in children)

@@ -26,9 +26,23 @@ class Server:
     def start(self):
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination",
-             str(self.root / "artifacts"), "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_http(f"{self.url}/health", proc=self.proc)
 
     def stop(self):
@@ -57,14 +71,13 @@ class Outage:
 
 
 def _train(tmp_path, server, tiny_prepared, down, up, epochs=4):
-    from mlflow import MlflowClient
-
     from fusion import tracking
     from fusion.config import load_config
     from fusion.train.loop import Trainer
+    from mlflow import MlflowClient
     from tests.conftest import REPO
 
-    cfg = load_config(REPO, "tiny", ["train.epochs=%d" % epochs, "train.steps_per_epoch=3"])
+    cfg = load_config(REPO, "tiny", [f"train.epochs={epochs}", "train.steps_per_epoch=3"])
     target = tracking.TrackingTarget(server.url, "outage", None)
     run_id = tracking.start_run(target, "outage", cfg, {})
     spool = tmp_path / "run" / "mlflow-spool.jsonl"
@@ -106,8 +119,9 @@ def test_records_left_waiting_are_delivered_by_fusion_sync(tmp_path, tiny_prepar
         import os
 
         env = {**os.environ, "MLFLOW_TRACKING_URI": server.url}
-        done = subprocess.run([sys.executable, "-m", "fusion", "sync", "--workspace", str(ws)], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "fusion", "sync", "--workspace", str(ws)], env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         assert "delivered" in done.stdout and not (ws / "runs" / "outage" / "mlflow-spool.jsonl").exists()
         assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, steps + 1))

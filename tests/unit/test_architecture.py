@@ -99,7 +99,9 @@ def test_the_cycle_check_sees_a_cycle_made_by_a_function_level_import(tmp_path):
 
 def test_no_core_module_imports_the_cli_or_the_flows():
     upward = {
-        name: sorted(t for t in imported_names(name) if t.split(".")[:2] == ["fusion", "cli"] or t.split(".")[0] == "flows")
+        name: sorted(
+            t for t in imported_names(name) if t.split(".")[:2] == ["fusion", "cli"] or t.split(".")[0] == "flows"
+        )
         for name in MODULES
         # the entry points sit on top: `python -m fusion` runs the CLI
         if name.startswith("fusion") and not name.startswith("fusion.cli") and name != "fusion.__main__"

@@ -75,8 +75,10 @@ def test_choose_max_gradient_picks_the_sharp_halves():
     # Away from the seam every pixel comes from the in-focus source.
     np.testing.assert_array_equal(fused[:, 8 : half - 8], sharp[:, 8 : half - 8])
     np.testing.assert_array_equal(fused[:, half + 8 : -8], sharp[:, half + 8 : -8])
-    psnr = {n: compute(None, None, fuse_baseline(n, [a, b]), gt=sharp, names=["PSNR_gt"])["PSNR_gt"]
-            for n in ("average", "choose_max_gradient")}
+    psnr = {
+        n: compute(None, None, fuse_baseline(n, [a, b]), gt=sharp, names=["PSNR_gt"])["PSNR_gt"]
+        for n in ("average", "choose_max_gradient")
+    }
     assert psnr["choose_max_gradient"] > psnr["average"] + 5
 
 
@@ -84,8 +86,10 @@ def test_choose_max_gradient_picks_the_sharp_halves():
 def test_multi_scale_baselines_beat_average_on_multi_focus(name):
     sharp = _scene()
     a, b = _half_blurred_pair(sharp)
-    score = {n: compute(None, None, fuse_baseline(n, [a, b]), gt=sharp, names=["PSNR_gt"])["PSNR_gt"]
-             for n in ("average", name)}
+    score = {
+        n: compute(None, None, fuse_baseline(n, [a, b]), gt=sharp, names=["PSNR_gt"])["PSNR_gt"]
+        for n in ("average", name)
+    }
     assert score[name] > score["average"]
 
 

@@ -37,7 +37,7 @@ def test_options_reach_only_benchmarks_that_take_them_and_heavy_ones_run_on_requ
     monkeypatch.setitem(sys.modules, "benchmarks.bench_quality", heavy)
     monkeypatch.setattr(runner, "available", lambda: ["plain", "quality"])
     data = json.loads(runner.main(["--out", str(tmp_path / "a.json")]).read_text())
-    assert {r["benchmark"] for r in data["rows"]} == {"plain"} and not seen   # quality only when named
+    assert {r["benchmark"] for r in data["rows"]} == {"plain"} and not seen  # quality only when named
     runner.main(["quality", "--minutes", "2.5", "--test-pairs", "3", "--out", str(tmp_path / "b.json")])
     assert seen == {"minutes": 2.5, "device": "auto", "test_pairs": 3, "jobs": None}
 

@@ -9,7 +9,16 @@ import pytest
 
 from tests.conftest import REPO
 
-SUBCOMMANDS = [[], ["run"], ["train"], ["models"], ["data"], ["data", "embedded"], ["data", "synth-multifocus"], ["data", "prepare"]]
+SUBCOMMANDS = [
+    [],
+    ["run"],
+    ["train"],
+    ["models"],
+    ["data"],
+    ["data", "embedded"],
+    ["data", "synth-multifocus"],
+    ["data", "prepare"],
+]
 
 
 def fusion(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -52,8 +61,13 @@ def test_models_never_cuts_a_variant_name_at_80_columns():
 
     from fusion.models import MODELS
 
-    proc = subprocess.run([sys.executable, "-m", "fusion", "models"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "80"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion", "models"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     variants = {(m, v) for m, spec in MODELS.items() for v in spec.variants}
     rows = {tuple(re.split(r"\s{2,}", ln.strip())[:2]) for ln in proc.stdout.splitlines()}
     assert variants <= rows  # each variant whole on its model's row
@@ -68,8 +82,13 @@ def test_models_never_cuts_a_variant_name_at_80_columns():
 def test_help_fits_80_columns_without_flag_types(command):
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "fusion", *command, "--help"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "COLUMNS": "80"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "<bool>" not in proc.stdout and " range>" not in proc.stdout and "…" not in proc.stdout
     assert max(len(ln) for ln in proc.stdout.splitlines()) <= 80

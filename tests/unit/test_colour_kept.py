@@ -48,9 +48,29 @@ def _load(path: Path, side: int = 192) -> np.ndarray:
 def main_job_model(tmp_path_factory) -> object:
     """The smoke profile's model (the README's main job) after two steps."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    proc = subprocess.run([sys.executable, "-m", "fusion", "train", "--out", str(out), "-p", "smoke", "-w", str(REPO),
-                           "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2", "--set", "train.device=cpu"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "train",
+            "--out",
+            str(out),
+            "-p",
+            "smoke",
+            "-w",
+            str(REPO),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.steps_per_epoch=2",
+            "--set",
+            "train.device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     model, payload = load_model(out / "last.pt")
     assert payload["model"] == "ufa" and payload["model_options"].get("luma") is True

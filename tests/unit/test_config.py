@@ -8,7 +8,6 @@ import pytest
 
 from fusion.config import load_config, parse_overrides
 from fusion.errors import ConfigError
-
 from tests.conftest import REPO
 
 
@@ -108,7 +107,9 @@ def test_relative_source_paths_are_relative_to_the_workspace(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "..", "x/../../y"])
 def test_stage_names_that_would_write_outside_prepared_are_refused(ws, name):
-    text = (ws / "params.yaml").read_text().replace("  test_sets: {}", f"  test_sets: {{'{name}': {{source: embedded}}}}")
+    text = (
+        (ws / "params.yaml").read_text().replace("  test_sets: {}", f"  test_sets: {{'{name}': {{source: embedded}}}}")
+    )
     (ws / "params.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"data\.test_sets: .* is not a plain name"):
         load_config(ws)
@@ -117,5 +118,8 @@ def test_stage_names_that_would_write_outside_prepared_are_refused(ws, name):
 def test_model_options_are_checked_against_the_model(ws):
     cfg = load_config(ws, overrides=["train.released=true", "train.options={fix_spatial_softmax: true}"])
     assert cfg.train.options == {"fix_spatial_softmax": True}
-    with pytest.raises(ConfigError, match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'luma'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'luma'\]",
+    ):
         load_config(ws, overrides=["train.options={fix_spatial_softmx: true}"])

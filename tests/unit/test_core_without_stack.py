@@ -40,9 +40,22 @@ class _NotInstalled:
 sys.meta_path.insert(0, _NotInstalled())
 """
 
-CORE = ["fusion.models", "fusion.losses", "fusion.train.loop", "fusion.train.compiled", "fusion.metrics",
-        "fusion.baselines", "fusion.evaluate", "fusion.inference", "fusion.tiling", "fusion.config", "fusion.cli",
-        "fusion.pipeline", "fusion.data.training", "fusion.data.synth_multifocus"]
+CORE = [
+    "fusion.models",
+    "fusion.losses",
+    "fusion.train.loop",
+    "fusion.train.compiled",
+    "fusion.metrics",
+    "fusion.baselines",
+    "fusion.evaluate",
+    "fusion.inference",
+    "fusion.tiling",
+    "fusion.config",
+    "fusion.cli",
+    "fusion.pipeline",
+    "fusion.data.training",
+    "fusion.data.synth_multifocus",
+]
 
 
 @pytest.fixture
@@ -58,17 +71,31 @@ def without_stack(tmp_path):
 
 
 def _python(env, code: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def _fusion(env, *args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def test_the_block_makes_the_stack_unimportable(without_stack):
-    proc = _python(without_stack, f"""
+    proc = _python(
+        without_stack,
+        f"""
         import importlib
         for name in {STACK!r} + ("mlflow.pyfunc", "ray.tune", "prefect.flows", "dvc.api"):
             try:
@@ -77,13 +104,16 @@ def test_the_block_makes_the_stack_unimportable(without_stack):
                 continue
             raise SystemExit(f"{{name}} imported")
         print("blocked")
-    """)
+    """,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "blocked", proc.stderr
 
 
 def test_core_modules_import_and_run_without_the_stack(without_stack):
     """Every model and variant runs forward, its loss backward, the metrics and baselines score a pair."""
-    proc = _python(without_stack, f"""
+    proc = _python(
+        without_stack,
+        f"""
         import importlib, json, sys
         for name in {CORE!r}:
             importlib.import_module(name)
@@ -115,7 +145,9 @@ def test_core_modules_import_and_run_without_the_stack(without_stack):
         scores = metrics.compute(a, b, fused["average"])
         print(json.dumps({{"ran": ran, "baselines": sorted(fused), "metrics": scores,
                           "stack": sorted(m for m in sys.modules if m.partition(".")[0] in {STACK!r})}}))
-    """, timeout=600)
+    """,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     from fusion.models import MODELS
@@ -145,7 +177,7 @@ def _lytro_crops(shared_data: Path, folder: Path, pairs: int = 2, side: int = 64
     for k in range(1, pairs + 1):
         for src, dst in (("A", a), ("B", b)):
             img = cv2.imread(str(shared_data / "mf" / "Lytro20" / f"lytro-{k:02d}-{src}.jpg"))
-            cv2.imwrite(str(dst / f"{k:02d}.png"), img[100:100 + side, 120:120 + side])
+            cv2.imwrite(str(dst / f"{k:02d}.png"), img[100 : 100 + side, 120 : 120 + side])
     return a, b
 
 
@@ -154,7 +186,7 @@ def test_train_out_fuse_and_evaluate_run_without_the_stack(without_stack, tmp_pa
     out = tmp_path / "ckpt"
     proc = _fusion(without_stack, "train", "--profile", "tiny", "--workspace", ws, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DVC is not installed" in proc.stderr      # the user is told the data was not versioned
+    assert "DVC is not installed" in proc.stderr  # the user is told the data was not versioned
     assert not (ws / ".dvc").exists()
     import torch
 
@@ -163,15 +195,44 @@ def test_train_out_fuse_and_evaluate_run_without_the_stack(without_stack, tmp_pa
 
     a, b = _lytro_crops(shared_data, tmp_path / "pairs")
     fused = tmp_path / "fused.png"
-    proc = _fusion(without_stack, "fuse", a / "01.png", b / "01.png", "--model", out / "best.pt", "--out", fused,
-                   "--device", "cpu", cwd=tmp_path)
+    proc = _fusion(
+        without_stack,
+        "fuse",
+        a / "01.png",
+        b / "01.png",
+        "--model",
+        out / "best.pt",
+        "--out",
+        fused,
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cv2.imread(str(fused)).shape == (64, 64, 3)
 
     scores = tmp_path / "scores.json"
-    proc = _fusion(without_stack, "evaluate", "--source-a", a, "--source-b", b, "--model", out / "best.pt",
-                   "--baseline", "average", "--metric", "EN", "--metric", "Qabf", "--json", scores, "--out",
-                   tmp_path / "report", cwd=tmp_path)
+    proc = _fusion(
+        without_stack,
+        "evaluate",
+        "--source-a",
+        a,
+        "--source-b",
+        b,
+        "--model",
+        out / "best.pt",
+        "--baseline",
+        "average",
+        "--metric",
+        "EN",
+        "--metric",
+        "Qabf",
+        "--json",
+        scores,
+        "--out",
+        tmp_path / "report",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(scores.read_text())
     assert set(result["means"]) == {"UFA-Fuse (UFA)", "average"}
@@ -185,7 +246,7 @@ def test_train_out_without_dvc_or_prepared_data_says_how_to_build_it(without_sta
     proc = _fusion(without_stack, "train", "--profile", "tiny", "--workspace", ws, "--out", out, cwd=tmp_path)
     assert proc.returncode == 2
     line = proc.stderr.strip()
-    assert "Traceback" not in line and len(line.splitlines()) <= 3   # one line, wrapped by the terminal at most
+    assert "Traceback" not in line and len(line.splitlines()) <= 3  # one line, wrapped by the terminal at most
     assert "multifocus_synthetic" in line and "fusion data synth-multifocus" in line and "train.source" in line
     assert not out.exists() and not (ws / ".dvc").exists() and not (ws / "prepared").exists()
 
@@ -193,7 +254,8 @@ def test_train_out_without_dvc_or_prepared_data_says_how_to_build_it(without_sta
 def test_a_command_that_needs_the_stack_names_it_in_one_line(without_stack, tmp_path):
     """`fusion report` reads MLflow: on a core install it used to end in a ModuleNotFoundError traceback."""
     ws = _workspace(tmp_path, None)
-    proc = _fusion(without_stack, "report", "--experiment", "fusionflow", "--workspace", ws, "--out", tmp_path / "r",
-                   cwd=tmp_path)
+    proc = _fusion(
+        without_stack, "report", "--experiment", "fusionflow", "--workspace", ws, "--out", tmp_path / "r", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "this command needs MLflow (mlflow is not installed)" in proc.stderr

@@ -31,7 +31,7 @@ W = MS_SSIM_WEIGHTS
 
 def test_released_combination_of_known_per_scale_values_by_hand():
     ssim = torch.tensor([0.95, 0.9, 0.85, 0.8, 0.6])
-    cs = torch.tensor([0.9, 0.8, 0.7, 0.5, 0.3])     # the last scale's cs is never used
+    cs = torch.tensor([0.9, 0.8, 0.7, 0.5, 0.3])  # the last scale's cs is never used
     by_hand = (1.9 / 2) ** W[0] * (1.8 / 2) ** W[1] * (1.7 / 2) ** W[2] * (1.5 / 2) ** W[3] * (1.6 / 2) ** (4 * W[4])
     assert released_ms_ssim_combine(ssim, cs).item() == pytest.approx(by_hand, rel=1e-6)
     standard = 0.9 ** W[0] * 0.8 ** W[1] * 0.7 ** W[2] * 0.5 ** W[3] * 0.6 ** W[4]
@@ -61,7 +61,7 @@ def _pytorch_msssim_normalized(img1, img2, window_size=11):
         big_l = max_val - min_val
         _, channel, height, width = img1.size()
         real_size = min(window_size, height, width)
-        gauss = torch.tensor([math.exp(-(x - real_size // 2) ** 2 / (2 * 1.5**2)) for x in range(real_size)])
+        gauss = torch.tensor([math.exp(-((x - real_size // 2) ** 2) / (2 * 1.5**2)) for x in range(real_size)])
         g1 = (gauss / gauss.sum()).unsqueeze(1)
         window = g1.mm(g1.t()).unsqueeze(0).unsqueeze(0).expand(channel, 1, real_size, real_size)
         mu1, mu2 = F.conv2d(img1, window, groups=channel), F.conv2d(img2, window, groups=channel)
@@ -78,7 +78,7 @@ def _pytorch_msssim_normalized(img1, img2, window_size=11):
     return torch.prod(pow1[:-1] * pow2[-1])
 
 
-@pytest.mark.parametrize("brightness", [1.0, 0.45])   # 0.45: max <= 128 on 0..255, the code takes range 1
+@pytest.mark.parametrize("brightness", [1.0, 0.45])  # 0.45: max <= 128 on 0..255, the code takes range 1
 def test_released_ms_ssim_matches_the_released_library_code_and_differs_from_the_standard(brightness):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 128, 96, generator=g) * brightness
@@ -87,7 +87,7 @@ def test_released_ms_ssim_matches_the_released_library_code_and_differs_from_the
     assert released_ms_ssim(y, x).item() == pytest.approx(want.item(), rel=1e-5)
     assert released_ms_ssim(x, x).item() == pytest.approx(1.0, abs=1e-6)
     released_term, standard_term = 1 - released_ms_ssim(y, x).item(), 1 - ms_ssim(y, x).item()
-    assert abs(released_term - standard_term) > 0.1 * standard_term   # 0.029 vs 0.050; dark: 0.156 vs 0.141
+    assert abs(released_term - standard_term) > 0.1 * standard_term  # 0.029 vs 0.050; dark: 0.156 vs 0.141
 
 
 def test_stage_one_loss_is_released_only_in_released_mode_without_the_fix():
@@ -98,8 +98,12 @@ def test_stage_one_loss_is_released_only_in_released_mode_without_the_fix():
     mse = F.mse_loss(recon * 255, x * 255).item()
     assert out["loss"].item() == pytest.approx(mse + 1e4 * (1 - released_ms_ssim(recon, x).item()), rel=1e-5)
     assert build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=True, options={})).released
-    assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=True, options={"fix_ms_ssim": True})).released
-    assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=False, options={})).released
+    assert not build_loss(
+        "crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=True, options={"fix_ms_ssim": True})
+    ).released
+    assert not build_loss(
+        "crossfuse", stage="autoencoder", train_cfg=SimpleNamespace(released=False, options={})
+    ).released
     assert not build_loss("crossfuse", stage="autoencoder", train_cfg=SimpleNamespace()).released
 
 
@@ -116,17 +120,22 @@ def cfg(tmp_path):
     return make
 
 
-@pytest.mark.parametrize(("train", "weight_decay", "ae_released"), [
-    ({"released": True}, 0.9, True),
-    ({"released": True, "weight_decay": 0.01, "options": {"fix_weight_decay": True}}, 0.01, True),
-    ({"released": True, "options": {"fix_ms_ssim": True}}, 0.9, False),
-    ({"released": False, "weight_decay": 0.01}, 0.01, False),
-])
+@pytest.mark.parametrize(
+    ("train", "weight_decay", "ae_released"),
+    [
+        ({"released": True}, 0.9, True),
+        ({"released": True, "weight_decay": 0.01, "options": {"fix_weight_decay": True}}, 0.01, True),
+        ({"released": True, "options": {"fix_ms_ssim": True}}, 0.9, False),
+        ({"released": False, "weight_decay": 0.01}, 0.01, False),
+    ],
+)
 def test_released_adam_weight_decay_and_stage_one_loss(cfg, tiny_prepared, train, weight_decay, ae_released):
     trainer = Trainer(cfg(variant="full", **train), tiny_prepared)
     assert trainer.stage == "autoencoder"
     assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [weight_decay]
-    assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.param_groups[0]["lr"] == trainer.tcfg.lr
+    assert (
+        isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer.param_groups[0]["lr"] == trainer.tcfg.lr
+    )
     assert trainer.loss_fn.released is ae_released
     assert trainer.payload()["model_options"] == {"released": train["released"], **train.get("options", {})}
 
@@ -136,11 +145,11 @@ def test_paper_schedule_of_the_fusion_stage_decays_ten_fold_every_two_epochs(cfg
     assert (fusion.epochs, fusion.lr, fusion.lr_step_epochs) == (8, 1e-2, 2)
     joint = cfg("paper", variant="one-stage", steps_per_epoch=1)
     assert (joint.train.lr, joint.train.lr_step_epochs) == (1e-2, 2)
-    trainer = Trainer(joint, tiny_prepared)    # same schedule code for both stages: StepLR once per epoch
+    trainer = Trainer(joint, tiny_prepared)  # same schedule code for both stages: StepLR once per epoch
     lrs = []
     for _ in range(4):
-        trainer.optimizer.step()   # (no gradients: a no-op, keeps the scheduler's order)
-        trainer.scheduler.step()   # what fit() does after each epoch
+        trainer.optimizer.step()  # (no gradients: a no-op, keeps the scheduler's order)
+        trainer.scheduler.step()  # what fit() does after each epoch
         lrs.append(trainer.optimizer.param_groups[0]["lr"])
     assert lrs[1] == pytest.approx(1e-3) and lrs[3] == pytest.approx(1e-4)
     assert lrs[0] == pytest.approx(1e-2) and lrs[2] == pytest.approx(1e-3)

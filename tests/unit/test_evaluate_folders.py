@@ -31,9 +31,26 @@ def test_cli_scores_published_fused_images_and_matches_the_reference(shared_data
     dirs = _tno_subset(shared_data, tmp_path)
     out = tmp_path / "scores.json"
     metrics = [a for m in ("EN", "SD", "MI", "SCD", "Qabf") for a in ("--metric", m)]
-    proc = subprocess.run([sys.executable, "-m", "fusion", "evaluate", "--source-a", str(dirs["ir"]),
-                           "--source-b", str(dirs["vi"]), "--fused", str(dirs["fused"]), "--json", str(out), *metrics],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "evaluate",
+            "--source-a",
+            str(dirs["ir"]),
+            "--source-b",
+            str(dirs["vi"]),
+            "--fused",
+            str(dirs["fused"]),
+            "--json",
+            str(out),
+            *metrics,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     ref = json.loads((shared_data.parent / "reference/metrics_tno42.json").read_text())["images"]

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from fusion import evaluate as ev
+from fusion.checkpoint import CHECKPOINT_FORMAT, resolve_checkpoint
 from fusion.errors import ConfigError, DataError
-from fusion.checkpoint import resolve_checkpoint
 from fusion.inference import fuse, fuse_chroma, load_model
 from fusion.models import build_model
-from fusion.checkpoint import CHECKPOINT_FORMAT
 
 QUICK = ["EN", "SD", "Qabf", "SSIM", "SSIM_gt", "PSNR_gt"]
 
@@ -30,8 +29,16 @@ def _checkpoint(path, model="ufa", variant="UFA", poison=False):
     if poison:
         state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model, "variant": variant, "model_options": {"released": False},
-                "state_dict": state}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model,
+            "variant": variant,
+            "model_options": {"released": False},
+            "state_dict": state,
+        },
+        path,
+    )
     return path
 
 
@@ -40,8 +47,9 @@ def test_model_and_baselines_on_a_prepared_split(tiny_prepared, tmp_path):
     test_set = ev.prepared_test_set(tiny_prepared)
     methods = {"UFA": ev.model_method(net, "cpu"), **ev.baseline_methods(["average", "choose_max_gradient"])}
     seen = []
-    result, samples = ev.evaluate_methods(test_set, methods, QUICK, keep_images=2, progress=lambda d, t: seen.append((d, t)),
-                                          warm_up=["UFA"])
+    result, samples = ev.evaluate_methods(
+        test_set, methods, QUICK, keep_images=2, progress=lambda d, t: seen.append((d, t)), warm_up=["UFA"]
+    )
     assert result.methods == ["UFA", "average", "choose_max_gradient"]
     assert len(result.rows) == 3 * len(test_set) and seen[-1] == (len(test_set), len(test_set))
     for m in result.methods:
@@ -184,17 +192,61 @@ def test_missing_fused_images_fail_unless_allowed(shared_data, tmp_path):
 def test_cli_evaluates_a_checkpoint_with_baselines_and_writes_reports(tiny_prepared, tmp_path):
     ckpt = _checkpoint(tmp_path / "model.pt")
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "fusion", "evaluate", "--model", str(ckpt), "--prepared", str(tiny_prepared),
-                           "-b", "average", "-b", "dwt", "-m", "EN", "-m", "SSIM_gt", "--out", str(out),
-                           "--json", str(tmp_path / "s.json"), "--figure-pairs", "2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "evaluate",
+            "--model",
+            str(ckpt),
+            "--prepared",
+            str(tiny_prepared),
+            "-b",
+            "average",
+            "-b",
+            "dwt",
+            "-m",
+            "EN",
+            "-m",
+            "SSIM_gt",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "s.json"),
+            "--figure-pairs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["methods"] == ["UFA-Fuse (UFA)", "average", "dwt"] and summary["metrics"] == ["EN", "SSIM_gt"]
-    assert {"table.md", "table.csv", "per_pair.csv", "summary.json", "figure.png", "samples"} <= {p.name for p in out.iterdir()}
+    assert {"table.md", "table.csv", "per_pair.csv", "summary.json", "figure.png", "samples"} <= {
+        p.name for p in out.iterdir()
+    }
     assert cv2.imread(str(out / "figure.png")) is not None
 
-    bad = subprocess.run([sys.executable, "-m", "fusion", "evaluate", "--model", str(ckpt), "--prepared", str(tiny_prepared),
-                          "-b", "median", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "evaluate",
+            "--model",
+            str(ckpt),
+            "--prepared",
+            str(tiny_prepared),
+            "-b",
+            "median",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "baseline(s) ['median'] unknown" in bad.stderr
     assert not (tmp_path / "x").exists()

@@ -57,7 +57,13 @@ def catalogue(tmp_path, base, root, **extra) -> Path:
     sha = lambda f: hashlib.sha256((root / f).read_bytes()).hexdigest()  # noqa: E731
     entries = {
         "tno": {"url": f"{base}/tno.zip", "sha256": sha("tno.zip"), "archive": "zip", "strip": 1, "layout": "tno"},
-        "tno-tar": {"url": f"{base}/tno.tar.gz", "sha256": sha("tno.tar.gz"), "archive": "tar", "strip": 1, "layout": "tno"},
+        "tno-tar": {
+            "url": f"{base}/tno.tar.gz",
+            "sha256": sha("tno.tar.gz"),
+            "archive": "tar",
+            "strip": 1,
+            "layout": "tno",
+        },
         "unpinned": {"url": f"{base}/tno.zip", "sha256": None, "archive": "zip", "strip": 1, "layout": "tno"},
         "evil": {"url": f"{base}/evil.zip", "sha256": sha("evil.zip"), "archive": "zip"},
         "broken": {"url": f"{base}/broken.zip", "sha256": sha("broken.zip"), "archive": "zip"},
@@ -79,7 +85,10 @@ def test_fetch_verifies_unpacks_and_the_result_loads_as_its_layout(served, tmp_p
     pairs = load_source({"layout": "tno", "path": str(tmp_path / "data/tno")})
     assert [p.id for p in pairs] == ["01", "02", "03"]
     assert json.loads((tmp_path / "data/tno" / LOCK).read_text())["url"] == f"{base}/tno.zip"
-    assert len(load_source({"layout": "tno", "path": str(fetch(entries["tno-tar"], tmp_path / "t") and tmp_path / "t")})) == 1
+    assert (
+        len(load_source({"layout": "tno", "path": str(fetch(entries["tno-tar"], tmp_path / "t") and tmp_path / "t")}))
+        == 1
+    )
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tno"]  # no temporary files left
 
 
@@ -127,8 +136,9 @@ def test_cli_fetch_lists_fetches_and_reports_errors(served, tmp_path):
     bad = subprocess.run([*cli, "tnoo", "--dest", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "tnoo: not in the catalogue; available:" in bad.stderr
     (tmp_path / "bad.yaml").write_text("x: {url: http://a, sha256: ABC}\n")
-    bad = subprocess.run([*cli[:-1], str(tmp_path / "bad.yaml"), "x", "--dest", str(tmp_path / "y")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [*cli[:-1], str(tmp_path / "bad.yaml"), "x", "--dest", str(tmp_path / "y")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "x.sha256: expected 64 lowercase hex digits" in bad.stderr
 
 
@@ -146,16 +156,20 @@ def test_fetch_never_deletes_files_it_did_not_create(served, tmp_path):
     dest = tmp_path / "mine"
     dest.mkdir()
     (dest / "notes.txt").write_text("a user's notes")
-    with pytest.raises(ConfigError, match=r"--dest .*mine: holds 1 file\(s\) fetch did not create \(notes.txt\).*--overwrite"):
+    with pytest.raises(
+        ConfigError, match=r"--dest .*mine: holds 1 file\(s\) fetch did not create \(notes.txt\).*--overwrite"
+    ):
         fetch(entries["tno"], dest)
-    assert (dest / "notes.txt").read_text() == "a user's notes" and sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "a user's notes" and sorted(p.name for p in dest.iterdir()) == [
+        "notes.txt"
+    ]
     # a folder an earlier fetch made is refreshed in place; one a user then added to is refused
     fetch(entries["tno"], tmp_path / "ok")
     fetch(entries["tno"], tmp_path / "ok")
     (tmp_path / "ok" / "ir" / "mine.png").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"ir/mine.png"):
         fetch(entries["tno"], tmp_path / "ok")
-    fetch(entries["tno"], dest, overwrite=True)   # asked for by flag
+    fetch(entries["tno"], dest, overwrite=True)  # asked for by flag
     assert not (dest / "notes.txt").exists()
     cli = [sys.executable, "-m", "fusion", "data", "fetch", "--catalogue", str(catalogue(tmp_path, base, root))]
     (tmp_path / "c").mkdir()

@@ -18,15 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusion.models import build_model
 from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.models import build_model
 from tests.unit.test_fetch import catalogue, served  # noqa: F401 (served is a fixture)
 
 LYTRO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mf" / "Lytro20"
 
 
-def _cli(*args, file_limit: int | None = None, user: int | None = None, cwd: Path | None = None,
-         pythonpath: Path | None = None):
+def _cli(
+    *args,
+    file_limit: int | None = None,
+    user: int | None = None,
+    cwd: Path | None = None,
+    pythonpath: Path | None = None,
+):
     def limit():
         if file_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited across exec: writes fail with EFBIG
@@ -38,8 +43,15 @@ def _cli(*args, file_limit: int | None = None, user: int | None = None, cwd: Pat
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def _one_line_error(proc, path: Path, why: str) -> None:
@@ -58,8 +70,16 @@ def checkpoint(tmp_path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "ckpt" / "model.pt"
     path.parent.mkdir()
-    torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {},
-                "state_dict": build_model("ufa", "UFA").state_dict()}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "ufa",
+            "variant": "UFA",
+            "model_options": {},
+            "state_dict": build_model("ufa", "UFA").state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -80,7 +100,9 @@ def pair(tmp_path) -> list[Path]:
 def test_fuse_on_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, checkpoint, pair):
     out = tmp_path / "out" / "fused.png"
     out.parent.mkdir()
-    proc = _cli("fuse", *pair, "--model", checkpoint, "--out", out, "--device", "cpu", file_limit=64)  # an untrained model's flat image is a small PNG
+    proc = _cli(
+        "fuse", *pair, "--model", checkpoint, "--out", out, "--device", "cpu", file_limit=64
+    )  # an untrained model's flat image is a small PNG
     _one_line_error(proc, out, "the disk (or your quota) is full")
     assert list(out.parent.iterdir()) == []
 
@@ -90,8 +112,22 @@ def test_evaluate_on_a_full_disk_writes_no_partial_reports(tmp_path, checkpoint,
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     # the tables fit under the limit, the comparison figure does not: without staging they were left behind
-    proc = _cli("evaluate", "--model", checkpoint, "--prepared", tiny_prepared, "-b", "average", "-m", "EN",
-                "--out", out, "--device", "cpu", file_limit=60_000)
+    proc = _cli(
+        "evaluate",
+        "--model",
+        checkpoint,
+        "--prepared",
+        tiny_prepared,
+        "-b",
+        "average",
+        "-m",
+        "EN",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        file_limit=60_000,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot write" in proc.stderr and "is full" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's file kept, no reports
@@ -110,8 +146,9 @@ def test_train_on_a_full_disk_names_the_checkpoint(tmp_path):
     site = tmp_path / "no-stack"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
-    proc = _cli("train", "--out", out, "-p", "tiny", "--set", "train.device=cpu", file_limit=1_000_000,
-                pythonpath=site)  # the tiny UFA-Fuse checkpoint: 1.38 MB of weights alone
+    proc = _cli(
+        "train", "--out", out, "-p", "tiny", "--set", "train.device=cpu", file_limit=1_000_000, pythonpath=site
+    )  # the tiny UFA-Fuse checkpoint: 1.38 MB of weights alone
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{out}" in proc.stderr and "cannot write" in proc.stderr, proc.stderr
     assert _leftovers(tmp_path) == [] and not out.exists()  # the folder it made, empty, is gone too
@@ -141,10 +178,15 @@ def test_fuse_into_a_folder_it_may_not_write_names_the_file(tmp_path, checkpoint
     assert list(locked.iterdir()) == []
 
 
-@pytest.mark.parametrize("code,hint", [(errno.EROFS, "read-only or not writable by you"),
-                                       (errno.EACCES, "read-only or not writable by you"),
-                                       (errno.ENOSPC, "the disk (or your quota) is full"),
-                                       (errno.EIO, "is the disk full or read-only?")])
+@pytest.mark.parametrize(
+    "code,hint",
+    [
+        (errno.EROFS, "read-only or not writable by you"),
+        (errno.EACCES, "read-only or not writable by you"),
+        (errno.ENOSPC, "the disk (or your quota) is full"),
+        (errno.EIO, "is the disk full or read-only?"),
+    ],
+)
 def test_write_errors_say_what_the_user_can_do(code, hint):
     from fusion.errors import output_error
 
@@ -152,7 +194,7 @@ def test_write_errors_say_what_the_user_can_do(code, hint):
     assert str(err).startswith(f"/x/out.png: cannot write ({os.strerror(code)}); ") and hint in str(err)
 
 
-def test_fetch_onto_a_full_disk_is_one_line_and_leaves_no_partial_dataset(tmp_path, served):
+def test_fetch_onto_a_full_disk_is_one_line_and_leaves_no_partial_dataset(tmp_path, served):  # noqa: F811 - the fixture
     base, root = served
     cat = catalogue(tmp_path, base, root)
     dest = tmp_path / "dest"
@@ -168,9 +210,25 @@ def test_patches_onto_a_full_disk_is_one_line_and_leaves_no_shards(tmp_path, sha
     from tests.conftest import REPO
 
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    proc = _cli("data", "patches", "--workspace", tmp_path, "--out", "patches", "--window", "48", "--stride", "32",
-                "--set", "train.source.layout=tno", "--set", f"train.source.path={shared_data / 'irvis/TNO42'}",
-                "--set", "train.source.test_fraction=0.1", file_limit=200_000)
+    proc = _cli(
+        "data",
+        "patches",
+        "--workspace",
+        tmp_path,
+        "--out",
+        "patches",
+        "--window",
+        "48",
+        "--stride",
+        "32",
+        "--set",
+        "train.source.layout=tno",
+        "--set",
+        f"train.source.path={shared_data / 'irvis/TNO42'}",
+        "--set",
+        "train.source.test_fraction=0.1",
+        file_limit=200_000,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "cannot write" in proc.stderr and "full" in proc.stderr, proc.stderr
     assert not (tmp_path / "patches").exists() and _leftovers(tmp_path) == []

@@ -10,20 +10,30 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.models import build_model
 from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.models import build_model
 
 
 def _checkpoint(path, model, variant, **extra):
     torch.manual_seed(0)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model, "variant": variant, "model_options": {"released": False},
-                "state_dict": build_model(model, variant).state_dict(), **extra}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model,
+            "variant": variant,
+            "model_options": {"released": False},
+            "state_dict": build_model(model, variant).state_dict(),
+            **extra,
+        },
+        path,
+    )
     return path
 
 
 def _fuse(*args):
-    return subprocess.run([sys.executable, "-m", "fusion", "fuse", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", "fuse", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def _crops(shared_data, tmp_path, names, size=(40, 56)):
@@ -52,7 +62,9 @@ def test_ufa_fuses_a_colour_pair_and_a_triple(shared_data, tmp_path):
 
 def test_gray_model_on_ir_and_colour_visible_keeps_the_colour(shared_data, tmp_path):
     ckpt = _checkpoint(tmp_path / "cadnif.pt", "cadnif", "CA-DRDB-AU-GRL-Net", stage="single")
-    ir, vi = _crops(shared_data, tmp_path, ["irvis/RoadScene221/ir/FLIR_00006.jpg", "irvis/RoadScene221/vi/FLIR_00006.jpg"])
+    ir, vi = _crops(
+        shared_data, tmp_path, ["irvis/RoadScene221/ir/FLIR_00006.jpg", "irvis/RoadScene221/vi/FLIR_00006.jpg"]
+    )
     proc = _fuse(ir, vi, "--model", ckpt, "--out", tmp_path / "f.png", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     fused = cv2.imread(str(tmp_path / "f.png"), cv2.IMREAD_UNCHANGED)
@@ -94,8 +106,9 @@ def test_bfloat16_fusion_stays_within_a_gray_level_of_float32(shared_data, tmp_p
     pair = _crops(shared_data, tmp_path, ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"], size=(96, 120))
     outs = {}
     for precision in ("float32", "bfloat16"):
-        proc = _fuse(*pair, "--model", ckpt, "--out", tmp_path / f"{precision}.png", "--device", "cpu",
-                     "--precision", precision)
+        proc = _fuse(
+            *pair, "--model", ckpt, "--out", tmp_path / f"{precision}.png", "--device", "cpu", "--precision", precision
+        )
         assert proc.returncode == 0, proc.stderr
         assert f"({precision})" in proc.stdout
         outs[precision] = cv2.imread(str(tmp_path / f"{precision}.png"), cv2.IMREAD_UNCHANGED).astype(int)

@@ -27,6 +27,7 @@ MAGIC = 0xDB4775248B80FB57
 
 # ---------------------------------------------------------------- a minimal bundle writer (fakes)
 
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -54,11 +55,16 @@ def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], compression: int 
     dtypes = {np.dtype("<f4"): 1, np.dtype("<i8"): 9}
     data, entries = bytearray(), []
     for name in sorted(tensors):
-        arr = np.asarray(tensors[name])   # not ascontiguousarray: it makes 0-d arrays 1-d
+        arr = np.asarray(tensors[name])  # not ascontiguousarray: it makes 0-d arrays 1-d
         raw = arr.tobytes()
         shape = b"".join(_field(2, 2, _field(1, 0, d)) for d in arr.shape)
-        entry = (_field(1, 0, dtypes[arr.dtype]) + _field(2, 2, shape) + _field(4, 0, len(data))
-                 + _field(5, 0, len(raw)) + _field(6, 5, masked_crc32c(raw)))
+        entry = (
+            _field(1, 0, dtypes[arr.dtype])
+            + _field(2, 2, shape)
+            + _field(4, 0, len(data))
+            + _field(5, 0, len(raw))
+            + _field(6, 5, masked_crc32c(raw))
+        )
         entries.append((name.encode(), entry))
         data += raw
     entries.insert(0, (b"", _field(1, 0, 1) + _field(3, 2, _field(1, 0, 1))))
@@ -97,13 +103,14 @@ def _pair(n: int):
 
 # ---------------------------------------------------------------- reader
 
+
 def test_crc32c_is_castagnoli_and_the_lane_path_agrees_with_the_bytewise_one():
     assert crc32c(b"123456789") == 0xE3069283
     rng = np.random.default_rng(0)
     for n in (0, 3, 4095, 4096, 70001):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         crc = 0xFFFFFFFF
-        for byte in data:   # the textbook reflected loop
+        for byte in data:  # the textbook reflected loop
             crc ^= byte
             for _ in range(8):
                 crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
@@ -116,14 +123,17 @@ def test_reader_reads_every_tensor_of_the_authors_checkpoint(tf_vars):
     assert tf_vars["fusion_model/merging/dilation2_conv4/w4"].shape == (1, 1, 304, 256)
     total = sum(v.size for k, v in tf_vars.items() if "moving_" not in k)
     dead = sum(v.size for k, v in tf_vars.items() if k.startswith(DEAD_PREFIXES))
-    assert (total, dead, total - dead) == (524_881, 280_544, 244_337)     # docs/models.md
+    assert (total, dead, total - dead) == (524_881, 280_544, 244_337)  # docs/models.md
     by_index = read_checkpoint(PREFIX.with_name("model-11.index"))
     assert all(np.array_equal(by_index[k], v) for k, v in tf_vars.items())
 
 
 def test_bundle_roundtrip_through_the_fake_writer(tmp_path):
-    tensors = {"a/w": np.arange(24, dtype="<f4").reshape(2, 3, 4), "a/b": np.ones(5000, "<f4"),
-               "global_step": np.array(7, dtype="<i8")}
+    tensors = {
+        "a/w": np.arange(24, dtype="<f4").reshape(2, 3, 4),
+        "a/b": np.ones(5000, "<f4"),
+        "global_step": np.array(7, dtype="<i8"),
+    }
     got = read_checkpoint(write_bundle(tmp_path / "m", tensors))
     assert set(got) == set(tensors) and all(np.array_equal(got[k], v) for k, v in tensors.items())
 
@@ -156,12 +166,15 @@ def test_truncated_or_corrupt_files_are_data_errors_naming_the_file(tmp_path):
         convert("cadnif", [tmp_path / "nope"])
 
 
-@pytest.mark.parametrize("edit,message", [
-    ("drop", r"missing 1 CADNIF released model key\(s\): fusion_model/conv_2/BatchNorm/gamma"),
-    ("extra", r"1 key\(s\) that the CADNIF released model does not have: fusion_model/conv_9/w"),
-    ("shape", r"wrong shape: fusion_model/conv_3/w_conv_3 \[3, 3, 64, 2\]"),
-    ("other", r"none of the CADNIF released model keys found"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ("drop", r"missing 1 CADNIF released model key\(s\): fusion_model/conv_2/BatchNorm/gamma"),
+        ("extra", r"1 key\(s\) that the CADNIF released model does not have: fusion_model/conv_9/w"),
+        ("shape", r"wrong shape: fusion_model/conv_3/w_conv_3 \[3, 3, 64, 2\]"),
+        ("other", r"none of the CADNIF released model keys found"),
+    ],
+)
 def test_bad_checkpoints_name_the_file_and_the_variables(tmp_path, tf_vars, edit, message):
     t = dict(tf_vars)
     if edit == "drop":
@@ -188,6 +201,7 @@ def test_optimiser_slots_and_dead_blocks_are_ignored_and_listed(tmp_path, tf_var
 
 # ---------------------------------------------------------------- importer
 
+
 def test_every_parameter_is_its_tf_variable_transposed(imported, tf_vars):
     result, net = imported
     names = name_map()
@@ -198,7 +212,7 @@ def test_every_parameter_is_its_tf_variable_transposed(imported, tf_vars):
         assert list(want.shape) == tf_shape(got.shape)
         assert np.array_equal(got, want.transpose(3, 2, 0, 1) if want.ndim == 4 else want), key
     assert set(names) == {k for k in sd if not k.endswith("num_batches_tracked")}
-    assert len(set(names.values())) == len(names)                     # each variable used once
+    assert len(set(names.values())) == len(names)  # each variable used once
     dead = sorted(k for k in tf_vars if k.startswith(DEAD_PREFIXES))
     assert len(dead) == 16 and sorted(result.ignored) == dead
     assert set(tf_vars) == set(names.values()) | set(dead)
@@ -208,8 +222,7 @@ def test_every_parameter_is_its_tf_variable_transposed(imported, tf_vars):
 
 def test_theta_phi_g_and_the_dead_blocks_were_never_trained(tf_vars):
     """Zero biases and weights inside the initialiser's +-2 std: still their initial values."""
-    untrained = [k for k in tf_vars if k.startswith(DEAD_PREFIXES)
-                 or ("non_local" in k and "/w/" not in k)]
+    untrained = [k for k in tf_vars if k.startswith(DEAD_PREFIXES) or ("non_local" in k and "/w/" not in k)]
     assert len(untrained) == 16 + 12
     for k in untrained:
         v = tf_vars[k]
@@ -250,6 +263,7 @@ def test_import_weights_writes_a_checkpoint_that_fuses_as_the_trained_graph(tmp_
 
 # ---------------------------------------------------------------- the published test graph
 
+
 def _published(state, seed):
     net = build_model("cadnif", "CA-DRDB-AU-GRL-Net", released=True, published_test_graph=True, published_seed=seed)
     net.load_state_dict(state)
@@ -266,11 +280,14 @@ def test_published_graph_keeps_only_the_top_level_convs_and_redraws_the_rest(imp
         if key in fresh:
             assert value.abs().max() <= 2e-3 and not torch.equal(value, state[key]), key
             assert not sd[key.replace("weight", "bias")].any()
-        elif key.endswith(("weight", "bias")) and key.rsplit(".", 1)[0] in dict(net.named_modules()) and \
-                isinstance(dict(net.named_modules())[key.rsplit(".", 1)[0]], torch.nn.BatchNorm2d):
+        elif (
+            key.endswith(("weight", "bias"))
+            and key.rsplit(".", 1)[0] in dict(net.named_modules())
+            and isinstance(dict(net.named_modules())[key.rsplit(".", 1)[0]], torch.nn.BatchNorm2d)
+        ):
             assert torch.equal(value, torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value))
         elif not key.endswith("bias") or key.replace("bias", "weight") not in fresh:
-            assert torch.equal(value, state[key]), key                       # checkpoint weights kept
+            assert torch.equal(value, state[key]), key  # checkpoint weights kept
     assert net.stacking == "same"
 
 
@@ -284,15 +301,23 @@ def test_published_graph_is_deterministic_in_its_seed_through_the_checkpoint_pat
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert a.min() == 0 and a.max() == 1
     options = {"released": True, "published_test_graph": True, "published_seed": 0}
-    save_checkpoint(tmp_path / "p.pt", {"format": CHECKPOINT_FORMAT, "model": "cadnif", "variant": "CA-DRDB-AU-GRL-Net",
-                                        "model_options": options, "state_dict": state})
+    save_checkpoint(
+        tmp_path / "p.pt",
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "cadnif",
+            "variant": "CA-DRDB-AU-GRL-Net",
+            "model_options": options,
+            "state_dict": state,
+        },
+    )
     model, _ = model_from_checkpoint(tmp_path / "p.pt")
     with torch.no_grad():
         assert torch.equal(model(ir, vi), a)
 
 
 def _gray_distance(fused: torch.Tensor, published: np.ndarray) -> tuple[float, float]:
-    got = np.floor(fused[0, 0].numpy().astype(np.float64) * 255 + 0.5)     # imsave's rounding
+    got = np.floor(fused[0, 0].numpy().astype(np.float64) * 255 + 0.5)  # imsave's rounding
     d = np.abs(got - published)
     return float(d.mean()), float(d.max())
 
@@ -308,7 +333,10 @@ def test_published_images_are_closer_to_the_published_test_graph_than_to_the_tra
         for stacking in ("cross", "same"):
             net.stacking = stacking
             out = net(ir, vi)
-            trained += [_gray_distance(out, published), _gray_distance((out - out.min()) / (out.max() - out.min()), published)]
+            trained += [
+                _gray_distance(out, published),
+                _gray_distance((out - out.min()) / (out.max() - out.min()), published),
+            ]
         net.stacking = "cross"
         seeds = [_gray_distance(_published(net.state_dict(), s)(ir, vi), published) for s in (0, 1, 2)]
     print("trained graph", trained, "published graph", seeds)

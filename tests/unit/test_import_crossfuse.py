@@ -53,7 +53,9 @@ def _save(tmp_path, name, state):
 def _files(tmp_path, layouts, depth, fusion=None):
     ir = _save(tmp_path, "auto_encoder_epoch_4_ir.model", _authors(layouts["ae"], 1))
     vi = _save(tmp_path, "auto_encoder_epoch_4_vi.model", _authors(layouts["ae"], 2))
-    fu = _save(tmp_path, f"fusetrans_s{depth}_c{depth}.model", fusion if fusion is not None else _authors(layouts[depth], 3))
+    fu = _save(
+        tmp_path, f"fusetrans_s{depth}_c{depth}.model", fusion if fusion is not None else _authors(layouts[depth], 3)
+    )
     return ir, vi, fu
 
 
@@ -70,10 +72,19 @@ RULES_AE = [
     (r"recon_decoder1\.conv_block\.2\.conv2d\.0\.(\w+)", "decoder.c3.{0}"),
     (r"recon_decoder1\.conv_last\.conv2d\.0\.(\w+)", "decoder.last.{0}"),
 ]
-_PART = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attn.proj", "attn.qkv": "attn.qkv", "mlp.fc1": "mlp.0",
-         "mlp.fc2": "mlp.2", "attn.q_linear": "attn.q", "attn.k_linear": "attn.k", "attn.v_linear": "attn.v"}
-_SA_MOD = {"1": "ir", "2": "vi"}          # self_atten1(x1 = ir), self_atten2(x2 = vi)
-_CA_MOD = {"1": "vi", "2": "ir"}          # cross_atten1(ir, vi): query IR, key/value/residual VI
+_PART = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attn.proj",
+    "attn.qkv": "attn.qkv",
+    "mlp.fc1": "mlp.0",
+    "mlp.fc2": "mlp.2",
+    "attn.q_linear": "attn.q",
+    "attn.k_linear": "attn.k",
+    "attn.v_linear": "attn.v",
+}
+_SA_MOD = {"1": "ir", "2": "vi"}  # self_atten1(x1 = ir), self_atten2(x2 = vi)
+_CA_MOD = {"1": "vi", "2": "ir"}  # cross_atten1(ir, vi): query IR, key/value/residual VI
 _DEC = {"conv1": "c1", "conv_block.0": "c2", "conv_block.2": "c3", "conv_block.4": "c4", "conv_last": "last"}
 
 
@@ -83,10 +94,14 @@ def _project_key(authors_key: str, modality: str | None) -> str | None:
             if m := re.fullmatch(pattern, authors_key):
                 return f"encoders.{modality}." + template.format(*m.groups())
         return None
-    if m := re.fullmatch(r"cross_atten_block\.self_atten_block(\d)\.self_atten(\d)\.blocks\.(\d)\.(.+)\.(\w+)", authors_key):
+    if m := re.fullmatch(
+        r"cross_atten_block\.self_atten_block(\d)\.self_atten(\d)\.blocks\.(\d)\.(.+)\.(\w+)", authors_key
+    ):
         stage, mod, i, part, p = m.groups()
         return f"fusion.sa{stage}.{_SA_MOD[mod]}.{i}.{_PART[part]}.{p}"
-    if m := re.fullmatch(r"cross_atten_block\.cross_atten_block\.cross_atten(\d)\.blocks\.(\d)\.(.+)\.(\w+)", authors_key):
+    if m := re.fullmatch(
+        r"cross_atten_block\.cross_atten_block\.cross_atten(\d)\.blocks\.(\d)\.(.+)\.(\w+)", authors_key
+    ):
         mod, i, part, p = m.groups()
         return None if part == "attn.qkv" else f"fusion.ca.{_CA_MOD[mod]}.{i}.{_PART[part]}.{p}"
     if m := re.fullmatch(r"cross_atten_block\.cross_atten_block\.cross_atten(\d)\.norm\.(\w+)", authors_key):
@@ -96,9 +111,11 @@ def _project_key(authors_key: str, modality: str | None) -> str | None:
     return None
 
 
-EXPECTED_IGNORED = re.compile(r"cross_atten_block\.self_atten_block\d\.self_atten\d\.norm\.\w+"
-                              r"|cross_atten_block\.cross_atten_block\.cross_atten\d\.blocks\.\d\.attn\.qkv\.\w+"
-                              r"|conv_gra\.weight|decoder_fusion\.weight\.conv_(sh|de)\.weight")
+EXPECTED_IGNORED = re.compile(
+    r"cross_atten_block\.self_atten_block\d\.self_atten\d\.norm\.\w+"
+    r"|cross_atten_block\.cross_atten_block\.cross_atten\d\.blocks\.\d\.attn\.qkv\.\w+"
+    r"|conv_gra\.weight|decoder_fusion\.weight\.conv_(sh|de)\.weight"
+)
 
 
 def test_expected_layouts_are_the_authors_files(layouts):
@@ -131,8 +148,8 @@ def test_every_authors_tensor_lands_where_it_belongs_and_the_depth_is_inferred(t
 
 
 def test_checkpoint_loads_and_fuses_through_the_project(tmp_path, layouts):
-    from fusion.inference import load_model
     from fusion.checkpoint import model_from_checkpoint
+    from fusion.inference import load_model
 
     files = _files(tmp_path, layouts, 1)
     out, result = import_weights("crossfuse", files, tmp_path / "authors.pt")
@@ -159,18 +176,27 @@ def _expect_error(files, match):
 def test_bad_fusion_files_are_refused_naming_the_file_and_keys(tmp_path, layouts):
     good = _authors(layouts[1], 3)
     key = "decoder_fusion.conv1.conv2d.0.weight"
-    _expect_error(_files(tmp_path, layouts, 1, {k: v for k, v in good.items() if k != key}),
-                  rf"fusetrans_s1_c1.model: missing 1 .* key\(s\): {re.escape(key)}")
-    _expect_error(_files(tmp_path, layouts, 1, {**good, "extra.weight": torch.zeros(3)}),
-                  r"fusetrans_s1_c1.model: 1 key\(s\) that the .* does not have: extra.weight")
-    _expect_error(_files(tmp_path, layouts, 1, {**good, key: torch.zeros(64, 128, 1, 1)}),
-                  rf"fusetrans_s1_c1.model: wrong shape: {re.escape(key)} \[64, 128, 1, 1\]")
+    _expect_error(
+        _files(tmp_path, layouts, 1, {k: v for k, v in good.items() if k != key}),
+        rf"fusetrans_s1_c1.model: missing 1 .* key\(s\): {re.escape(key)}",
+    )
+    _expect_error(
+        _files(tmp_path, layouts, 1, {**good, "extra.weight": torch.zeros(3)}),
+        r"fusetrans_s1_c1.model: 1 key\(s\) that the .* does not have: extra.weight",
+    )
+    _expect_error(
+        _files(tmp_path, layouts, 1, {**good, key: torch.zeros(64, 128, 1, 1)}),
+        rf"fusetrans_s1_c1.model: wrong shape: {re.escape(key)} \[64, 128, 1, 1\]",
+    )
     bad_mean = {**good, "decoder_fusion.weight.conv_de.weight": torch.rand(128, 128, 3, 3)}
     _expect_error(_files(tmp_path, layouts, 1, bad_mean), r"fusetrans_s1_c1.model: decoder_fusion.weight.conv_de")
     # two SA blocks per stage with one CA block: no such network
     mixed = {**_authors(layouts[2], 3)}
     mixed = {k: v for k, v in mixed.items() if not re.search(r"cross_atten\d\.blocks\.1\.", k)}
-    _expect_error(_files(tmp_path, layouts, 1, mixed), r"fusetrans_s1_c1.model: \d+ key\(s\) that the .*self_atten_block1.self_atten1.blocks.1")
+    _expect_error(
+        _files(tmp_path, layouts, 1, mixed),
+        r"fusetrans_s1_c1.model: \d+ key\(s\) that the .*self_atten_block1.self_atten1.blocks.1",
+    )
 
 
 def test_a_file_in_the_wrong_place_is_named(tmp_path, layouts):

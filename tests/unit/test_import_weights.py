@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from fusion.checkpoint import load_checkpoint, model_from_checkpoint
 from fusion.errors import DataError
 from fusion.io import sha256_file
-from fusion.checkpoint import load_checkpoint, model_from_checkpoint
 from fusion.weights import import_weights
-
 from tests.conftest import SHARED
 
 KEYS = SHARED / "reference" / "official" / "official_state_dict_keys.json"
@@ -40,8 +39,13 @@ def authors_ufa(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fusion", "import-weights", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", "import-weights", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def test_every_authors_tensor_lands_in_the_released_model(authors_ufa, tmp_path):
@@ -63,17 +67,41 @@ def test_imported_checkpoint_fuses_through_the_cli(authors_ufa, tmp_path, shared
     proc = _cli("ufa", src, "--out", tmp_path / "ufa.pt")
     assert proc.returncode == 0, proc.stderr
     a, b = (shared_data / f"mf/Lytro20/lytro-01-{k}.jpg" for k in "AB")
-    fuse = subprocess.run([sys.executable, "-m", "fusion", "fuse", str(a), str(b), "--model", str(tmp_path / "ufa.pt"),
-                           "--out", str(tmp_path / "f.png")], capture_output=True, text=True, timeout=300)
+    fuse = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "fuse",
+            str(a),
+            str(b),
+            "--model",
+            str(tmp_path / "ufa.pt"),
+            "--out",
+            str(tmp_path / "f.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fuse.returncode == 0, fuse.stderr
     assert "released" in fuse.stdout
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda s: s.pop("sc4.att_sp.att2.conv.weight"), "missing 1 UFA-Fuse .* key.*sc4.att_sp.att2.conv.weight"),
-    (lambda s: s.__setitem__("sc4.att_sp.att3.conv.weight", torch.zeros(1, 2, 7, 7)), ".*does not have: sc4.att_sp.att3"),
-    (lambda s: s.__setitem__("fusion.weight", torch.zeros(64, 64, 1, 1)), r"wrong shape: fusion.weight \[64, 64, 1, 1\]"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda s: s.pop("sc4.att_sp.att2.conv.weight"), "missing 1 UFA-Fuse .* key.*sc4.att_sp.att2.conv.weight"),
+        (
+            lambda s: s.__setitem__("sc4.att_sp.att3.conv.weight", torch.zeros(1, 2, 7, 7)),
+            ".*does not have: sc4.att_sp.att3",
+        ),
+        (
+            lambda s: s.__setitem__("fusion.weight", torch.zeros(64, 64, 1, 1)),
+            r"wrong shape: fusion.weight \[64, 64, 1, 1\]",
+        ),
+    ],
+)
 def test_bad_layouts_are_refused_by_name_and_nothing_is_written(authors_ufa, tmp_path, damage, message):
     src, state = authors_ufa
     state = dict(state)
@@ -120,8 +148,11 @@ def test_cli_errors_are_one_line_with_exit_2(authors_ufa, tmp_path):
     taken = _cli("ufa", src, "--out", tmp_path / "taken.pt")
     assert taken.returncode == 2 and "already exists; pass --overwrite" in taken.stderr + taken.stdout
     assert (tmp_path / "taken.pt").read_bytes() == b"user data"
-    for args, text in [(("nope", src), "no importer for 'nope'"), (("ufa", src, src), "takes 1 file"),
-                       (("ufa", tmp_path / "missing.pth"), "missing.pth: file not found")]:
+    for args, text in [
+        (("nope", src), "no importer for 'nope'"),
+        (("ufa", src, src), "takes 1 file"),
+        (("ufa", tmp_path / "missing.pth"), "missing.pth: file not found"),
+    ]:
         proc = _cli(*args, "--out", tmp_path / "x.pt")
         out = proc.stderr + proc.stdout
         assert proc.returncode == 2 and text in out and "Traceback" not in out, out
@@ -134,6 +165,7 @@ def test_register_puts_the_authors_weights_in_the_registry(authors_ufa, workspac
     import cv2
     import mlflow.pyfunc
     import pandas as pd
+
     from mlflow import MlflowClient
 
     src, _ = authors_ufa
@@ -150,16 +182,20 @@ def test_register_puts_the_authors_weights_in_the_registry(authors_ufa, workspac
         pyfunc = mlflow.pyfunc.load_model("models:/authors-ufa/1")
     finally:
         mlflow.set_tracking_uri(None)
-    a, b = (cv2.imencode(".png", cv2.imread(str(shared_data / f"mf/Lytro20/lytro-01-{k}.jpg"))[:48, :64])[1].tobytes()
-            for k in "AB")
+    a, b = (
+        cv2.imencode(".png", cv2.imread(str(shared_data / f"mf/Lytro20/lytro-01-{k}.jpg"))[:48, :64])[1].tobytes()
+        for k in "AB"
+    )
     fused = pyfunc.predict(pd.DataFrame({"image_0": [a], "image_1": [b]}))["fused"][0]
     assert cv2.imdecode(np.frombuffer(fused, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
 
 
-def test_registered_authors_run_is_evaluated_and_reported_beside_the_baselines(authors_ufa, workspace, tmp_path,
-                                                                              shared_data):
+def test_registered_authors_run_is_evaluated_and_reported_beside_the_baselines(
+    authors_ufa, workspace, tmp_path, shared_data
+):
     """import --register, then `fusion evaluate --log-to` on that run, then `fusion report`."""
     import cv2
+
     from mlflow import MlflowClient
 
     src, _ = authors_ufa
@@ -174,18 +210,59 @@ def test_registered_authors_run_is_evaluated_and_reported_beside_the_baselines(a
             cv2.imwrite(str(tmp_path / side / f"{n}.png"), img)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     fusion = [sys.executable, "-m", "fusion"]
-    ev = subprocess.run([*fusion, "evaluate", "--model", f"runs:/{run_id}", "--source-a", str(tmp_path / "a"),
-                         "--source-b", str(tmp_path / "b"), "-b", "average", "-m", "Qabf", "-m", "EN",
-                         "--log-to", run_id], capture_output=True, text=True, env=env, timeout=300)
+    ev = subprocess.run(
+        [
+            *fusion,
+            "evaluate",
+            "--model",
+            f"runs:/{run_id}",
+            "--source-a",
+            str(tmp_path / "a"),
+            "--source-b",
+            str(tmp_path / "b"),
+            "-b",
+            "average",
+            "-m",
+            "Qabf",
+            "-m",
+            "EN",
+            "--log-to",
+            run_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert {"test/Qabf", "test/EN", "baseline/average/Qabf"} <= set(run.data.metrics)
-    rep = subprocess.run([*fusion, "report", run_id, "--workspace", str(workspace), "--out", str(tmp_path / "rep")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    rep = subprocess.run(
+        [*fusion, "report", run_id, "--workspace", str(workspace), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr
     table = (tmp_path / "rep" / "report.md").read_text()
     assert "authors-ufa" in table and "average" in table
-    missing = subprocess.run([*fusion, "evaluate", "--model", f"runs:/{run_id}", "--source-a", str(tmp_path / "a"),
-                              "--source-b", str(tmp_path / "b"), "--log-to", "nope"], capture_output=True, text=True,
-                             env=env, timeout=300)
+    missing = subprocess.run(
+        [
+            *fusion,
+            "evaluate",
+            "--model",
+            f"runs:/{run_id}",
+            "--source-a",
+            str(tmp_path / "a"),
+            "--source-b",
+            str(tmp_path / "b"),
+            "--log-to",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "--log-to nope: no such run" in missing.stderr

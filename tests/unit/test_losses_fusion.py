@@ -48,7 +48,7 @@ def test_laplacian_is_the_4_neighbour_kernel_with_zero_padding():
     assert lap[0, 0, 2, 2] == -4 and lap[0, 0, 1, 2] == 1 and lap[0, 0, 1, 1] == 0
     flat = laplacian(torch.full((1, 1, 5, 5), 0.5))
     assert (flat[..., 1:-1, 1:-1] == 0).all()
-    assert flat[0, 0, 0, 2] == -0.5 and flat[0, 0, 0, 0] == -1.0   # zero padding at edges and corners
+    assert flat[0, 0, 0, 2] == -0.5 and flat[0, 0, 0, 0] == -1.0  # zero padding at edges and corners
 
 
 def test_ms_ssim_properties_and_single_scale_matches_kornia_valid_ssim():
@@ -117,21 +117,19 @@ def test_cadnif_multi_focus_weights():
 def test_cadnif_released_loss_is_100_times_mse_plus_3_gradient_terms_on_the_whole_window_whatever_the_task():
     """The trained graph is fed the 120x120 label window and scores all of it: no border crop."""
     ir, vi, f = _imgs(3)
-    expected = 100 * (
-        _mse_pm1(f, ir, 0) + _mse_pm1(f, vi, 0) + 3 * _grad_pm1(f, vi, 0) + 3 * _grad_pm1(f, ir, 0)
-    )
+    expected = 100 * (_mse_pm1(f, ir, 0) + _mse_pm1(f, vi, 0) + 3 * _grad_pm1(f, vi, 0) + 3 * _grad_pm1(f, ir, 0))
     for task in ("ir-vis", "medical"):
         loss = CADNIFLoss(task, released=True)
         assert loss.crop_border == 0
         assert loss(f, ir, vi)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert CADNIFLoss("ir-vis", released=True, crop_border=6).crop_border == 6   # an explicit border wins
+    assert CADNIFLoss("ir-vis", released=True, crop_border=6).crop_border == 6  # an explicit border wins
 
 
 def test_cadnif_crop_ignores_the_border_band():
     ir, vi = _imgs(2, (30, 30))
     f = ir.clone()
     vi = ir.clone()
-    f[..., :3, :] = 0.0    # differs only in the top rows, and the Laplacian reaches one row further
+    f[..., :3, :] = 0.0  # differs only in the top rows, and the Laplacian reaches one row further
     assert CADNIFLoss("ir-vis", crop_border=6)(f, ir, vi)["loss"].item() == 0.0
     assert CADNIFLoss("ir-vis", crop_border=0)(f, ir, vi)["loss"].item() > 0.0
     with pytest.raises(ValueError, match="too small"):
@@ -170,9 +168,9 @@ def test_crossfuse_ae_loss():
 
 def test_crossfuse_intensity_target_takes_the_source_with_the_brighter_local_mean():
     ir = torch.zeros(1, 1, 24, 24)
-    ir[..., :, :12] = 0.9                       # bright left half in IR
+    ir[..., :, :12] = 0.9  # bright left half in IR
     vi = torch.full((1, 1, 24, 24), 0.4)
-    vi = vi + 0.05 * torch.rand(1, 1, 24, 24)   # textured, mid-grey VIS
+    vi = vi + 0.05 * torch.rand(1, 1, 24, 24)  # textured, mid-grey VIS
     target = CrossFuseLoss().intensity_target(ir, vi)
     torch.testing.assert_close(target[..., :, :4], ir[..., :, :4])
     torch.testing.assert_close(target[..., :, 20:], vi[..., :, 20:])
@@ -181,9 +179,9 @@ def test_crossfuse_intensity_target_takes_the_source_with_the_brighter_local_mea
 
 def test_crossfuse_gradient_target_is_the_max_of_clipped_laplacians():
     ir = torch.zeros(1, 1, 9, 9)
-    ir[..., 4, 4] = 1.0                         # bright dot: +1 around it, -4 on it
+    ir[..., 4, 4] = 1.0  # bright dot: +1 around it, -4 on it
     vi = torch.ones(1, 1, 9, 9)
-    vi[..., 4, 4] = 0.0                         # dark dot: +4 on it, -1 around it; -1/-2 on the border
+    vi[..., 4, 4] = 0.0  # dark dot: +4 on it, -1 around it; -1/-2 on the border
     target = CrossFuseLoss().gradient_target(ir, vi)
     expected = torch.zeros(1, 1, 9, 9)
     expected[..., 4, 4] = 4.0

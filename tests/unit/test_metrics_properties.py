@@ -198,8 +198,27 @@ def test_symmetric_in_the_sources():
 
 # ------------------------------------------------------------- API and errors
 def test_registry_and_default_selection():
-    assert {"EN", "SD", "SF", "AG", "MI", "CC", "SCD", "VIF", "Qabf", "SSIM", "FMI_pixel", "FMI_dct", "FMI_w",
-            "Qc", "Qm", "PSNR", "SSIM_gt", "PSNR_gt", "L1_gt"} == set(metrics.METRICS)
+    assert {
+        "EN",
+        "SD",
+        "SF",
+        "AG",
+        "MI",
+        "CC",
+        "SCD",
+        "VIF",
+        "Qabf",
+        "SSIM",
+        "FMI_pixel",
+        "FMI_dct",
+        "FMI_w",
+        "Qc",
+        "Qm",
+        "PSNR",
+        "SSIM_gt",
+        "PSNR_gt",
+        "L1_gt",
+    } == set(metrics.METRICS)
     for name, info in metrics.METRICS.items():
         assert info.name == name and info.description
         assert info.needs_gt == name.endswith("_gt")
@@ -324,7 +343,9 @@ def test_fmi_windows_match_numpy_twin(band, monkeypatch):
     monkeypatch.setattr(fmi, "_CPU_WINDOWS", band)
     for label, x, f in _fmi_cases():
         want = _numpy_ref._fmi_map(x, f)
-        got_x, got_f = fmi.fmi_maps_torch([torch.from_numpy(x)[None], torch.from_numpy(f)[None]], torch.from_numpy(f)[None])
+        got_x, got_f = fmi.fmi_maps_torch(
+            [torch.from_numpy(x)[None], torch.from_numpy(f)[None]], torch.from_numpy(f)[None]
+        )
         np.testing.assert_allclose(got_x[0].numpy(), want, rtol=0, atol=1e-12, err_msg=label)
         np.testing.assert_allclose(got_f[0].numpy(), np.ones_like(want), rtol=0, atol=0, err_msg=label)
 

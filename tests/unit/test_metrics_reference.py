@@ -30,7 +30,9 @@ TOLERANCE = defaultdict(lambda: 1e-6, {"Qabf": 1e-4})
 
 def _need_shared():
     if not REFERENCE.is_file() or not TNO.is_dir() or not FUSED.is_dir():
-        pytest.skip(f"shared TNO data or reference values not found under {SHARED} (expected ../shared beside the repo)")
+        pytest.skip(
+            f"shared TNO data or reference values not found under {SHARED} (expected ../shared beside the repo)"
+        )
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -10,17 +10,25 @@ import pytest
 import torch
 
 from fusion import tracking
-from fusion.tracking import model_flavor as mlflow_model
+from fusion.checkpoint import CHECKPOINT_FORMAT
 from fusion.errors import DataError
 from fusion.inference import fuse, load_model
 from fusion.models import build_model
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.tracking import model_flavor as mlflow_model
 
 
 def _checkpoint(path, model="ufa", variant="UFA"):
     torch.manual_seed(0)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model, "variant": variant, "model_options": {"released": False},
-                "state_dict": build_model(model, variant).state_dict()}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model,
+            "variant": variant,
+            "model_options": {"released": False},
+            "state_dict": build_model(model, variant).state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -57,12 +65,19 @@ def test_logged_model_fuses_two_or_three_images_like_fusion_fuse(tmp_path, image
         mlflow.set_tracking_uri(None)
     names = [c.name for c in loaded.metadata.get_input_schema().inputs]
     assert names[:3] == ["image_0", "image_1", "image_2"] and len(names) == mlflow_model.MAX_INPUTS
-    frame = pd.DataFrame({"image_0": [_png(images[0]), _png(images[0])], "image_1": [_png(images[1]), _png(images[1])],
-                          "image_2": [None, _png(images[2])]})
+    frame = pd.DataFrame(
+        {
+            "image_0": [_png(images[0]), _png(images[0])],
+            "image_1": [_png(images[1]), _png(images[1])],
+            "image_2": [None, _png(images[2])],
+        }
+    )
     out = loaded.predict(frame)
     model, _ = load_model(ckpt)
     for row, sources in enumerate((images[:2], images)):
-        fused = cv2.cvtColor(cv2.imdecode(np.frombuffer(out["fused"][row], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        fused = cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(out["fused"][row], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+        )
         assert fused.shape == (37, 53, 3)
         assert np.array_equal(fused, fuse(model, sources, "cpu"))  # the same as `fusion fuse`
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from fusion.tracking import model_flavor as mlflow_model
-from fusion.models import build_model
 from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.models import build_model
+from fusion.tracking import model_flavor as mlflow_model
 
 
 def _png(h: int, w: int, seed: int = 0) -> bytes:
@@ -31,8 +31,16 @@ def loaded(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("pyfunc")
     torch.manual_seed(0)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {"released": False},
-                "state_dict": build_model("ufa", "UFA").state_dict()}, tmp / "best.pt")
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "ufa",
+            "variant": "UFA",
+            "model_options": {"released": False},
+            "state_dict": build_model("ufa", "UFA").state_dict(),
+        },
+        tmp / "best.pt",
+    )
     return mlflow.pyfunc.load_model(str(mlflow_model.save(tmp / "best.pt", tmp / "model")))
 
 
@@ -43,15 +51,26 @@ def _refused(loaded, frame: pd.DataFrame) -> str:
     return info.value.message
 
 
-@pytest.mark.parametrize("frame, expected", [
-    ({"image_0": [_png(20, 30)], "image_1": [b"not an image"]}, r"row 0, image_1: cannot decode the image bytes \(12 bytes"),
-    ({"image_0": [_png(20, 30)], "image_1": [b""]}, r"row 0, image_1: cannot decode the image bytes \(0 bytes"),
-    ({"image_0": [_png(20, 30)], "image_1": [_png(21, 30)]},
-     r"row 0: the images differ in size \(image_0 30x20, image_1 30x21; width x height\)"),
-    ({"image_0": [_png(20, 30), _png(20, 30)], "image_1": [_png(20, 30), None]},
-     r"row 1: 1 image\(s\) \(image_0\); the model fuses 2 to 8 images"),
-    ({"image_0": [_png(20, 30)], "image_1": ["%%% not base64"]}, r"row 0, image_1: text that is not base64"),
-], ids=["undecodable", "empty", "sizes", "single", "text"])
+@pytest.mark.parametrize(
+    "frame, expected",
+    [
+        (
+            {"image_0": [_png(20, 30)], "image_1": [b"not an image"]},
+            r"row 0, image_1: cannot decode the image bytes \(12 bytes",
+        ),
+        ({"image_0": [_png(20, 30)], "image_1": [b""]}, r"row 0, image_1: cannot decode the image bytes \(0 bytes"),
+        (
+            {"image_0": [_png(20, 30)], "image_1": [_png(21, 30)]},
+            r"row 0: the images differ in size \(image_0 30x20, image_1 30x21; width x height\)",
+        ),
+        (
+            {"image_0": [_png(20, 30), _png(20, 30)], "image_1": [_png(20, 30), None]},
+            r"row 1: 1 image\(s\) \(image_0\); the model fuses 2 to 8 images",
+        ),
+        ({"image_0": [_png(20, 30)], "image_1": ["%%% not base64"]}, r"row 0, image_1: text that is not base64"),
+    ],
+    ids=["undecodable", "empty", "sizes", "single", "text"],
+)
 def test_a_bad_request_is_an_invalid_parameter_naming_the_row_and_column(loaded, frame, expected):
     message = _refused(loaded, pd.DataFrame(frame))
     assert re.search(expected, message), message

@@ -15,12 +15,12 @@ from fusion.models.cadnif import CrossAttentionBlock, CrossNonLocal, DilatedResi
 VARIANTS = ["OD-Net", "CA-Net", "CA-DRDB-Net", "CA-DRDB-AU-Net", "CA-DRDB-AU-GRL-Net"]
 
 # Hand counts (weights + biases, BN = 2 x channels):
-SHALLOW_PAIR = 6 * 16 + 16 + 32                      # 1x1 6->16 + BN
-SHALLOW_STREAMS = 2 * (3 * 16 + 16 + 32)             # 1x1 3->16 + BN, per stream
+SHALLOW_PAIR = 6 * 16 + 16 + 32  # 1x1 6->16 + BN
+SHALLOW_STREAMS = 2 * (3 * 16 + 16 + 32)  # 1x1 3->16 + BN, per stream
 BLOCK = 2 * ((32 * 9 * 16 + 16) + (16 * 9 * 16 + 16)) + (48 * 9 * 16 + 16) + 32  # two gates + out conv + BN
 CA_DENSE = sum(c * 9 * 16 + 16 for c in (32, 48, 64, 80))
 OD_DENSE = sum(c * 9 * 16 + 16 for c in (16, 32, 48, 64, 80))
-AUX = 2 * (4 * (16 * 16 + 16) + 32)                  # theta, phi, g, W (+BN on W), two blocks
+AUX = 2 * (4 * (16 * 16 + 16) + 32)  # theta, phi, g, W (+BN on W), two blocks
 DRDB = sum(c * 9 * 16 + 16 for c in (64, 80, 96)) + (112 * 64 + 64)
 MERGE_OUT = 128 * 64 + 64
 
@@ -37,10 +37,24 @@ EXPECTED = {
     "OD-Net": SHALLOW_PAIR + OD_DENSE + merge_in(96) + tail(64),
     "CA-Net": SHALLOW_PAIR + SHALLOW_STREAMS + 5 * BLOCK + CA_DENSE + merge_in(96) + tail(64),
     "CA-DRDB-Net": SHALLOW_PAIR + SHALLOW_STREAMS + 5 * BLOCK + CA_DENSE + merge_in(96) + DRDB + MERGE_OUT + tail(64),
-    "CA-DRDB-AU-Net": SHALLOW_PAIR + SHALLOW_STREAMS + 5 * BLOCK + CA_DENSE + AUX + merge_in(128) + DRDB + MERGE_OUT
+    "CA-DRDB-AU-Net": SHALLOW_PAIR
+    + SHALLOW_STREAMS
+    + 5 * BLOCK
+    + CA_DENSE
+    + AUX
+    + merge_in(128)
+    + DRDB
+    + MERGE_OUT
     + tail(64),
-    "CA-DRDB-AU-GRL-Net": SHALLOW_PAIR + SHALLOW_STREAMS + 5 * BLOCK + CA_DENSE + AUX + merge_in(128) + DRDB
-    + MERGE_OUT + tail(80),
+    "CA-DRDB-AU-GRL-Net": SHALLOW_PAIR
+    + SHALLOW_STREAMS
+    + 5 * BLOCK
+    + CA_DENSE
+    + AUX
+    + merge_in(128)
+    + DRDB
+    + MERGE_OUT
+    + tail(80),
 }
 
 
@@ -67,8 +81,8 @@ def test_parameter_counts_match_hand_counts(variant):
 def test_full_model_count_and_each_ablation_step_removes_its_part():
     n = {v: count_parameters(build_model("cadnif", v)) for v in VARIANTS}
     assert n["CA-DRDB-AU-GRL-Net"] == 244_337
-    assert n["CA-DRDB-AU-GRL-Net"] - n["CA-DRDB-AU-Net"] == 16 * 9 * 64        # tail conv sees c0 (16 ch)
-    assert n["CA-DRDB-AU-Net"] - n["CA-DRDB-Net"] == AUX + 32 * 64             # branch + its 32 merge inputs
+    assert n["CA-DRDB-AU-GRL-Net"] - n["CA-DRDB-AU-Net"] == 16 * 9 * 64  # tail conv sees c0 (16 ch)
+    assert n["CA-DRDB-AU-Net"] - n["CA-DRDB-Net"] == AUX + 32 * 64  # branch + its 32 merge inputs
     assert n["CA-DRDB-Net"] - n["CA-Net"] == DRDB + MERGE_OUT
     assert n["CA-Net"] - n["OD-Net"] == SHALLOW_STREAMS + 5 * BLOCK + CA_DENSE - OD_DENSE
     assert n["OD-Net"] < n["CA-Net"] < n["CA-DRDB-Net"] < n["CA-DRDB-AU-Net"] < n["CA-DRDB-AU-GRL-Net"]
@@ -133,8 +147,8 @@ def test_inputs_are_mapped_to_minus_one_one_and_stacked_per_paper_or_release():
     paper = _shallow_input(build_model("cadnif", "CA-DRDB-AU-GRL-Net"), a, b)
     released = _shallow_input(build_model("cadnif", "CA-DRDB-AU-GRL-Net", released=True), a, b)
     # channels: stream a (3) then stream b (3); a -> -1, b -> +1
-    assert paper[0, :, 0, 0].tolist() == [-1, -1, -1, 1, 1, 1]            # three planes of the same source
-    assert released[0, :, 0, 0].tolist() == [-1, -1, 1, 1, 1, -1]         # [ir, ir, vi], [vi, vi, ir]
+    assert paper[0, :, 0, 0].tolist() == [-1, -1, -1, 1, 1, 1]  # three planes of the same source
+    assert released[0, :, 0, 0].tolist() == [-1, -1, 1, 1, 1, -1]  # [ir, ir, vi], [vi, vi, ir]
 
 
 def test_released_option_keeps_the_graph_size_and_uses_leaky_relu_in_the_drdb():
@@ -169,9 +183,9 @@ def test_cross_non_local_is_softmax_attention_from_one_stream_to_the_other():
     torch.manual_seed(0)
     nl = CrossNonLocal(4).eval()
     q, kv = torch.randn(1, 4, 3, 5), torch.randn(1, 4, 3, 5)
-    theta = nl.theta(q).flatten(2)[0].T          # HW x C
-    phi = nl.phi(kv).flatten(2)[0]               # C x HW
-    g = nl.g(kv).flatten(2)[0].T                 # HW x C
+    theta = nl.theta(q).flatten(2)[0].T  # HW x C
+    phi = nl.phi(kv).flatten(2)[0]  # C x HW
+    g = nl.g(kv).flatten(2)[0].T  # HW x C
     y = (torch.softmax(theta @ phi, dim=-1) @ g).T.reshape(1, 4, 3, 5)
     torch.testing.assert_close(nl(q, kv), q + nl.w(y), rtol=1e-4, atol=1e-5)
 
@@ -239,7 +253,13 @@ def _trained_graph_layers():
         layers += [conv(f"{s}.0", cin, 16, 1), bn(f"{s}.1", 16), lr(f"{s}.2")]
     for k in range(5):
         for g in (f"blocks.{k}.gate_a", f"blocks.{k}.gate_b"):
-            layers += [conv(f"{g}.0", 32, 16, 3), lr(f"{g}.1"), conv(f"{g}.2", 16, 16, 3), lr(f"{g}.3"), (f"{g}.4", "sigmoid")]
+            layers += [
+                conv(f"{g}.0", 32, 16, 3),
+                lr(f"{g}.1"),
+                conv(f"{g}.2", 16, 16, 3),
+                lr(f"{g}.3"),
+                (f"{g}.4", "sigmoid"),
+            ]
         layers += [conv(f"blocks.{k}.out.0", 48, 16, 3), bn(f"blocks.{k}.out.1", 16)]
     for k, cin in enumerate((32, 48, 64, 80)):
         layers += [conv(f"dense_convs.{k}.0", cin, 16, 3), lr(f"dense_convs.{k}.1")]
@@ -250,7 +270,13 @@ def _trained_graph_layers():
     for i, cin in enumerate((64, 80, 96)):
         layers += [conv(f"drdb.convs.{i}.0", cin, 16, 3, 2), lr(f"drdb.convs.{i}.1")]
     layers += [conv("drdb.fuse.0", 112, 64, 1), lr("drdb.fuse.1"), conv("merge_out.0", 128, 64, 1), lr("merge_out.1")]
-    layers += [conv("tail.0.0", 80, 64, 3), bn("tail.0.1", 64), lr("tail.0.2"), conv("tail.1", 64, 1, 3), ("tail.2", "tanh")]
+    layers += [
+        conv("tail.0.0", 80, 64, 3),
+        bn("tail.0.1", 64),
+        lr("tail.0.2"),
+        conv("tail.1", 64, 1, 3),
+        ("tail.2", "tanh"),
+    ]
     return layers
 
 
@@ -265,6 +291,7 @@ def _record(model, *inputs):
     def hook(mod, inp, out, name):
         seen[name] = (inp, out)
         calls.extend([name] if isinstance(mod, torch.nn.Conv2d) else [])
+
     for name, m in model.named_modules():
         hooks.append(m.register_forward_hook(partial(hook, name=name)))
     with torch.no_grad():
@@ -278,11 +305,26 @@ def test_released_forward_runs_the_layers_in_the_graphs_order_and_never_the_atte
     calls, _ = _record(_released(), *_pair((12, 10)))
     expected = ["shallow_pair.0", "shallow_a.0", "shallow_b.0"]
     for k in range(5):
-        expected += [f"blocks.{k}.gate_a.0", f"blocks.{k}.gate_a.2", f"blocks.{k}.gate_b.0", f"blocks.{k}.gate_b.2",
-                     f"blocks.{k}.out.0"] + ([f"dense_convs.{k}.0"] if k < 4 else [])
-    expected += ["aux.0.w.0", "aux.1.w.0", "merge_in.0", "drdb.convs.0.0", "drdb.convs.1.0", "drdb.convs.2.0",
-                 "drdb.fuse.0", "merge_out.0", "tail.0.0", "tail.1"]
-    assert calls == expected   # theta / phi / g never run
+        expected += [
+            f"blocks.{k}.gate_a.0",
+            f"blocks.{k}.gate_a.2",
+            f"blocks.{k}.gate_b.0",
+            f"blocks.{k}.gate_b.2",
+            f"blocks.{k}.out.0",
+        ] + ([f"dense_convs.{k}.0"] if k < 4 else [])
+    expected += [
+        "aux.0.w.0",
+        "aux.1.w.0",
+        "merge_in.0",
+        "drdb.convs.0.0",
+        "drdb.convs.1.0",
+        "drdb.convs.2.0",
+        "drdb.fuse.0",
+        "merge_out.0",
+        "tail.0.0",
+        "tail.1",
+    ]
+    assert calls == expected  # theta / phi / g never run
 
 
 def test_released_dense_concatenations_follow_the_graphs_channel_order():
@@ -308,7 +350,7 @@ def test_released_gate_is_sigmoid_of_leaky_relu_after_both_convs():
     for block in (paper, released):
         with torch.no_grad():
             block.gate_a[0].weight.zero_()
-            block.gate_a[0].bias.fill_(-1.0)            # first conv: -1 everywhere
+            block.gate_a[0].bias.fill_(-1.0)  # first conv: -1 everywhere
             block.gate_a[2].weight.zero_()
             block.gate_a[2].bias.zero_()
             for c in range(16):
@@ -316,7 +358,7 @@ def test_released_gate_is_sigmoid_of_leaky_relu_after_both_convs():
     x = torch.randn(1, 16, 5, 6)
     g_paper, _ = paper.gates(x, x, x)
     g_rel, _ = released.gates(x, x, x)
-    torch.testing.assert_close(g_paper, torch.full_like(x, 0.5))                      # sigmoid(ReLU(-1) = 0)
+    torch.testing.assert_close(g_paper, torch.full_like(x, 0.5))  # sigmoid(ReLU(-1) = 0)
     torch.testing.assert_close(g_rel, torch.full_like(x, torch.sigmoid(torch.tensor(-0.04)).item()))  # LReLU twice
     torch.manual_seed(1)
     block = CrossAttentionBlock(16, released=True)
@@ -352,13 +394,13 @@ def test_released_bn_uses_each_images_own_statistics_in_eval_with_tf_epsilons():
     x = (torch.randn(2, 16, 5, 5) * 1e-4 + torch.arange(2.0).view(2, 1, 1, 1)).double()
     bn = bn.double()
     with torch.no_grad():
-        bn.running_mean.fill_(7.0)                  # running statistics play no part
+        bn.running_mean.fill_(7.0)  # running statistics play no part
         bn.running_var.fill_(3.0)
         got = bn(x)
     mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
     rel = lambda eps: ((got - (x - mean) / torch.sqrt(var + eps)).abs().max() / got.abs().max()).item()  # noqa: E731
     assert rel(TF_EPS) < 1e-9 and rel(1e-5) > 3e-5
-    with torch.no_grad():                            # per image: batching does not change a result
+    with torch.no_grad():  # per image: batching does not change a result
         torch.testing.assert_close(bn(x[1:]), got[1:])
 
 
@@ -392,7 +434,7 @@ def test_released_fuses_whole_images_and_paper_mode_tiles_them():
     sizes = {}
     for name, model in (("paper", build_model("cadnif", "CA-DRDB-AU-GRL-Net")), ("released", _released())):
         seen = []
-        model.shallow_pair.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+        model.shallow_pair.register_forward_hook(lambda m, inp, out, seen=seen: seen.append(tuple(inp[0].shape[-2:])))
         with torch.no_grad():
             model.eval()(*_pair((133, 100)))
         sizes[name] = seen
@@ -402,7 +444,13 @@ def test_released_fuses_whole_images_and_paper_mode_tiles_them():
 
 def test_options_are_registered_and_checked():
     spec = MODELS["cadnif"]
-    assert set(spec.options) == {"stacking", "bn_running_stats", "aux_attention", "published_test_graph", "published_seed"}
+    assert set(spec.options) == {
+        "stacking",
+        "bn_running_stats",
+        "aux_attention",
+        "published_test_graph",
+        "published_seed",
+    }
     with pytest.raises(ConfigError, match="stacking"):
         _released(stacking="diagonal")
     with pytest.raises(ConfigError, match="published_test_graph"):

@@ -56,7 +56,7 @@ EXPECTED = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small(variant):
     """Eval-mode model with 4-pixel CAM windows, shared by read-only tests (building costs more than running)."""
     return CrossFuse(variant, window=4).eval()
@@ -81,7 +81,7 @@ def test_parameter_counts_match_hand_counts(variant):
 def test_pinned_totals_and_differences():
     assert EXPECTED["full"] == 21_564_259
     assert ENCODER == 1_125_312 and BLOCK == 3_152_384
-    assert EXPECTED["s2-c2"] - EXPECTED["s1-c1"] == 6 * BLOCK   # 2 SA + 1 CA block per modality
+    assert EXPECTED["s2-c2"] - EXPECTED["s1-c1"] == 6 * BLOCK  # 2 SA + 1 CA block per modality
     assert EXPECTED["full"] - EXPECTED["one-stage"] == 2 * RECON  # no stage-1 decoders
     assert count_parameters(build_model("crossfuse", "full", released=True)) == EXPECTED["full"] + 2  # BN on 1x1
 
@@ -140,7 +140,7 @@ def test_autoencode_reconstructs_at_input_size(size):
 
 def test_padding_reaches_the_needed_multiple():
     assert pad_to_multiple(torch.rand(1, 1, 37, 53), 8).shape[-2:] == (40, 56)
-    assert pad_to_multiple(torch.rand(1, 1, 3, 5), 8, minimum=16).shape[-2:] == (16, 16)   # replicate fallback
+    assert pad_to_multiple(torch.rand(1, 1, 3, 5), 8, minimum=16).shape[-2:] == (16, 16)  # replicate fallback
     x = torch.rand(1, 1, 32, 64)
     assert pad_to_multiple(x, 32) is x
 
@@ -197,11 +197,11 @@ def _roll_spy(monkeypatch):
 @pytest.mark.parametrize(
     "variant,released,training,rolls",
     [
-        ("full", False, True, 4),        # shift + unshift, per modality
+        ("full", False, True, 4),  # shift + unshift, per modality
         ("full", False, False, 4),
         ("no-shift", False, False, 0),
         ("no-shift", False, True, 0),
-        ("full", True, True, 0),         # released code: shift off in training
+        ("full", True, True, 0),  # released code: shift off in training
         ("full", True, False, 4),
     ],
 )
@@ -220,13 +220,13 @@ def _small_cam(**kw):
 
 
 def test_roll_within_one_window_cannot_change_attention_but_a_global_roll_does():
-    ir, vi = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8)   # 2 x 2 windows of 4
+    ir, vi = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8)  # 2 x 2 windows of 4
     plain, inside, across = _small_cam(shift=False), _small_cam(shift_within_window=True), _small_cam()
     inside.load_state_dict(plain.state_dict())
     across.load_state_dict(plain.state_dict())
     with torch.no_grad():
         ref = plain(ir, vi)
-        torch.testing.assert_close(inside(ir, vi), ref, rtol=1e-4, atol=1e-5)   # token permutation only
+        torch.testing.assert_close(inside(ir, vi), ref, rtol=1e-4, atol=1e-5)  # token permutation only
         assert not torch.allclose(across(ir, vi), ref, atol=1e-3)
         one_window = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)
         torch.testing.assert_close(across(*one_window), plain(*one_window), rtol=1e-4, atol=1e-5)
@@ -331,8 +331,11 @@ def test_released_options_are_registered_and_validated():
     from fusion.errors import ConfigError
     from fusion.models.crossfuse import RELEASED_OPTIONS
 
-    assert set(MODELS["crossfuse"].options) == set(RELEASED_OPTIONS) == {
-        "fix_ca_chaining", "fix_odd_sizes", "fix_weight_decay", "fix_ms_ssim"}
+    assert (
+        set(MODELS["crossfuse"].options)
+        == set(RELEASED_OPTIONS)
+        == {"fix_ca_chaining", "fix_odd_sizes", "fix_weight_decay", "fix_ms_ssim"}
+    )
     released = CrossFuse("s2-c2", window=4, released=True)
     assert released.fusion.released_chaining and released.released_sizing
     assert released.optimizer_overrides == {"weight_decay": 0.9}
@@ -367,7 +370,7 @@ def _authors_cross_module(blocks, final_norm, x1, x2):
         b, n, d = x_[0].shape
         h = a.heads
 
-        def split(t):
+        def split(t, b=b, n=n, h=h, d=d):
             return t.reshape(b, n, h, d // h).permute(0, 2, 1, 3)
 
         q, k, v = split(a.q(x_[0])), split(a.k(x_[1])), split(a.v(x_[2]))
@@ -383,14 +386,14 @@ def _authors_cross_module(blocks, final_norm, x1, x2):
 def test_released_chaining_of_stacked_cross_attention_blocks_is_the_authors(depth):
     cam_ = _small_cam(depth=depth, released_chaining=True)
     _randomise_norms(cam_)
-    ir, vi = torch.randn(2, 4, 32), torch.randn(2, 4, 32)   # tokens: 2 windows x 4 tokens x (8 x 2 x 2)
+    ir, vi = torch.randn(2, 4, 32), torch.randn(2, 4, 32)  # tokens: 2 windows x 4 tokens x (8 x 2 x 2)
     with torch.no_grad():
         # cross_atten1(ir, vi): query IR, key/value VI -> the project's VI branch; cross_atten2 -> IR
         want_vi = _authors_cross_module(cam_.ca["vi"], cam_.ca_norm["vi"], ir, vi)
         want_ir = _authors_cross_module(cam_.ca["ir"], cam_.ca_norm["ir"], vi, ir)
         torch.testing.assert_close(cam_.cross_branch(vi, ir, "vi"), want_vi, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(cam_.cross_branch(ir, vi, "ir"), want_ir, rtol=1e-4, atol=1e-5)
-        cam_.released_chaining = False   # the paper chaining (train.options.fix_ca_chaining) is another network
+        cam_.released_chaining = False  # the paper chaining (train.options.fix_ca_chaining) is another network
         assert not torch.allclose(cam_.cross_branch(vi, ir, "vi"), want_vi, atol=1e-3)
 
 
@@ -422,7 +425,7 @@ def test_released_sizing_floors_in_pooling_and_centre_pads_the_decoder_output():
     model.decoder.c4.register_forward_hook(lambda mod, inp, out: seen.update(c4=out.shape[-2:]))
     with torch.no_grad():
         out = model(ir, vi)
-        assert out.shape == (1, 1, 100, 76) and seen["c4"] == (96, 72)   # 100 // 8 * 8, 76 // 8 * 8
+        assert out.shape == (1, 1, 100, 76) and seen["c4"] == (96, 72)  # 100 // 8 * 8, 76 // 8 * 8
         # hand reference: no input padding, deep maps 12 x 9, decoder output reflect-padded by 2 on every side
         enc = {m: model.encoders[m].encoder(x) for m, x in (("ir", ir), ("vi", vi))}
         sh, de = {m: e[0] for m, e in enc.items()}, {m: e[1] for m, e in enc.items()}

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from fusion.errors import ConfigError
 from fusion.models import build_model, count_parameters
 from fusion.models.ufa_released import channel_masks, spatial_masks
-
 from tests.conftest import SHARED
 
 KEYS = SHARED / "reference" / "official" / "official_state_dict_keys.json"
@@ -36,8 +35,11 @@ def _authors_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: torch.randn(v, generator=g) * 0.05 for k, v in _authors_layout().items()}
 
 
-def reference_forward(w: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+def reference_forward(
+    w: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, fixed: bool = False
+) -> torch.Tensor:
     """The released AF forward as docs/models.md states it, in F.* calls on the authors' keys."""
+
     def conv(x, name, lrelu=True):
         k = w[f"{name}.weight"]
         y = F.conv2d(x, k, w.get(f"{name}.bias"), padding=k.shape[-1] // 2)
@@ -125,8 +127,12 @@ def test_the_spatial_softmax_bug_changes_the_output_and_the_fix_removes_it():
         m = build_model("ufa", "UFA", released=True, fix_spatial_softmax=fixed).eval()
         m.load_state_dict(w)
         with torch.no_grad():
-            outs.append(m(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)),
-                          torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))))
+            outs.append(
+                m(
+                    torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)),
+                    torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)),
+                )
+            )
     assert (outs[0] - outs[1]).abs().max() > 1e-4
 
 
@@ -139,10 +145,10 @@ def test_channel_masks_on_inputs_with_a_known_answer():
 
 def test_spatial_masks_reproduce_the_released_bug_and_its_fix():
     a1, a2 = torch.full((1, 1, 2, 2), math.log(2.0)), torch.full((1, 1, 2, 2), math.log(3.0))
-    m1, m2 = spatial_masks(a1, a2, fixed=False)   # 2 / (3 + 3), 3 / (2 + 3)
+    m1, m2 = spatial_masks(a1, a2, fixed=False)  # 2 / (3 + 3), 3 / (2 + 3)
     torch.testing.assert_close(m1, torch.full_like(a1, 1 / 3))
     torch.testing.assert_close(m2, torch.full_like(a1, 3 / 5))
-    f1, _ = spatial_masks(a1, a2, fixed=True)     # 2 / (2 + 3)
+    f1, _ = spatial_masks(a1, a2, fixed=True)  # 2 / (2 + 3)
     torch.testing.assert_close(f1, torch.full_like(a1, 2 / 5))
 
 
@@ -186,4 +192,4 @@ def test_released_loss_uses_a_zero_padded_ssim_window():
     x, y = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
     assert build_loss("ufa", Cfg()).ssim is ssim_zero_padded
     assert ssim_zero_padded(x, x).item() == pytest.approx(1.0, abs=1e-6)
-    assert abs(ssim_zero_padded(x, y).item() - ssim(x, y).item()) > 1e-4   # the border differs
+    assert abs(ssim_zero_padded(x, y).item() - ssim(x, y).item()) > 1e-4  # the border differs

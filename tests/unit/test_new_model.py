@@ -116,7 +116,9 @@ def test_a_new_models_second_stage_starts_from_its_first_through_the_recipe(blen
     with pytest.raises(ConfigError, match="train.stage=blend needs train.init_from"):
         Trainer(blend(**{"train.variant": "staged", "train.stage": "blend"}), tiny_prepared)
 
-    trainer = Trainer(blend(**{"train.variant": "staged", "train.init_from": str(tmp_path / "s1" / LAST)}), tiny_prepared)
+    trainer = Trainer(
+        blend(**{"train.variant": "staged", "train.init_from": str(tmp_path / "s1" / LAST)}), tiny_prepared
+    )
     assert trainer.stage == "blend"
     trainer.fit(tmp_path / "s2")
     second = load_checkpoint(tmp_path / "s2" / LAST)

@@ -9,20 +9,29 @@ import cv2
 import numpy as np
 import torch
 
-from fusion.models import build_model
 from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.models import build_model
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_fuse_refuses_to_overwrite_a_source_or_an_existing_file(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "ufa.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": "ufa", "variant": "UFA", "model_options": {"released": False},
-                "state_dict": build_model("ufa", "UFA").state_dict()}, ckpt)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": "ufa",
+            "variant": "UFA",
+            "model_options": {"released": False},
+            "state_dict": build_model("ufa", "UFA").state_dict(),
+        },
+        ckpt,
+    )
     rng = np.random.default_rng(0)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for p in (a, b):
@@ -48,4 +57,4 @@ def test_train_out_refuses_a_folder_with_an_earlier_runs_checkpoints(workspace, 
     assert proc.returncode == 2, proc.stderr
     assert "holds the checkpoints of an earlier run (last.pt)" in proc.stderr and "--resume" in proc.stderr
     assert (out / "last.pt").read_bytes() == b"a finished run"
-    assert not (workspace / "prepared").exists()   # refused before any work
+    assert not (workspace / "prepared").exists()  # refused before any work

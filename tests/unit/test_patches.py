@@ -44,7 +44,9 @@ def test_windows_are_aligned_and_augmented_identically(tmp_path):
     assert np.array_equal(first[1], np.rot90(a[:20, :20], 1)) and np.array_equal(first[4], a[:20, :20][:, ::-1])
     sampled = cut_pair([str(p) for p in pair.paths], PatchParams(window=20, stride=10, max_per_pair=3, seed=1), 7)
     assert sampled.shape[0] == 3
-    assert np.array_equal(sampled, cut_pair([str(p) for p in pair.paths], PatchParams(window=20, stride=10, max_per_pair=3, seed=1), 7))
+    assert np.array_equal(
+        sampled, cut_pair([str(p) for p in pair.paths], PatchParams(window=20, stride=10, max_per_pair=3, seed=1), 7)
+    )
 
 
 def test_shards_hold_every_window_in_pair_order_and_load_memory_mapped(tmp_path):
@@ -85,17 +87,48 @@ def test_cli_cuts_tno_and_cadnif_trains_on_the_patches(shared_data, tmp_path):
     from tests.conftest import REPO
 
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    src = ["--set", "train.source.layout=tno", "--set", f"train.source.path={shared_data / 'irvis/TNO42'}",
-           "--set", "train.source.test_fraction=0.1"]
-    proc = subprocess.run([sys.executable, "-m", "fusion", "data", "patches", "--workspace", str(tmp_path), "--out",
-                           "patches", "--window", "48", "--stride", "64", "--max-per-pair", "4", *src],
-                          capture_output=True, text=True, timeout=300)
+    src = [
+        "--set",
+        "train.source.layout=tno",
+        "--set",
+        f"train.source.path={shared_data / 'irvis/TNO42'}",
+        "--set",
+        "train.source.test_fraction=0.1",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "data",
+            "patches",
+            "--workspace",
+            str(tmp_path),
+            "--out",
+            "patches",
+            "--window",
+            "48",
+            "--stride",
+            "64",
+            "--max-per-pair",
+            "4",
+            *src,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "patches" / "manifest.json").read_text())
     assert manifest["provenance"]["split"] == "train" and len(manifest["sources"]) == 38  # 42 pairs, 4 held out
 
-    overrides = [o for o in src if o != "--set"] + ["train.patches=patches", "train.model=cadnif", "train.variant=OD-Net",
-                                                    "train.task=ir-vis", "train.crop=32"]
+    overrides = [o for o in src if o != "--set"] + [
+        "train.patches=patches",
+        "train.model=cadnif",
+        "train.variant=OD-Net",
+        "train.task=ir-vis",
+        "train.crop=32",
+    ]
     trainer = Trainer(load_config(tmp_path, "tiny", overrides), None)
     assert isinstance(trainer.train_set, PatchShards) and len(trainer.train_set) == 38 * 4
     state = trainer.fit(tmp_path / "ck")

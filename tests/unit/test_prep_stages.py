@@ -42,7 +42,7 @@ def make_duts(root: Path, n=4) -> Path:
         img = cv2.GaussianBlur(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), (0, 0), 1.0)
         write(root / "DUTS-TR" / "DUTS-TR-Image" / f"img_{i}.jpg", img)
         mask = np.zeros((40, 56), np.uint8)
-        mask[8:30, 10 + i:40] = 255
+        mask[8:30, 10 + i : 40] = 255
         write(root / "DUTS-TR" / "DUTS-TR-Mask" / f"img_{i}.png", mask)
     return root
 
@@ -71,8 +71,15 @@ def test_kaist_sampling_keeps_every_nth_frame_per_sequence_and_is_seeded(tmp_pat
     every_other = sample_frames(frames, KaistParams(pairs=0, frame_stride=2))
     # 6, 4 and 5 frames -> 3 + 2 + 3 kept, always the first of each run of two
     assert [f.id for f in every_other] == [
-        "set00/V000/I00000", "set00/V000/I00002", "set00/V000/I00004", "set00/V001/I00000", "set00/V001/I00002",
-        "set01/V000/I00000", "set01/V000/I00002", "set01/V000/I00004"]
+        "set00/V000/I00000",
+        "set00/V000/I00002",
+        "set00/V000/I00004",
+        "set00/V001/I00000",
+        "set00/V001/I00002",
+        "set01/V000/I00000",
+        "set01/V000/I00002",
+        "set01/V000/I00004",
+    ]
     a = sample_frames(frames, KaistParams(pairs=4, frame_stride=2, seed=0))
     assert a == sample_frames(frames, KaistParams(pairs=4, frame_stride=2, seed=0))
     assert len(a) == 4 and set(a) <= set(every_other) and a == sorted(a, key=lambda f: f.id)
@@ -83,12 +90,20 @@ def test_kaist_sampling_keeps_every_nth_frame_per_sequence_and_is_seeded(tmp_pat
 
 def test_kaist_stage_writes_gray_squares_in_a_kaist_tree_with_provenance(workspace, tmp_path):
     make_kaist(tmp_path / "kaist")
-    configure(workspace, {"kaist": {"layout": "kaist", "path": "../kaist"}},
-              kaist_pairs={"cf": {"source": "kaist", "pairs": 5, "frame_stride": 2, "size": 32}})
+    configure(
+        workspace,
+        {"kaist": {"layout": "kaist", "path": "../kaist"}},
+        kaist_pairs={"cf": {"source": "kaist", "pairs": 5, "frame_stride": 2, "size": 32}},
+    )
     cfg = load_config(workspace)
     manifest = stages.kaist_pairs(workspace, cfg, "cf", workers=2)
     out = workspace / "prepared/kaist_pairs/cf"
-    assert manifest["count"] == 5 and manifest["source"] == {"name": "kaist", "layout": "kaist", "path": "../kaist", "options": {}}
+    assert manifest["count"] == 5 and manifest["source"] == {
+        "name": "kaist",
+        "layout": "kaist",
+        "path": "../kaist",
+        "options": {},
+    }
     back = load_kaist(out)  # the output reads back as KAIST, sequences as groups
     assert [p.id for p in back] == [e["id"] for e in manifest["pairs"]]
     assert {p.group for p in back} == {e["group"] for e in manifest["pairs"]}
@@ -106,8 +121,11 @@ def test_kaist_stage_writes_gray_squares_in_a_kaist_tree_with_provenance(workspa
 
 def test_kaist_stage_bad_frames_stop_it_or_are_skipped_and_reported(workspace, tmp_path):
     root = make_kaist(tmp_path / "kaist")
-    configure(workspace, {"kaist": {"layout": "kaist", "path": str(root)}},
-              kaist_pairs={"cf": {"source": "kaist", "pairs": 0, "size": 16}})
+    configure(
+        workspace,
+        {"kaist": {"layout": "kaist", "path": str(root)}},
+        kaist_pairs={"cf": {"source": "kaist", "pairs": 0, "size": 16}},
+    )
     bad = root / "set00/V001/visible/I00001.jpg"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated
     (root / "set01/V000/lwir/I00003.jpg").unlink()  # its visible partner is now alone
@@ -131,16 +149,27 @@ def test_kaist_stage_bad_frames_stop_it_or_are_skipped_and_reported(workspace, t
 
 def test_duts_synthesis_follows_eq_11_with_the_recorded_blur(workspace, tmp_path):
     make_duts(tmp_path / "DUTS")
-    configure(workspace, {"duts": {"layout": "duts", "path": str(tmp_path / "DUTS")}},
-              synth_multifocus={"source": "duts", "test_images": 1, "pairs_per_image": 3, "max_side": 64,
-                                "blur_weights": [0, 0, 0, 1]})
+    configure(
+        workspace,
+        {"duts": {"layout": "duts", "path": str(tmp_path / "DUTS")}},
+        synth_multifocus={
+            "source": "duts",
+            "test_images": 1,
+            "pairs_per_image": 3,
+            "max_side": 64,
+            "blur_weights": [0, 0, 0, 1],
+        },
+    )
     manifest = stages.synth_multifocus(workspace, load_config(workspace), workers=2)
     out = workspace / "prepared/multifocus_synthetic"
     assert manifest["counts"] == {"train": 9, "test": 3} and manifest["source"]["name"] == "duts"
     for e in manifest["pairs"]:
         assert e["blur_interval"] == [8, 10] and 8 <= e["blur_kernel"] <= 10  # weights pick the last interval
-        load = lambda kind: cv2.imread(str(out / e["split"] / kind / f"{e['id']}.png"), cv2.IMREAD_UNCHANGED)  # noqa: E731
-        gt, near, far, focus = load("gt"), load("near"), load("far"), load("focus") > 127
+        gt, near, far, focus = (
+            cv2.imread(str(out / e["split"] / kind / f"{e['id']}.png"), cv2.IMREAD_UNCHANGED)
+            for kind in ("gt", "near", "far", "focus")
+        )
+        focus = focus > 127
         k = e["blur_kernel"]
         blurred = cv2.blur(gt, (k, k), borderType=cv2.BORDER_REFLECT)
         assert 0.05 < focus.mean() < 0.95
@@ -151,8 +180,11 @@ def test_duts_synthesis_follows_eq_11_with_the_recorded_blur(workspace, tmp_path
 def test_an_all_zero_duts_mask_stops_the_stage_or_is_skipped(workspace, tmp_path):
     root = make_duts(tmp_path / "DUTS")
     zero = write(root / "DUTS-TR/DUTS-TR-Mask/img_2.png", np.zeros((40, 56), np.uint8))
-    configure(workspace, {"duts": {"layout": "duts", "path": str(root)}},
-              synth_multifocus={"source": "duts", "test_images": 1, "pairs_per_image": 1})
+    configure(
+        workspace,
+        {"duts": {"layout": "duts", "path": str(root)}},
+        synth_multifocus={"source": "duts", "test_images": 1, "pairs_per_image": 1},
+    )
     with pytest.raises(DataError, match=rf"{zero}: mask is all zero"):
         stages.synth_multifocus(workspace, load_config(workspace))
     assert not (workspace / "prepared/multifocus_synthetic").exists()
@@ -166,10 +198,14 @@ def test_an_all_zero_duts_mask_stops_the_stage_or_is_skipped(workspace, tmp_path
 
 
 def test_test_sets_keep_colour_and_split_medical_by_case(workspace, shared_data):
-    configure(workspace, {"tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")},
-                          "pet": {"layout": "harvard", "path": str(shared_data / "medical/Harvard/PET-MRI"),
-                                  "test_fraction": 0.2}},
-              test_sets={"tno": {"source": "tno"}, "pet": {"source": "pet", "split": "test"}})
+    configure(
+        workspace,
+        {
+            "tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42")},
+            "pet": {"layout": "harvard", "path": str(shared_data / "medical/Harvard/PET-MRI"), "test_fraction": 0.2},
+        },
+        test_sets={"tno": {"source": "tno"}, "pet": {"source": "pet", "split": "test"}},
+    )
     cfg = load_config(workspace)
     tno = stages.test_set(workspace, cfg, "tno", workers=2)
     assert tno["count"] == 42 and tno["modalities"] == ["ir", "vis"] and tno["task"] == "ir-vis"
@@ -235,27 +271,49 @@ def test_test_set_refuses_pair_ids_that_would_share_a_file_name(tmp_path):
 def test_patch_stage_feeds_training_on_the_same_registry_source(workspace, shared_data):
     from fusion.data.training import training_data
 
-    configure(workspace, {"tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42"), "test_fraction": 0.2}},
-              patches={"tno": {"source": "tno", "window": 64, "stride": 64, "max_per_pair": 2, "flips": True}})
+    configure(
+        workspace,
+        {"tno": {"layout": "tno", "path": str(shared_data / "irvis/TNO42"), "test_fraction": 0.2}},
+        patches={"tno": {"source": "tno", "window": 64, "stride": 64, "max_per_pair": 2, "flips": True}},
+    )
     manifest = stages.patches(workspace, load_config(workspace), "tno", workers=2)
     assert manifest["provenance"]["source"] == "tno" and "path" not in manifest["provenance"]
     assert all(not Path(p).is_absolute() for s in manifest["sources"] for p in s["paths"])
-    cfg = load_config(workspace, overrides=["train.source=tno", "train.patches=prepared/patches/tno",
-                                            "train.model=cadnif", "train.variant=CA-DRDB-AU-GRL-Net"])
+    cfg = load_config(
+        workspace,
+        overrides=[
+            "train.source=tno",
+            "train.patches=prepared/patches/tno",
+            "train.model=cadnif",
+            "train.variant=CA-DRDB-AU-GRL-Net",
+        ],
+    )
     train, val, _ = training_data(cfg, None)
     assert len(train) == manifest["count"] == 4 * len(manifest["sources"]) and len(val) + len(manifest["sources"]) == 42
-    other = load_config(workspace, overrides=["train.source.layout=tno", f"train.source.path={shared_data / 'irvis/TNO42'}",
-                                              "train.source.test_fraction=0.2", "train.patches=prepared/patches/tno"])
+    other = load_config(
+        workspace,
+        overrides=[
+            "train.source.layout=tno",
+            f"train.source.path={shared_data / 'irvis/TNO42'}",
+            "train.source.test_fraction=0.2",
+            "train.patches=prepared/patches/tno",
+        ],
+    )
     with pytest.raises(ConfigError, match="cut from"):
         training_data(other, None)  # the same folder, but not named as the registry source
 
 
 def test_stage_config_errors_name_the_parameter(workspace, tmp_path):
     configure(workspace, {}, test_sets={"x": {"source": "nope"}})
-    with pytest.raises(ConfigError, match=r"data\.test_sets\.x\.source: 'nope' is not in the `sources` registry; registered: \['embedded'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.test_sets\.x\.source: 'nope' is not in the `sources` registry; registered: \['embedded'\]",
+    ):
         load_config(workspace)
     configure(workspace, {"tno": {"layout": "tno", "path": "x"}}, test_sets={}, kaist_pairs={"k": {"source": "tno"}})
-    with pytest.raises(ConfigError, match=r"data\.kaist_pairs\.k\.source: 'tno' has layout tno; this stage reads layout kaist"):
+    with pytest.raises(
+        ConfigError, match=r"data\.kaist_pairs\.k\.source: 'tno' has layout tno; this stage reads layout kaist"
+    ):
         load_config(workspace)
     configure(workspace, {"tno": {"layout": "tnoo", "path": "x"}}, kaist_pairs={})
     with pytest.raises(ConfigError, match=r"sources\.tno\.layout: unknown layout 'tnoo'"):
@@ -263,7 +321,9 @@ def test_stage_config_errors_name_the_parameter(workspace, tmp_path):
     configure(workspace, {"tno": {"layout": "tno", "path": "x"}})
     with pytest.raises(ConfigError, match=r"--set sources\.tno\.path: .*edit them in params\.yaml"):
         load_config(workspace, overrides=["sources.tno.path=/elsewhere"])
-    with pytest.raises(ConfigError, match=r"train\.source: 'tn' is not in the `sources` registry .* registered: \['embedded', 'tno'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train\.source: 'tn' is not in the `sources` registry .* registered: \['embedded', 'tno'\]"
+    ):
         load_config(workspace, overrides=["train.source=tn"])
     with pytest.raises(ConfigError, match=r"data\.patches\.nope: not defined in params\.yaml"):
         stages.patches(workspace, load_config(workspace), "nope")

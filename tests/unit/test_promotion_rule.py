@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from mlflow import MlflowClient
 
 from fusion import tracking
 from fusion.config import load_config
 from fusion.promotion import promote
+from mlflow import MlflowClient
 
 
 def _run(t, metrics: dict[str, float]) -> str:
@@ -27,12 +27,21 @@ def store(workspace):
 
 def test_a_model_that_loses_to_a_baseline_is_challenger_with_the_numbers(store):
     cfg, t = store
-    rid = _run(t, {"test/SSIM_gt": 0.915, "baseline/average/SSIM_gt": 0.962,
-                   "baseline/choose_max_gradient/SSIM_gt": 0.996, "test_sets/x/baseline/dwt/SSIM_gt": 0.999})
+    rid = _run(
+        t,
+        {
+            "test/SSIM_gt": 0.915,
+            "baseline/average/SSIM_gt": 0.962,
+            "baseline/choose_max_gradient/SSIM_gt": 0.996,
+            "test_sets/x/baseline/dwt/SSIM_gt": 0.999,
+        },
+    )
     d = promote(t, rid, cfg)
     assert d.alias == "challenger" and d.best_baseline == "choose_max_gradient" and d.baseline_value == 0.996
-    assert d.reason == ("SSIM_gt 0.915 does not beat the best classical baseline choose_max_gradient 0.996 on the "
-                        "same test data (promote.require_beat_baselines)")
+    assert d.reason == (
+        "SSIM_gt 0.915 does not beat the best classical baseline choose_max_gradient 0.996 on the "
+        "same test data (promote.require_beat_baselines)"
+    )
     c = MlflowClient(tracking_uri=t.uri)
     assert c.get_run(rid).data.tags["promote.alias"] == "challenger"
     assert c.get_model_version(d.model_name, d.version).tags["promote.reason"] == d.reason
@@ -40,7 +49,9 @@ def test_a_model_that_loses_to_a_baseline_is_challenger_with_the_numbers(store):
 
 def test_a_model_that_beats_every_baseline_becomes_the_first_champion(store):
     cfg, t = store
-    rid = _run(t, {"test/SSIM_gt": 0.998, "baseline/average/SSIM_gt": 0.962, "baseline/choose_max_gradient/SSIM_gt": 0.996})
+    rid = _run(
+        t, {"test/SSIM_gt": 0.998, "baseline/average/SSIM_gt": 0.962, "baseline/choose_max_gradient/SSIM_gt": 0.996}
+    )
     d = promote(t, rid, cfg)
     assert d.alias == "champion" and "beats the best baseline choose_max_gradient 0.996" in d.reason
 

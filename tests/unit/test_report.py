@@ -31,7 +31,9 @@ def store(tmp_path, tiny_prepared):
     test_set = ev.prepared_test_set(tiny_prepared)
     ids = {}
     for name, gain, data in (("NO-UFA", 0.5, "aaa"), ("UFA", 0.8, "aaa"), ("NO-SA", 0.6, "aaa")):
-        run = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": parent, "data.dvc_md5": data}).info.run_id
+        run = client.create_run(
+            exp, run_name=name, tags={"mlflow.parentRunId": parent, "data.dvc_md5": data}
+        ).info.run_id
         methods = {"model": _fake_model(gain), **ev.baseline_methods(["average", "choose_max_gradient"])}
         result, samples = ev.evaluate_methods(test_set, methods, ["EN", "SSIM_gt", "L1_gt"], keep_images=2)
         out = tmp_path / name
@@ -83,14 +85,39 @@ def test_report_cli_and_its_errors(store, tmp_path):
     client, exp, parent, ids, uri = store
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "fusion", "report", "--experiment", "ablation",
-                           "--filter", "tags.`data.dvc_md5` = 'aaa'", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "report",
+            "--experiment",
+            "ablation",
+            "--filter",
+            "tags.`data.dvc_md5` = 'aaa'",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert {"report.md", "report.csv", "comparison.png"} <= {p.name for p in out.iterdir()}
-    bad = subprocess.run([sys.executable, "-m", "fusion", "report", "0" * 32, "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=120, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "fusion", "report", "0" * 32, "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert bad.returncode == 2 and "not found" in bad.stderr
-    none = subprocess.run([sys.executable, "-m", "fusion", "report", "--experiment", "nope"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    none = subprocess.run(
+        [sys.executable, "-m", "fusion", "report", "--experiment", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert none.returncode == 2 and "--experiment nope: no such experiment" in none.stderr

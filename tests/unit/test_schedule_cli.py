@@ -15,8 +15,13 @@ from tests.conftest import free_port
 
 def _fusion(args, workspace, **env):
     full = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "fusion", *args, "--workspace", str(workspace)], env=full,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *args, "--workspace", str(workspace)],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _one_error_line(result) -> str:
@@ -53,6 +58,7 @@ def test_an_unknown_tz_is_refused_naming_it_and_nightly_timezone(workspace):
     params["nightly"]["timezone"] = None
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["schedule", "show"], ["schedule", "deploy", "--pool", "p"]):
-        line = _one_error_line(_fusion(command, workspace, TZ="Mars/Olympus",
-                                       PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api"))
+        line = _one_error_line(
+            _fusion(command, workspace, TZ="Mars/Olympus", PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
+        )
         assert "TZ='Mars/Olympus'" in line and "nightly.timezone" in line

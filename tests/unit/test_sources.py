@@ -107,7 +107,13 @@ def test_mef_scenes_ordered_by_brightness(shared_data):
     scenes = {p.id: p for p in load_mef_scenes(shared_data / "mef/IFCNN_ME6")}
     assert sorted(scenes) == ["chair", "door", "garage", "house", "igloo", "window"]
     assert {k: len(v.paths) for k, v in scenes.items()} == {
-        "chair": 5, "door": 5, "garage": 6, "house": 4, "igloo": 6, "window": 5}
+        "chair": 5,
+        "door": 5,
+        "garage": 6,
+        "house": 4,
+        "igloo": 6,
+        "window": 5,
+    }
     for scene in scenes.values():
         means = [_mean(p) for p in scene.paths]
         assert means == sorted(means), scene.id
@@ -358,7 +364,9 @@ def test_a_symlink_to_a_text_file_is_named_as_such_not_as_a_truncated_image(irvi
     good, report = check_pairs(load_tno(irvis), skip_bad=True)
     assert len(good) == 5
     assert report[0].path == irvis / "vi" / "05.png"
-    assert report[0].problem == f"not a PNG image: its content is text, not .png data; the file is a symlink to {target}"
+    assert (
+        report[0].problem == f"not a PNG image: its content is text, not .png data; the file is a symlink to {target}"
+    )
 
 
 def test_empty_folder_named(irvis):
@@ -413,12 +421,22 @@ def test_load_source_forms(irvis, tmp_path):
     assert len(load_source({"layout": "tno", "path": str(irvis)})) == 6
     assert len(load_source("tno", {"layout": "tno", "path": "tno"}, base=tmp_path)) == 6
     assert len(load_source(f"tno:{irvis}")) == 6
-    generic = load_source("mine", {"layout": "folders", "path": str(irvis), "task": "ir-vis",
-                                   "folders": ["ir", "vi"], "modalities": ["ir", "vis"]})
+    generic = load_source(
+        "mine",
+        {
+            "layout": "folders",
+            "path": str(irvis),
+            "task": "ir-vis",
+            "folders": ["ir", "vi"],
+            "modalities": ["ir", "vis"],
+        },
+    )
     assert generic == load_tno(irvis)
     with pytest.raises(ConfigError, match=r"sources\.mine\.modalities: 1 names for 2 folders"):
-        load_source("mine", {"layout": "folders", "path": str(irvis), "task": "ir-vis",
-                             "folders": ["ir", "vi"], "modalities": ["ir"]})
+        load_source(
+            "mine",
+            {"layout": "folders", "path": str(irvis), "task": "ir-vis", "folders": ["ir", "vi"], "modalities": ["ir"]},
+        )
     with pytest.raises(ConfigError, match="layout:path"):
         load_source("tno")
 
@@ -431,5 +449,7 @@ def test_every_loader_option_is_validated():
     for layout, loader in LAYOUTS.items():
         for p in inspect.signature(loader).parameters.values():
             if p.kind is inspect.Parameter.KEYWORD_ONLY:
-                assert p.name in sources.LAYOUT_REGISTRY[layout].options, f"{layout}.{p.name} has no check in validate_spec"
+                assert p.name in sources.LAYOUT_REGISTRY[layout].options, (
+                    f"{layout}.{p.name} has no check in validate_spec"
+                )
         assert layout in sources.LAYOUT_TASKS

@@ -9,11 +9,12 @@ import time
 import pytest
 import yaml
 
+from fusion.checkpoint import LAST, load_checkpoint
 from fusion.config import SweepConfig, load_config
 from fusion.errors import ConfigError
 from fusion.sweep.matrix import expand
-from fusion.sweep.runner import plan, trials_markdown
-from fusion.checkpoint import LAST, load_checkpoint
+from fusion.sweep.runner import plan
+from fusion.sweep.summary import trials_markdown
 from fusion.train.loop import Trainer, epochs_without_improvement
 from tests.conftest import REPO
 
@@ -32,20 +33,28 @@ def _with_sweeps(ws, sweeps: dict):
 
 
 def test_the_papers_ablations_expand_to_every_variant_with_one_shared_stage1():
-    sweep = SweepConfig(data={"ir-vis": "tno", "medical": "harvard", "multi-focus": None, "multi-exposure": "mef"},
-                        seeds=[0, 1], matrix=[
-                            {"model": "cadnif", "tasks": ["ir-vis", "medical", "multi-focus", "multi-exposure"]},
-                            {"model": "crossfuse", "tasks": ["ir-vis"]},
-                            {"model": "ufa", "tasks": ["multi-focus"]},
-                            {"model": "ufa", "variants": ["UFA"], "tasks": ["multi-focus"],
-                             "grid": {"train.lambda_l1": [0, 0.4, 0.6, 0.8, 1]}}])
+    sweep = SweepConfig(
+        data={"ir-vis": "tno", "medical": "harvard", "multi-focus": None, "multi-exposure": "mef"},
+        seeds=[0, 1],
+        matrix=[
+            {"model": "cadnif", "tasks": ["ir-vis", "medical", "multi-focus", "multi-exposure"]},
+            {"model": "crossfuse", "tasks": ["ir-vis"]},
+            {"model": "ufa", "tasks": ["multi-focus"]},
+            {
+                "model": "ufa",
+                "variants": ["UFA"],
+                "tasks": ["multi-focus"],
+                "grid": {"train.lambda_l1": [0, 0.4, 0.6, 0.8, 1]},
+            },
+        ],
+    )
     trials = expand(sweep)
     by_model = {m: [t for t in trials if t.overrides["train"]["model"] == m] for m in ("cadnif", "crossfuse", "ufa")}
-    assert len(by_model["cadnif"]) == 5 * 4 * 2          # Table 6 x four tasks x two seeds
+    assert len(by_model["cadnif"]) == 5 * 4 * 2  # Table 6 x four tasks x two seeds
     stage1 = [t for t in by_model["crossfuse"] if t.overrides["train"].get("stage") == "autoencoder"]
     assert [t.id for t in stage1] == ["crossfuse-stage1-ir-vis-s0", "crossfuse-stage1-ir-vis-s1"]
     stage2 = [t for t in by_model["crossfuse"] if t not in stage1]
-    assert len(stage2) == 8 * 2                          # s1-c1 ... one-stage; "full" is s1-c1's alias
+    assert len(stage2) == 8 * 2  # s1-c1 ... one-stage; "full" is s1-c1's alias
     assert {t.depends_on for t in stage2 if t.overrides["train"]["variant"] != "one-stage"} == {t.id for t in stage1}
     assert {t.overrides["train"].get("stage") for t in stage2} == {"fusion", None}
     assert all(t.depends_on is None for t in stage2 if t.overrides["train"]["variant"] == "one-stage")
@@ -68,8 +77,16 @@ def test_a_repeated_row_and_bad_grids_are_refused():
 
 
 def test_bad_trials_keep_their_error_and_the_rest_resolve(ws):
-    _with_sweeps(ws, {"s": {"profile": "tiny", "overrides": ["train.epochs=1"],
-                            "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "nosuch"}]}})
+    _with_sweeps(
+        ws,
+        {
+            "s": {
+                "profile": "tiny",
+                "overrides": ["train.epochs=1"],
+                "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "nosuch"}],
+            }
+        },
+    )
     _, trials = plan(ws, "s")
     by_id = {t.id: t for t in trials}
     assert by_id["ufa-UFA-multi-focus-s0"].config["train"]["epochs"] == 1
@@ -79,8 +96,13 @@ def test_bad_trials_keep_their_error_and_the_rest_resolve(ws):
 
 
 def test_sweep_errors_name_the_key(ws):
-    _with_sweeps(ws, {"s": {"data": {"ir-vis": "tno"}, "matrix": [{"model": "cadnif"}]},
-                      "p": {"profile": "nope", "matrix": [{"model": "ufa"}]}})
+    _with_sweeps(
+        ws,
+        {
+            "s": {"data": {"ir-vis": "tno"}, "matrix": [{"model": "cadnif"}]},
+            "p": {"profile": "nope", "matrix": [{"model": "ufa"}]},
+        },
+    )
     with pytest.raises(ConfigError, match="sweeps.s.data.ir-vis: 'tno' is not in the `sources` registry"):
         plan(ws, "s")
     with pytest.raises(ConfigError, match="profile 'nope'"):
@@ -124,7 +146,7 @@ def test_a_deadline_stops_before_an_epoch_that_cannot_finish_and_resuming_matche
     full = Trainer(cfg, tiny_prepared).fit(tmp_path / "full")
     # a deadline one epoch away: the first epoch runs, the second would overrun
     part = Trainer(cfg, tiny_prepared)
-    part.fit(tmp_path / "part", deadline=time.time() + 0.05)   # an epoch takes longer than that
+    part.fit(tmp_path / "part", deadline=time.time() + 0.05)  # an epoch takes longer than that
     assert part.state.stopped == "out_of_time" and part.state.epoch <= 1 and full.history[0]["epoch_seconds"] > 0.05
     resumed = Trainer(cfg, tiny_prepared)
     last = tmp_path / "part" / LAST
@@ -135,18 +157,30 @@ def test_a_deadline_stops_before_an_epoch_that_cannot_finish_and_resuming_matche
 
 
 def test_the_paper_profile_gives_each_model_its_papers_schedule(ws):
-    _with_sweeps(ws, {"p": {"profile": "paper", "matrix": [{"model": "crossfuse", "variants": ["s1-c1", "one-stage"]},
-                                                          {"model": "cadnif", "variants": ["OD-Net"]},
-                                                          {"model": "ufa", "variants": ["UFA"]}],
-                            "overrides": ["train.batch_size=4"]}})
+    _with_sweeps(
+        ws,
+        {
+            "p": {
+                "profile": "paper",
+                "matrix": [
+                    {"model": "crossfuse", "variants": ["s1-c1", "one-stage"]},
+                    {"model": "cadnif", "variants": ["OD-Net"]},
+                    {"model": "ufa", "variants": ["UFA"]},
+                ],
+                "overrides": ["train.batch_size=4"],
+            }
+        },
+    )
     _, trials = plan(ws, "p")
-    got = {t.id: (t.config["train"]["epochs"], t.config["train"]["lr"], t.config["train"]["batch_size"]) for t in trials}
+    got = {
+        t.id: (t.config["train"]["epochs"], t.config["train"]["lr"], t.config["train"]["batch_size"]) for t in trials
+    }
     assert got == {
-        "crossfuse-stage1-multi-focus-s0": (4, 1e-4, 4),      # CrossFuse stage 1: 4 epochs, lr 1e-4 (batch from --set)
-        "crossfuse-s1-c1-multi-focus-s0": (8, 1e-2, 4),       # stage 2: 8 epochs, lr 1e-2
+        "crossfuse-stage1-multi-focus-s0": (4, 1e-4, 4),  # CrossFuse stage 1: 4 epochs, lr 1e-4 (batch from --set)
+        "crossfuse-s1-c1-multi-focus-s0": (8, 1e-2, 4),  # stage 2: 8 epochs, lr 1e-2
         "crossfuse-one-stage-multi-focus-s0": (8, 1e-2, 4),
-        "cadnif-OD-Net-multi-focus-s0": (10, 1e-5, 4),        # CADNIF: 10 epochs, lr 1e-5
-        "ufa-UFA-multi-focus-s0": (300, 1e-4, 4),             # UFA-Fuse: 300 epochs, lr 1e-4
+        "cadnif-OD-Net-multi-focus-s0": (10, 1e-5, 4),  # CADNIF: 10 epochs, lr 1e-5
+        "ufa-UFA-multi-focus-s0": (300, 1e-4, 4),  # UFA-Fuse: 300 epochs, lr 1e-4
     }
     cadnif = load_config(ws, "paper", ["train.model=cadnif", "train.variant=CA-Net"]).train
     assert (cadnif.crop, cadnif.batch_size, cadnif.lr_step_epochs) == (132, 16, 1000)

@@ -14,19 +14,23 @@ import numpy as np
 import pytest
 import torch
 
-from fusion import tiling
+from fusion import tiling, tiling_progress
+from fusion.checkpoint import CHECKPOINT_FORMAT
 from fusion.data.dataset import to_image, to_tensor
+from fusion.device import memory_format
 from fusion.errors import DataError
 from fusion.inference import fuse, fuse_chroma, prepare_for_inference
 from fusion.io import read_image
 from fusion.models import MODELS, build_model
 from fusion.tiling_probe import Probe
 from fusion.tiling_rules import Whole, rule_for
-from fusion.checkpoint import CHECKPOINT_FORMAT
-from fusion.device import memory_format
 
-CASES = [(name, variant, released) for name, spec in MODELS.items() for variant in spec.sweep_variants()
-         for released in (False, True)]
+CASES = [
+    (name, variant, released)
+    for name, spec in MODELS.items()
+    for variant in spec.sweep_variants()
+    for released in (False, True)
+]
 # (crop h, w, tile side): two tiles, each with a halo cut off inside the image; sides of
 # multiples of 8 keep CrossFuse's released sizing tileable; CADNIF's non-local variants fuse in
 # 132x132 windows, so they need more than one window
@@ -45,7 +49,7 @@ def _pair(shared_data, model, h, w):
         names, gray = ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"], False
     else:
         names, gray = ["irvis/TNO42/ir/01.png", "irvis/TNO42/vi/01.png"], True
-    return [read_image(shared_data / n, gray=gray)[40:40 + h, 30:30 + w] for n in names]
+    return [read_image(shared_data / n, gray=gray)[40 : 40 + h, 30 : 30 + w] for n in names]
 
 
 def _untiled(model, planes):
@@ -98,8 +102,9 @@ def test_auto_fuses_whole_when_it_fits_and_in_tiles_under_a_tight_budget(shared_
     assert np.abs(fuse(model, pair, max_memory=budget).astype(int) - untiled.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("name,variant,side", [("ufa", "UFA", 56), ("cadnif", "CA-DRDB-AU-GRL-Net", None),
-                                               ("crossfuse", "s1-c1", 72)])
+@pytest.mark.parametrize(
+    "name,variant,side", [("ufa", "UFA", 56), ("cadnif", "CA-DRDB-AU-GRL-Net", None), ("crossfuse", "s1-c1", 72)]
+)
 def test_memory_estimate_covers_what_the_tiles_hold(shared_data, name, variant, side):
     """The plan's tensor estimate is at least the measured peak of live tensors while fusing."""
     model = _model(name, variant)
@@ -119,28 +124,42 @@ def test_what_cannot_fit_is_refused_naming_the_size(shared_data):
     cadnif = _model("cadnif", "CA-DRDB-AU-GRL-Net", released=True)
     gray = _pair(shared_data, cadnif, 96, 120)
     with pytest.raises(DataError, match="cannot be tiled: its BatchNorm normalises on the whole image"):
-        fuse(cadnif, gray, max_memory=tiling.current_rss() + 2 ** 20)
+        fuse(cadnif, gray, max_memory=tiling.current_rss() + 2**20)
 
 
 def _png_header(w: int, h: int) -> bytes:
     """A PNG whose header says w x h but which holds (almost) no pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _checkpoint(path, model="ufa", variant="UFA"):
     torch.manual_seed(0)
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model, "variant": variant, "model_options": {"released": False},
-                "state_dict": build_model(model, variant).state_dict()}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model,
+            "variant": variant,
+            "model_options": {"released": False},
+            "state_dict": build_model(model, variant).state_dict(),
+        },
+        path,
+    )
     return path
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fusion", "fuse", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", "fuse", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_refuses_a_huge_pair_from_its_headers_before_decoding(tmp_path):
@@ -149,8 +168,18 @@ def test_cli_refuses_a_huge_pair_from_its_headers_before_decoding(tmp_path):
     ckpt = _checkpoint(tmp_path / "ufa.pt")
     for k in "ab":
         (tmp_path / f"{k}.png").write_bytes(_png_header(20000, 20000))
-    proc = _cli(tmp_path / "a.png", tmp_path / "b.png", "--model", ckpt, "--out", tmp_path / "f.png",
-                "--max-memory", "4GB", "--device", "cpu")
+    proc = _cli(
+        tmp_path / "a.png",
+        tmp_path / "b.png",
+        "--model",
+        ckpt,
+        "--out",
+        tmp_path / "f.png",
+        "--max-memory",
+        "4GB",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "fusing 20000x20000" in proc.stderr and "above --max-memory 4.0 GB" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "f.png").exists()
@@ -164,14 +193,27 @@ def test_cli_tiles_on_request_and_refuses_bad_tile_and_memory_values(shared_data
         paths.append(tmp_path / f"{k}.png")
         cv2.imwrite(str(paths[-1]), img)
     for tile in ("none", "40"):
-        proc = _cli(*paths, "--model", ckpt, "--out", tmp_path / f"{tile}.png", "--tile", tile, "--max-memory", "2GB",
-                    "--device", "cpu")
+        proc = _cli(
+            *paths,
+            "--model",
+            ckpt,
+            "--out",
+            tmp_path / f"{tile}.png",
+            "--tile",
+            tile,
+            "--max-memory",
+            "2GB",
+            "--device",
+            "cpu",
+        )
         assert proc.returncode == 0, proc.stderr
     whole, tiled = (cv2.imread(str(tmp_path / f"{t}.png")).astype(int) for t in ("none", "40"))
     assert np.abs(whole - tiled).max() <= 1
-    for option, value, message in (("--tile", "0", "--tile 0: a tile side must be at least"),
-                                   ("--tile", "big", "--tile big: use auto, none or a tile side"),
-                                   ("--max-memory", "lots", "--max-memory lots: give a size such as 4GB")):
+    for option, value, message in (
+        ("--tile", "0", "--tile 0: a tile side must be at least"),
+        ("--tile", "big", "--tile big: use auto, none or a tile side"),
+        ("--max-memory", "lots", "--max-memory lots: give a size such as 4GB"),
+    ):
         proc = _cli(*paths, "--model", ckpt, "--out", tmp_path / "x.png", option, value)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
@@ -198,11 +240,11 @@ def test_progress_bar_counts_tiles_only_once_a_fusion_is_slow(shared_data, monke
 
     model = _model("ufa", "UFA")
     pair = _pair(shared_data, model, 72, 104)
-    monkeypatch.setattr(tiling, "PROGRESS_DELAY", 60.0)
+    monkeypatch.setattr(tiling_progress, "PROGRESS_DELAY", 60.0)
     quick = io.StringIO()
     fuse(model, pair, tile=40, progress=Console(file=quick, force_terminal=True, width=120))
     assert quick.getvalue() == ""  # done before the bar's delay
-    monkeypatch.setattr(tiling, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(tiling_progress, "PROGRESS_DELAY", 0.0)
     slow = io.StringIO()
     plan = tiling.plan(model, rule_for(model), (72, 104), 2, 3, torch.device("cpu"), tile=40)
     fuse(model, pair, tile=40, progress=Console(file=slow, force_terminal=True, width=120))
@@ -218,9 +260,25 @@ def test_a_12_megapixel_pair_fuses_within_4_gb(shared_data, tmp_path):
         img = cv2.imread(str(shared_data / f"mf/Lytro20/lytro-01-{k}.jpg"))
         paths.append(tmp_path / f"{k}.png")
         cv2.imwrite(str(paths[-1]), cv2.resize(img, (4000, 3000), interpolation=cv2.INTER_CUBIC))
-    proc = subprocess.Popen([sys.executable, "-m", "fusion", "fuse", *map(str, paths), "--model", str(ckpt),
-                             "--out", str(tmp_path / "f.png"), "--max-memory", "4GB", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "fuse",
+            *map(str, paths),
+            "--model",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "f.png"),
+            "--max-memory",
+            "4GB",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, proc.stderr.read().decode()

@@ -21,8 +21,9 @@ RUN = "0123456789abcdef0123456789abcdef"
 
 def _fusion(*args, env_extra=None, timeout=120):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "fusion", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _pair(tmp_path):
@@ -40,8 +41,17 @@ def test_fuse_from_an_unreachable_tracking_server_fails_within_seconds_naming_th
     start = time.monotonic()
     try:
         # MLflow's own retries would take about 4 minutes; the test gives up well before
-        proc = _fusion("fuse", a, b, "--model", f"runs:/{RUN}", "--out", tmp_path / "f.png",
-                       env_extra={"MLFLOW_TRACKING_URI": uri}, timeout=60)
+        proc = _fusion(
+            "fuse",
+            a,
+            b,
+            "--model",
+            f"runs:/{RUN}",
+            "--out",
+            tmp_path / "f.png",
+            env_extra={"MLFLOW_TRACKING_URI": uri},
+            timeout=60,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"fusion fuse against the unreachable {uri} still waited after 60 s")
     elapsed = time.monotonic() - start
@@ -55,8 +65,9 @@ def test_fuse_from_an_unreachable_tracking_server_fails_within_seconds_naming_th
 def test_a_mistyped_sqlite_store_is_refused_and_nothing_is_created(tmp_path):
     uri = f"sqlite:///{tmp_path}/missing/dir/x.db"
     a, b = _pair(tmp_path)
-    proc = _fusion("fuse", a, b, "--model", f"runs:/{RUN}", "--out", tmp_path / "f.png",
-                   env_extra={"MLFLOW_TRACKING_URI": uri})
+    proc = _fusion(
+        "fuse", a, b, "--model", f"runs:/{RUN}", "--out", tmp_path / "f.png", env_extra={"MLFLOW_TRACKING_URI": uri}
+    )
     assert proc.returncode == 2, proc.stderr
     assert uri in proc.stderr and f"{tmp_path}/missing/dir does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -74,9 +85,8 @@ def test_a_mistyped_file_store_is_refused_too(tmp_path, monkeypatch):
 
 def test_a_new_sqlite_store_in_an_existing_folder_is_still_created(tmp_path, monkeypatch):
     """The user asked for it by naming it: only a missing folder means a typo."""
-    from mlflow import MlflowClient
-
     from fusion import tracking
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/new.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -148,9 +158,8 @@ def test_the_project_experiment_opens_in_the_model_training_view(tmp_path):
 
 
 def test_an_experiment_made_before_gets_the_kind_and_a_chosen_kind_is_kept(tmp_path):
-    from mlflow import MlflowClient
-
     from fusion import tracking
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
     old = MlflowClient(uri).create_experiment("old")
@@ -164,13 +173,11 @@ def test_an_experiment_made_before_gets_the_kind_and_a_chosen_kind_is_kept(tmp_p
 
 
 def test_a_run_ended_as_failed_while_ctrl_c_propagates_is_killed_and_reported(tmp_path, monkeypatch):
-    from mlflow import MlflowClient
-
     from fusion import tracking
     from fusion.config import load_config
-    from tests.conftest import REPO
-
     from fusion.tracking import store
+    from mlflow import MlflowClient
+    from tests.conftest import REPO
 
     monkeypatch.setattr(store, "_OPEN", {})  # only this test's runs
     monkeypatch.setattr(store, "_INTERRUPTED", {})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion.errors import ConfigError
 from fusion.checkpoint import LAST, load_checkpoint
+from fusion.errors import ConfigError
 from fusion.train.loop import Trainer, _centre_crop, adapt_channels
 
 
@@ -35,9 +35,19 @@ def _fit_lowers_validation_loss(trainer, out):
 
 
 def test_cadnif_learns_ir_vis_fusion_on_real_tno_pairs(cfg, tno, tmp_path):
-    c = cfg(**{"train.model": "cadnif", "train.variant": "CA-DRDB-AU-GRL-Net", "train.task": "ir-vis",
-               "train.source": tno, "train.epochs": 2, "train.steps_per_epoch": 3, "train.crop": 32,
-               "train.batch_size": 2, "train.lr": 2e-3})
+    c = cfg(
+        **{
+            "train.model": "cadnif",
+            "train.variant": "CA-DRDB-AU-GRL-Net",
+            "train.task": "ir-vis",
+            "train.source": tno,
+            "train.epochs": 2,
+            "train.steps_per_epoch": 3,
+            "train.crop": 32,
+            "train.batch_size": 2,
+            "train.lr": 2e-3,
+        }
+    )
     trainer = Trainer(c, None)
     assert trainer.channels == 1 and trainer.stage == "single" and trainer.roles.gt is None
     # split by pair (each TNO pair is its own scene): nothing is both trained and validated on
@@ -59,23 +69,36 @@ def test_cadnif_resumes_bit_for_bit(cfg, tiny_prepared, tmp_path):
     Trainer(c(2), tiny_prepared).fit(tmp_path / "full")
     Trainer(c(1), tiny_prepared).fit(tmp_path / "part")
     Trainer(c(2), tiny_prepared).fit(tmp_path / "part", resume_from=tmp_path / "part" / LAST)
-    a, b = load_checkpoint(tmp_path / "full" / LAST)["state_dict"], load_checkpoint(tmp_path / "part" / LAST)["state_dict"]
+    a, b = (
+        load_checkpoint(tmp_path / "full" / LAST)["state_dict"],
+        load_checkpoint(tmp_path / "part" / LAST)["state_dict"],
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_crossfuse_two_stages_the_second_starting_from_the_first(cfg, tno, tmp_path):
-    common = {"train.model": "crossfuse", "train.task": "ir-vis", "train.source": tno,
-              "train.crop": 32, "train.batch_size": 2, "train.steps_per_epoch": 3, "train.epochs": 1}
+    common = {
+        "train.model": "crossfuse",
+        "train.task": "ir-vis",
+        "train.source": tno,
+        "train.crop": 32,
+        "train.batch_size": 2,
+        "train.steps_per_epoch": 3,
+        "train.epochs": 1,
+    }
     stage1 = Trainer(cfg(**common, **{"train.variant": "full", "train.lr": 1e-4}), None)
     assert stage1.stage == "autoencoder"
-    assert {id(p) for g in stage1.optimizer.param_groups for p in g["params"]} == {id(p) for p in stage1.model.encoders.parameters()}
+    assert {id(p) for g in stage1.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in stage1.model.encoders.parameters()
+    }
     _fit_lowers_validation_loss(stage1, tmp_path / "s1")
     s1 = load_checkpoint(tmp_path / "s1" / LAST)
     assert s1["stage"] == "autoencoder"
 
     # any two-stage variant reuses the same stage-1 checkpoint
-    stage2 = Trainer(cfg(**common, **{"train.variant": "no-shift", "train.init_from": str(tmp_path / "s1"),
-                                      "train.lr": 1e-3}), None)
+    stage2 = Trainer(
+        cfg(**common, **{"train.variant": "no-shift", "train.init_from": str(tmp_path / "s1"), "train.lr": 1e-3}), None
+    )
     assert stage2.stage == "fusion" and stage2.init["init_variant"] == "full"
     enc = {k: v.clone() for k, v in stage2.model.state_dict().items() if k.startswith("encoders.")}
     assert all(torch.equal(enc[k], s1["state_dict"][k]) for k in enc)
@@ -85,19 +108,30 @@ def test_crossfuse_two_stages_the_second_starting_from_the_first(cfg, tno, tmp_p
     assert all(torch.equal(s2["state_dict"][k], enc[k]) for k in enc), "frozen encoders changed in stage 2"
 
 
-@pytest.mark.parametrize(("model", "variant", "stage"), [
-    ("cadnif", "CA-DRDB-AU-GRL-Net", "single"),
-    ("crossfuse", "full", "autoencoder"),
-    ("crossfuse", "s3-c3", "fusion"),
-    ("crossfuse", "one-stage", "joint"),
-])
+@pytest.mark.parametrize(
+    ("model", "variant", "stage"),
+    [
+        ("cadnif", "CA-DRDB-AU-GRL-Net", "single"),
+        ("crossfuse", "full", "autoencoder"),
+        ("crossfuse", "s3-c3", "fusion"),
+        ("crossfuse", "one-stage", "joint"),
+    ],
+)
 def test_every_model_trains_under_cpu_bfloat16_autocast(cfg, tno, tmp_path, model, variant, stage):
     """train.amp on CPU (bfloat16) runs every architecture: attention, dense blocks and the
     auxiliary branch included; finite losses, float32 weights, gradients reach the trained
     parameters. (UFA-Fuse: tests/unit/test_trainer.py.)"""
-    over = {"train.model": model, "train.variant": variant, "train.task": "ir-vis", "train.source": tno,
-            "train.crop": 32, "train.batch_size": 2, "train.steps_per_epoch": 2, "train.epochs": 1,
-            "train.amp": True}
+    over = {
+        "train.model": model,
+        "train.variant": variant,
+        "train.task": "ir-vis",
+        "train.source": tno,
+        "train.crop": 32,
+        "train.batch_size": 2,
+        "train.steps_per_epoch": 2,
+        "train.epochs": 1,
+        "train.amp": True,
+    }
     if stage == "fusion":
         Trainer(cfg(**{**over, "train.amp": False}), None).fit(tmp_path / "s1")
         over["train.init_from"] = str(tmp_path / "s1" / LAST)
@@ -113,14 +147,27 @@ def test_every_model_trains_under_cpu_bfloat16_autocast(cfg, tno, tmp_path, mode
 
 def test_training_configuration_errors_are_named(cfg, tno, tiny_prepared, tmp_path):
     with pytest.raises(ConfigError, match="train.stage=fusion needs train.init_from"):
-        Trainer(cfg(**{"train.model": "crossfuse", "train.variant": "full", "train.stage": "fusion", "train.source": tno}), None)
+        Trainer(
+            cfg(**{"train.model": "crossfuse", "train.variant": "full", "train.stage": "fusion", "train.source": tno}),
+            None,
+        )
     with pytest.raises(ConfigError, match="apply to two-stage models"):
         Trainer(cfg(**{"train.init_from": "x.pt"}), tiny_prepared)
     with pytest.raises(ConfigError, match="supervised.*no ground truth"):
         Trainer(cfg(**{"train.source": tno}), None)
     Trainer(cfg(), tiny_prepared).fit(tmp_path / "ufa")
     with pytest.raises(ConfigError, match="holds ufa stage single, not a crossfuse stage-1"):
-        Trainer(cfg(**{"train.model": "crossfuse", "train.variant": "full", "train.init_from": str(tmp_path / "ufa" / LAST), "train.source": tno}), None)
+        Trainer(
+            cfg(
+                **{
+                    "train.model": "crossfuse",
+                    "train.variant": "full",
+                    "train.init_from": str(tmp_path / "ufa" / LAST),
+                    "train.source": tno,
+                }
+            ),
+            None,
+        )
     with pytest.raises(ConfigError, match="train.task"):
         cfg(**{"train.task": "infrared"})
 

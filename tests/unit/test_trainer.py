@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
+from fusion.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
 from fusion.config import load_config
 from fusion.errors import ConfigError, DataError
-from fusion.checkpoint import BEST, LAST, load_checkpoint, model_from_checkpoint
 from fusion.train.loop import Trainer
 from tests.conftest import REPO
 
@@ -29,7 +29,9 @@ def test_resumed_training_matches_an_uninterrupted_run_bit_for_bit(cfg, tiny_pre
     full = Trainer(cfg(**{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "full")
     # "crash" after epoch 1, then a new process-equivalent Trainer resumes from last.pt
     Trainer(cfg(**{"train.epochs": 1}), tiny_prepared).fit(tmp_path / "part")
-    resumed = Trainer(cfg(**{"train.epochs": 3}), tiny_prepared).fit(tmp_path / "part", resume_from=tmp_path / "part" / LAST)
+    resumed = Trainer(cfg(**{"train.epochs": 3}), tiny_prepared).fit(
+        tmp_path / "part", resume_from=tmp_path / "part" / LAST
+    )
     assert resumed.epoch == full.epoch == 3
     assert resumed.global_step == full.global_step
     a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "part" / LAST)
@@ -38,7 +40,9 @@ def test_resumed_training_matches_an_uninterrupted_run_bit_for_bit(cfg, tiny_pre
 
 
 def test_training_reduces_the_loss(cfg, tiny_prepared, tmp_path):
-    state = Trainer(cfg(**{"train.epochs": 4, "train.steps_per_epoch": 4, "train.lr": 2e-3}), tiny_prepared).fit(tmp_path)
+    state = Trainer(cfg(**{"train.epochs": 4, "train.steps_per_epoch": 4, "train.lr": 2e-3}), tiny_prepared).fit(
+        tmp_path
+    )
     losses = [h["train/epoch_loss"] for h in state.history]
     assert losses[-1] < losses[0]
     assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
@@ -141,7 +145,9 @@ def test_float16_autocast_on_cpu_is_refused_naming_the_key(cfg, tiny_prepared):
         Trainer(cfg(**{"train.amp": True, "train.amp_dtype": "float16", "train.device": "cpu"}), tiny_prepared)
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor's CPU backend needs a C++ compiler"
+)
 def test_compiled_training_follows_eager_and_resumes_bit_for_bit(cfg, tiny_prepared, tmp_path):
     """train.compile: steps run through torch.compile's graph, losses follow eager training's
     (inductor reorders float arithmetic, nothing more), checkpoints keep the model's own

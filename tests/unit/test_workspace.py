@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fusion import workspace as wsmod
 from fusion.cli import app
-from fusion.config import WORKSPACE_ENV, resolve_workspace   # where every command imports it from
+from fusion.config import WORKSPACE_ENV, resolve_workspace  # where every command imports it from
 from fusion.errors import ConfigError
 
 
