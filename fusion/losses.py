@@ -113,7 +113,7 @@ def ms_ssim(
 # Eq. 7 weights (lambda_mse_i, lambda_mse_j, lambda_grad_i, lambda_grad_j), source i first:
 # IR-VIS (ir, vi), medical (MRI, PET: intensity from PET, texture from MRI), multi-focus,
 # multi-exposure.
-CADNIF_TASK_WEIGHTS = {
+CADNIF_TASK_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
     "ir-vis": (1.0, 1.0, 4.0, 4.0),
     "medical": (0.0, 1.0, 1.0, 0.0),
     "multi-focus": (0.0005, 0.0005, 1.0, 1.0),

@@ -50,7 +50,9 @@ fi
 
 reqs=()
 for lock in "${LOCKS[@]}"; do reqs+=(-r "$lock"); done
-"${PIP[@]}" install -q --require-hashes "${reqs[@]}"
+# (a pip.conf naming index folders this machine lacks makes pip warn once per package: not news)
+"${PIP[@]}" install -q --require-hashes "${reqs[@]}" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "${PIP[@]}" install -q --no-deps -e .
 "${PIP[@]}" check
 # the plain install's hash too, so that `make run` after `make test` does not reinstall

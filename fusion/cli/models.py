@@ -34,9 +34,11 @@ def models() -> None:
     out = Console(soft_wrap=True)
     for name, spec in sorted(MODELS.items()):
         out.print(f"[bold]{name}[/] tasks: {spec.task.replace(',', ', ')}")
-        for opt, text in {"released": spec.notes.get("released", "the authors' released code"), **spec.options}.items():
-            key = "train.released" if opt == "released" else f"train.options.{opt}"
-            out.print(f"[bold]{name}[/] {key}: {escape(text)}")
+        released = spec.notes.get("released", "the authors' released code")
+        out.print(f"[bold]{name}[/] train.released: {escape(released)}")
+        for opt, o in spec.options.items():
+            default = "" if o.default is None or o.kind is bool else f" (default {o.default})"
+            out.print(f"[bold]{name}[/] train.options.{opt}: {escape(o.help)}{default}")
 
 
 def import_weights(

@@ -22,6 +22,7 @@ from fusion.config.validation import (
     check_registry_entries,
     check_stage_sources,
 )
+from fusion.tasks import Task
 
 
 class RayConfig(StrictModel):
@@ -34,11 +35,23 @@ class TrainConfig(StrictModel):
     model: str = "ufa"
     variant: str = "UFA"
     released: bool = False
-    # per-model named options (the model's registry entry lists them: `fusion models`), e.g.
-    # {fix_spatial_softmax: true} for UFA-Fuse's released graph
+    # per-model named options (the model's registry entry lists them with their kinds and
+    # defaults: `fusion models`), e.g. {fix_spatial_softmax: true} for UFA-Fuse's released
+    # graph, {lambda_l1: 0.4} for its loss; training options not given take the model's default
     options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _option_defaults(cls, data: Any) -> Any:
+        # filled in here so that runs log them and a sweep can vary them (train.options.NAME)
+        if isinstance(data, dict):
+            from fusion.models import with_defaults
+
+            data = {**data, "options": with_defaults(data.get("model", "ufa"), data.get("options") or {})}
+        return data
+
     # the fusion task: picks CADNIF's Eq. 7 loss weights; "multi-focus" for the embedded data
-    task: Literal["multi-focus", "ir-vis", "medical", "multi-exposure"] = "multi-focus"
+    task: Task = "multi-focus"
     # null: the prepared (DVC) dataset; otherwise unsupervised training on source pairs
     source: SourceSpec | None = None
     # a patch folder cut from train.source's training split (`fusion data patches`); its
@@ -50,10 +63,6 @@ class TrainConfig(StrictModel):
     stage: str = "auto"
     # checkpoint (file, run folder or MLflow URI) the stage starts from (CrossFuse: stage-1 encoders)
     init_from: str | None = None
-    # CADNIF: pixels dropped on every side before the loss; null = the mode's own: 6 in paper mode
-    # (132 windows scored on their central 120), 0 with train.released (the trained graph scores all)
-    loss_crop_border: int | None = Field(None, ge=0)
-    lambda_l1: float = Field(0.2, ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

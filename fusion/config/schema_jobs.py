@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from fusion.config.base import StrictModel
 from fusion.config.validation import check_cron
+from fusion.tasks import Task
 
 
 class NightlyConfig(StrictModel):
@@ -43,23 +44,20 @@ class NightlyConfig(StrictModel):
         return v
 
 
-Task = Literal["multi-focus", "ir-vis", "medical", "multi-exposure"]
-
-
 class SweepEntry(StrictModel):
     """One row of a sweep's matrix: a model, its variants, the tasks, a grid of train.* values."""
 
     model: str
     variants: list[str] | Literal["all"] = "all"  # "all": every variant the papers report
     tasks: list[Task] | None = None  # null: every task of the sweep's `data`
-    grid: dict[str, list[Any]] = {}  # e.g. {train.lambda_l1: [0, 0.2]}: crossed with each other
+    grid: dict[str, list[Any]] = {}  # e.g. {train.options.lambda_l1: [0, 0.2]}: crossed with each other
 
     @field_validator("grid")
     @classmethod
     def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in v.items():
             if key.split(".")[0] not in ("train", "evaluate") or "." not in key:
-                raise ValueError(f"grid key {key!r}: a train.* or evaluate.* parameter, e.g. train.lambda_l1")
+                raise ValueError(f"grid key {key!r}: a train.* or evaluate.* parameter, e.g. train.options.lambda_l1")
             if not values:
                 raise ValueError(f"grid key {key!r}: needs at least one value")
         return v

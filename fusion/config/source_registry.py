@@ -10,7 +10,7 @@ from fusion.config.base import StrictModel
 
 
 class SourceSpec(StrictModel):
-    """A dataset in a published layout, read by path (see fusion/data/sources.py)."""
+    """A dataset in a published layout, read by path (see fusion/data/sources/)."""
 
     layout: str
     path: str

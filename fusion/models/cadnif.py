@@ -59,7 +59,7 @@ from fusion.models.cadnif_blocks import (  # noqa: F401 - re-exported
     _conv_lrelu,
     tiled,
 )
-from fusion.models.registry import ModelSpec, register
+from fusion.models.registry import ModelSpec, Option, option, register
 
 VARIANTS = {
     "OD-Net": "OD-Net",
@@ -85,16 +85,38 @@ TF_AUX_EPS = 1e-3  # tf.layers.batch_normalization's default
 PUBLISHED_STD = 1e-3  # the released initialiser: truncated normal, cut at 2 std
 
 OPTIONS = {
-    "stacking": '"cross" (streams ir,ir,vi / vi,vi,ir: the trained graph) or "same" (ir x3 / vi x3: the paper '
-    "and the released test script); default cross if released, else same",
-    "bn_running_stats": "BatchNorm on running statistics in eval (fixes the released batch-statistics BN at "
-    "test time); default true, false if released",
-    "aux_attention": "the auxiliary branch adds the cross non-local attention of Eq. 4 (fixes the released "
-    "dead branch x + BN(W x_other)); default true, false if released",
-    "published_test_graph": "released only: the graph of the authors' published images: checkpoint weights "
-    "for the top-level convs only, attention blocks / non-local W / DRDB re-drawn from published_seed after "
-    "every load, BN scale 1 offset 0 on the image's statistics, streams ir x3 / vi x3, output min-max rescaled",
-    "published_seed": "seed of published_test_graph's fresh draw (default 0)",
+    # None: the mode's own default (the model picks it from train.released)
+    "stacking": Option(
+        '"cross" (streams ir,ir,vi / vi,vi,ir: the trained graph) or "same" (ir x3 / vi x3: the paper '
+        "and the released test script); default cross if released, else same",
+        default=None,
+        kind=str,
+    ),
+    "bn_running_stats": Option(
+        "BatchNorm on running statistics in eval (fixes the released batch-statistics BN at "
+        "test time); default true, false if released",
+        default=None,
+    ),
+    "aux_attention": Option(
+        "the auxiliary branch adds the cross non-local attention of Eq. 4 (fixes the released "
+        "dead branch x + BN(W x_other)); default true, false if released",
+        default=None,
+    ),
+    "published_test_graph": Option(
+        "released only: the graph of the authors' published images: checkpoint weights "
+        "for the top-level convs only, attention blocks / non-local W / DRDB re-drawn from published_seed after "
+        "every load, BN scale 1 offset 0 on the image's statistics, streams ir x3 / vi x3, output min-max rescaled"
+    ),
+    "published_seed": Option("seed of published_test_graph's fresh draw (default 0)", default=None, kind=int),
+    # a training option: the loss reads it
+    "loss_crop_border": Option(
+        "pixels dropped on every side before the loss; default: the mode's own, 6 in paper mode "
+        "(132 windows scored on their central 120), 0 if released (the trained graph scores all)",
+        default=None,
+        kind=int,
+        low=0,
+        network=False,
+    ),
 }
 
 
@@ -297,12 +319,12 @@ register(
         name="cadnif",
         display_name="CADNIF",
         builder=build_cadnif,
-        # task and loss_crop_border are read with defaults: the model's losses do not need a full TrainConfig
+        # task is read with a default: the model's losses do not need a full TrainConfig
         loss=lambda stage, cfg: CADNIFLoss(
             task=getattr(cfg, "task", "ir-vis"),
             released=getattr(cfg, "released", False),
             # None (unset): the mode's default, 6 in paper mode, 0 (the whole window) if released
-            crop_border=getattr(cfg, "loss_crop_border", None),
+            crop_border=option(cfg, "loss_crop_border", "cadnif"),
         ),
         variants=VARIANTS,
         task="ir-vis,medical,multi-focus,multi-exposure",

@@ -35,7 +35,7 @@ training crops). `released=True` reproduces the released code: roll inside each 
 only in eval mode (shift off in training).
 
 Training stages (see `CrossFuse.stages` / `parameters_for`): two-stage variants train the
-auto-encoders first ("autoencoder": `autoencode(x, modality)`, loss `crossfuse_ae`), then
+auto-encoders first ("autoencoder": `autoencode(x, modality)`, the reconstruction loss `CrossFuseAELoss`), then
 freeze them (`freeze_encoders()`) and train the rest ("fusion", loss `crossfuse`). The
 `one-stage` variant trains encoders, fusion module and decoder together ("joint", loss
 `crossfuse`) and has no reconstruction decoders.
@@ -93,7 +93,7 @@ from fusion.models.crossfuse_cam import (  # noqa: F401 - re-exported
     _to_tokens,
     _to_windows,
 )
-from fusion.models.registry import ModelSpec, Stage, register
+from fusion.models.registry import ModelSpec, Stage, register, switches
 
 VARIANTS = {
     "full": "CrossFuse (s1-c1)",
@@ -358,7 +358,7 @@ register(
             "floor pooling + centre-padded decoder output, Adam weight_decay 0.9, released stage-1 MS-SSIM "
             "(the released lr 1e-3 is not set: use train.lr)",
         },
-        options=RELEASED_OPTIONS,
+        options=switches(RELEASED_OPTIONS),
     )
 )
 

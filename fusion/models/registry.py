@@ -8,7 +8,7 @@ so a new model is one module plus its import in fusion/models/__init__.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,42 @@ class Stage:
 SINGLE = (Stage("single"),)
 
 
+@dataclass(frozen=True)
+class Option:
+    """A model's named setting, `train.options.NAME`. A network option (a switch such as a
+    released-code bug fix) goes to the builder and into the checkpoint's tags; a training
+    option (a loss weight) is read by the model's loss factory."""
+
+    help: str
+    default: bool | int | float | None = False
+    kind: type = bool  # bool, str, int or float
+    low: float | None = None
+    high: float | None = None
+    network: bool = True
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None and self.default is None:
+            return
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is str:
+            ok = isinstance(value, str)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            expected = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}[self.kind]
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ConfigError(f"{key}: {value} is outside [{self.low}, {self.high}]")
+
+
+def switches(helps: dict[str, str]) -> dict[str, Option]:
+    """Network on/off options, false unless set, from name -> what each switches."""
+    return {name: Option(text) for name, text in helps.items()}
+
+
 def _all_parameters(model: nn.Module, stage: str) -> Iterable[nn.Parameter]:
     return model.parameters()
 
@@ -85,9 +121,10 @@ class ModelSpec:
     # for all of them: a sweep trains it once and starts every such variant from it
     shared_stage1: frozenset[str] = frozenset()
     aliases: frozenset[str] = frozenset()  # identifiers naming another variant (left out of "all")
-    # named options beyond `released` (train.options.NAME): name -> what it switches. Each
-    # released-code bug is one of these, so a user can measure what fixing it changes.
-    options: dict[str, str] = field(default_factory=dict)
+    # named options beyond `released` (train.options.NAME): each released-code bug is a
+    # network switch, so a user can measure what fixing it changes; loss weights are training
+    # options with their defaults
+    options: dict[str, Option] = field(default_factory=dict)
     stages: Callable[[str], tuple[Stage, ...]] = _one_stage  # variant -> its stages, in training order
     trainable: Callable[[nn.Module, str], Iterable[nn.Parameter]] = _all_parameters  # (model, stage)
     # (model, checkpoint state_dict) -> None: a stage with `starts_from` begins here
@@ -119,16 +156,41 @@ def build_model(name: str, variant: str, **options: Any) -> nn.Module:
     spec = MODELS[name]
     if variant not in spec.variants:
         raise ConfigError(f"train.variant: unknown variant {variant!r} of {name}; valid: {list(spec.variants)}")
-    check_options(name, [k for k in options if k != "released"])
-    return spec.builder(variant=variant, **options)
+    check_options(name, {k: v for k, v in options.items() if k != "released"})
+    network = {k: v for k, v in options.items() if k == "released" or spec.options[k].network}
+    return spec.builder(variant=variant, **network)
 
 
-def check_options(name: str, keys: Iterable[str]) -> None:
-    """train.options names must be options of the model (its registry entry lists them)."""
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """train.options must be options of the model (its registry entry lists them) with values
+    of their kind."""
     known = MODELS[name].options
-    unknown = [k for k in keys if k not in known]
+    unknown = [k for k in options if k not in known]
     if unknown:
         raise ConfigError(f"train.options.{unknown[0]}: not an option of {name}; valid: {sorted(known) or 'none'}")
+    for key, value in options.items():
+        known[key].check(f"train.options.{key}", value)
+
+
+def with_defaults(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` over the defaults of model `name`'s training options (network switches stay
+    as given: a checkpoint's tags name only what was switched)."""
+    spec = MODELS.get(name)
+    defaults = {k: o.default for k, o in spec.options.items() if not o.network} if spec else {}
+    return {**defaults, **options}
+
+
+def network_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that change the network (what the builder takes and a checkpoint records)."""
+    spec = MODELS[name]
+    return {k: v for k, v in options.items() if k in spec.options and spec.options[k].network}
+
+
+def option(cfg: Any, name: str, model: str) -> Any:
+    """Training option `name` of `model` from a train config (its default when unset or when
+    `cfg` is a partial stand-in without options)."""
+    given = getattr(cfg, "options", None) or {}
+    return given.get(name, MODELS[model].options[name].default)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fusion.errors import ConfigError
 from fusion.losses import L1SSIMLoss
-from fusion.models.registry import ModelSpec, register
+from fusion.models.registry import ModelSpec, Option, option, register
 from fusion.models.ufa_released import ReleasedUFAFuse
 
 VARIANTS = {
@@ -128,7 +128,7 @@ register(
         name="ufa",
         display_name="UFA-Fuse",
         builder=build_ufa,
-        loss=lambda stage, cfg: L1SSIMLoss(cfg.lambda_l1, released=getattr(cfg, "released", False)),
+        loss=lambda stage, cfg: L1SSIMLoss(option(cfg, "lambda_l1", "ufa"), released=getattr(cfg, "released", False)),
         variants=VARIANTS,
         task="multi-focus",
         paper="UFA-Fuse (Zang et al.), unity fusion attention, supervised multi-focus fusion",
@@ -137,14 +137,20 @@ register(
             "loss SSIM with a zero-padded window; xavier-normal init"
         },
         options={
-            "fix_spatial_softmax": "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) "
-            "(released: exp(a2) twice)",
+            "fix_spatial_softmax": Option(
+                "released graph only: spatial mask 1 divided by exp(a1)+exp(a2) (released: exp(a2) twice)"
+            ),
             # Not in the paper. Twelve convolutions without a skip learn the small differences
             # between R, G and B long after the structure: after the CPU main job's 250 steps an
             # RGB network paints every image in its training set's mean tint (sepia).
-            "luma": "paper network on Y of YCrCb, one channel in and out; the chroma is restored "
-            "from the sources at inference, as for the gray models (not in the paper, which "
-            "fuses RGB; the smoke profile's CPU main job uses it)",
+            "luma": Option(
+                "paper network on Y of YCrCb, one channel in and out; the chroma is restored "
+                "from the sources at inference, as for the gray models (not in the paper, which "
+                "fuses RGB; the smoke profile's CPU main job uses it)"
+            ),
+            "lambda_l1": Option(
+                "L = lambda * L1 + (1 - lambda) * (1 - SSIM)", default=0.2, kind=float, low=0.0, high=1.0, network=False
+            ),
         },
         supervised=True,
     )

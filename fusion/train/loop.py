@@ -29,7 +29,7 @@ from fusion.data.dataset import RandomCropPairs
 from fusion.data.training import training_data
 from fusion.device import amp_dtype, in_layout, memory_format, pick_device
 from fusion.errors import ConfigError, DataError
-from fusion.models import MODELS, build_model, count_parameters, resolve_stage
+from fusion.models import MODELS, build_model, count_parameters, network_options, resolve_stage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def seed_everything(seed: int) -> None:
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
-    return {"released": cfg.train.released, **cfg.train.options}
+    """What the builder takes and the checkpoint records: released and the network switches
+    (training options such as loss weights stay in the config)."""
+    return {"released": cfg.train.released, **network_options(cfg.train.model, cfg.train.options)}
 
 
 def adapt_channels(t: torch.Tensor, channels: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ def test_nightly_flow_end_to_end_then_reads_back_the_mlflow_run(workspace, ray_c
     assert run.info.status == "FINISHED"
 
     p = run.data.params
-    assert p["train.model"] == "ufa" and p["train.lambda_l1"] == "0.2" and p["profile"] == "tiny"
+    assert p["train.model"] == "ufa" and p["train.options.lambda_l1"] == "0.2" and p["profile"] == "tiny"
     assert p["data.synth_multifocus.pairs_per_image"] == "2"
 
     t = run.data.tags

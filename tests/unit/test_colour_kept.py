@@ -78,10 +78,13 @@ def main_job_model(tmp_path_factory) -> object:
 
 
 def test_the_main_job_trains_ufa_on_luminance_and_the_paper_profile_on_rgb():
-    assert load_config(REPO, "smoke").train.options == {"luma": True}
-    assert load_config(REPO, "paper").train.options == {}
+    # (lambda_l1: the loss weight's default, filled in for every UFA-Fuse run)
+    assert load_config(REPO, "smoke").train.options == {"luma": True, "lambda_l1": 0.2}
+    assert load_config(REPO, "paper").train.options == {"lambda_l1": 0.2}
     # another model under the smoke profile does not inherit UFA-Fuse's option
-    assert load_config(REPO, "smoke", ["train.model=cadnif", "train.variant=OD-Net"]).train.options == {}
+    assert load_config(REPO, "smoke", ["train.model=cadnif", "train.variant=OD-Net"]).train.options == {
+        "loss_crop_border": None
+    }
 
 
 def test_a_colour_multi_focus_pair_keeps_its_colour(main_job_model):

@@ -22,7 +22,7 @@ def test_profiles_override_train_and_keep_data(ws):
     assert smoke.profile == "smoke" and base.profile == "default"
     assert smoke.train.epochs < base.train.epochs
     assert smoke.data == base.data  # data version never depends on the profile
-    assert base.train.lambda_l1 == 0.2 and base.train.lr == 1e-4  # the paper's values
+    assert base.train.options["lambda_l1"] == 0.2 and base.train.lr == 1e-4  # the paper's values
 
 
 def test_overrides_are_parsed_as_yaml(ws):
@@ -36,8 +36,12 @@ def test_unknown_key_names_the_key(ws):
 
 
 def test_out_of_range_value_names_the_key(ws):
-    with pytest.raises(ConfigError, match=r"train\.lambda_l1"):
-        load_config(ws, overrides=["train.lambda_l1=1.5"])
+    with pytest.raises(ConfigError, match=r"train\.options\.lambda_l1: 1.5 is outside \[0.0, 1.0\]"):
+        load_config(ws, overrides=["train.options.lambda_l1=1.5"])
+    with pytest.raises(ConfigError, match=r"train\.options\.lambda_l1: expected a number, got 'high'"):
+        load_config(ws, overrides=["train.options.lambda_l1=high"])
+    with pytest.raises(ConfigError, match=r"train\.options\.loss_crop_border: not an option of ufa"):
+        load_config(ws, overrides=["train.options.loss_crop_border=2"])
 
 
 def test_unknown_variant_lists_valid_ones(ws):
@@ -71,7 +75,7 @@ def test_missing_workspace_is_explained(tmp_path):
 
 def test_flat_params_for_tracking(ws):
     flat = load_config(ws, "smoke").flat()
-    assert flat["train.lambda_l1"] == 0.2 and flat["profile"] == "smoke"
+    assert flat["train.options.lambda_l1"] == 0.2 and flat["profile"] == "smoke"
     assert "train.ray.max_failures" in flat
 
 
@@ -117,9 +121,9 @@ def test_stage_names_that_would_write_outside_prepared_are_refused(ws, name):
 
 def test_model_options_are_checked_against_the_model(ws):
     cfg = load_config(ws, overrides=["train.released=true", "train.options={fix_spatial_softmax: true}"])
-    assert cfg.train.options == {"fix_spatial_softmax": True}
+    assert cfg.train.options == {"fix_spatial_softmax": True, "lambda_l1": 0.2}  # + the loss weight's default
     with pytest.raises(
         ConfigError,
-        match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'luma'\]",
+        match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'lambda_l1', 'luma'\]",
     ):
         load_config(ws, overrides=["train.options={fix_spatial_softmx: true}"])

@@ -13,7 +13,6 @@ from fusion.losses import (
     CADNIFLoss,
     CrossFuseAELoss,
     CrossFuseLoss,
-    L1SSIMLoss,
     canonical_task,
     laplacian,
     local_mean,
@@ -217,10 +216,11 @@ def test_crossfuse_loss_needs_ir_and_vi_and_gives_gradients():
 
 
 def test_build_loss_reads_config_fields_with_defaults():
-    assert isinstance(build_loss("ufa", SimpleNamespace(lambda_l1=0.2)), L1SSIMLoss)
+    assert build_loss("ufa", SimpleNamespace(options={"lambda_l1": 0.4})).lambda_l1 == 0.4
+    assert build_loss("ufa", SimpleNamespace()).lambda_l1 == 0.2  # the model's default
     default = build_loss("cadnif", SimpleNamespace())
     assert default.task == "ir-vis" and default.weights == (1.0, 1.0, 4.0, 4.0) and default.crop_border == 6
-    med = build_loss("cadnif", SimpleNamespace(task="medical", released=False, loss_crop_border=0))
+    med = build_loss("cadnif", SimpleNamespace(task="medical", released=False, options={"loss_crop_border": 0}))
     assert med.weights == (0.0, 1.0, 1.0, 0.0) and med.crop_border == 0
     rel = build_loss("cadnif", SimpleNamespace(task="medical", released=True))
     assert rel.weights == (1.0, 1.0, 3.0, 3.0) and rel.scale == 100.0 and rel.crop_border == 0

@@ -186,7 +186,7 @@ def test_released_loss_uses_a_zero_padded_ssim_window():
     from fusion.models import build_loss
 
     class Cfg:
-        lambda_l1, released = 0.2, True
+        options, released = {"lambda_l1": 0.2}, True
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)

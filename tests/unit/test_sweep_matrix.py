@@ -44,7 +44,7 @@ def test_the_papers_ablations_expand_to_every_variant_with_one_shared_stage1():
                 "model": "ufa",
                 "variants": ["UFA"],
                 "tasks": ["multi-focus"],
-                "grid": {"train.lambda_l1": [0, 0.4, 0.6, 0.8, 1]},
+                "grid": {"train.options.lambda_l1": [0, 0.4, 0.6, 0.8, 1]},
             },
         ],
     )
@@ -60,8 +60,8 @@ def test_the_papers_ablations_expand_to_every_variant_with_one_shared_stage1():
     assert all(t.depends_on is None for t in stage2 if t.overrides["train"]["variant"] == "one-stage")
     assert trials.index(stage1[0]) < min(trials.index(t) for t in stage2)
     assert len(by_model["ufa"]) == (4 + 5) * 2
-    lam = [t for t in by_model["ufa"] if "lambda_l1" in t.overrides["train"]]
-    assert sorted({t.overrides["train"]["lambda_l1"] for t in lam}) == [0, 0.4, 0.6, 0.8, 1]
+    lam = [t for t in by_model["ufa"] if "lambda_l1" in t.overrides["train"].get("options", {})]
+    assert sorted({t.overrides["train"]["options"]["lambda_l1"] for t in lam}) == [0, 0.4, 0.6, 0.8, 1]
     assert "ufa-UFA-multi-focus-s1-lambda_l1=0.4" in {t.id for t in lam}
     assert {t.overrides["train"]["source"] for t in by_model["cadnif"]} == {"tno", "harvard", None, "mef"}
     assert len({t.id for t in trials}) == len(trials)

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fusion.errors import DataError
-
-TASKS = ("ir-vis", "multi-focus", "multi-exposure", "medical")
+from fusion.tasks import TASKS
 
 
 @dataclass(frozen=True)
