@@ -45,7 +45,7 @@ def is_transient(exc: BaseException | None) -> bool:
 def retry_transient(task_, task_run, state) -> bool:
     try:
         state.result()
-    except BaseException as exc:  # noqa: BLE001 - classified, not handled
+    except BaseException as exc:  # classified, not handled
         transient = is_transient(exc)
         if not transient:
             get_run_logger().error("%s failed with a deterministic error; not retrying: %s", task_.name, exc)

@@ -201,7 +201,7 @@ def runs_report(
             rid = run.info.run_id
             try:
                 local = client.download_artifacts(rid, SUMMARY_ARTIFACT, tmp)
-            except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            except Exception as exc:  # MLflow raises several types for a missing artifact
                 raise DataError(
                     f"run {rid} ({run.info.run_name}): no {SUMMARY_ARTIFACT} artifact; "
                     f"was it evaluated? ({exc.__class__.__name__})"
@@ -279,7 +279,7 @@ def _runs_figure(client, runs: list, report: RunsReport, path: Path, tmp: Path, 
         rid = run.info.run_id
         try:
             local = Path(client.download_artifacts(rid, SAMPLES_ARTIFACT, str(tmp / rid)))
-        except Exception:  # noqa: BLE001 - a run without samples still gets its table row
+        except Exception:  # a run without samples still gets its table row
             log.warning("run %s has no %s artifact; left out of the figure", rid, SAMPLES_ARTIFACT)
             continue
         labels = {m for m, owner in report.runs.items() if owner == rid}

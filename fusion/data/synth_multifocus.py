@@ -87,7 +87,7 @@ def load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
         try:
             with np.load(path) as z:
                 arr = z[z.files[0]]
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a data error
+        except Exception as exc:  # any decode failure is a data error
             raise DataError(f"{path}: cannot read mask array ({exc})") from exc
         # disparity: large = close to the camera; inf = unmatched, treated as far
         arr = np.where(np.isfinite(arr), arr, np.nan)

@@ -24,9 +24,9 @@ from fusion.models.registry import (
 )
 
 # Imported for the side effect of registration.
-from fusion.models import ufa  # noqa: E402,F401  isort: skip
-from fusion.models import cadnif  # noqa: E402,F401  isort: skip
-from fusion.models import crossfuse  # noqa: E402,F401  isort: skip
+from fusion.models import ufa  # noqa: F401  isort: skip
+from fusion.models import cadnif  # noqa: F401  isort: skip
+from fusion.models import crossfuse  # noqa: F401  isort: skip
 
 __all__ = [
     "MODELS",

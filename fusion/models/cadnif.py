@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from fusion.errors import ConfigError
 from fusion.losses import CADNIFLoss
-from fusion.models.cadnif_blocks import (  # noqa: F401 - re-exported
+from fusion.models.cadnif_blocks import (
     _SLOPE,
     CrossAttentionBlock,
     CrossNonLocal,

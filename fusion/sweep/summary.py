@@ -72,7 +72,7 @@ def summarise(result: SweepResult, target, sweep: SweepConfig) -> None:
                     artifact_path=f"report/{task}",
                 )
                 result.reports[task] = rep.paths["table"]
-            except Exception as exc:  # noqa: BLE001 - the sweep's own record must not be lost to a report problem
+            except Exception as exc:  # the sweep's own record must not be lost to a report problem
                 log.warning("comparison report for %s not written: %s", task, exc)
     client.set_tag(result.parent_run_id, "sweep.counts", json.dumps(result.counts(), sort_keys=True))
     tracking.end_run(target, result.parent_run_id, "FINISHED" if result.finished else "KILLED")

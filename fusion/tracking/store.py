@@ -278,7 +278,7 @@ def kill_open_runs() -> list[str]:
     for run_id, t in list(_OPEN.items()):
         try:
             client(t).set_terminated(run_id, "KILLED")
-        except Exception as exc:  # noqa: BLE001 - an interrupt's cleanup must not raise past the user
+        except Exception as exc:  # an interrupt's cleanup must not raise past the user
             log.warning("could not mark MLflow run %s KILLED in %s: %s", run_id, t.uri, str(exc).splitlines()[0])
         killed[run_id] = t
         del _OPEN[run_id]

@@ -55,7 +55,7 @@ class CompiledForward:
         start = time.perf_counter()
         try:
             out = self.compiled(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any compile failure; eager re-raises real errors
+        except Exception as exc:  # any compile failure; eager re-raises real errors
             self.disable(exc)
             return self.fn(*args, **kwargs)
         self.compile_seconds = time.perf_counter() - start

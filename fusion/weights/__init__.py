@@ -17,7 +17,7 @@ from fusion.weights.importers import (
 )
 
 # Importers register on import.
-from fusion.weights import cadnif, crossfuse, ufa  # noqa: E402,F401  isort: skip
+from fusion.weights import cadnif, crossfuse, ufa  # noqa: F401  isort: skip
 
 __all__ = [
     "IMPORTERS",

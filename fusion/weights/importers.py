@@ -65,7 +65,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     that would construct objects or run code."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the file
+    except Exception as exc:  # every failure becomes one line naming the file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DataError(
             f"{path}: not a readable PyTorch state dict of tensors ({exc.__class__.__name__}: {first[:200]})"

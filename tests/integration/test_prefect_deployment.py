@@ -64,7 +64,7 @@ def test_served_deployment_runs_on_trigger_and_refuses_a_second_concurrent_run(p
             def deployment():
                 try:
                     return client.read_deployment_by_name("fusionflow-nightly/nightly")
-                except Exception:  # noqa: BLE001 - not registered yet
+                except Exception:  # not registered yet
                     return None
 
             dep = _wait(deployment, 120, "deployment registered", serve)
