@@ -12,13 +12,13 @@ import importlib.metadata
 import importlib.resources
 import importlib.util
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from fusion.errors import FusionError
+from fusion.git_info import git
 from fusion.io import write_bytes_atomic
 from fusion.workspace import PARAMS_FILE, PIPELINE_FILE
 
@@ -124,12 +124,12 @@ def _git(dest: Path, report: InitReport) -> Path | None:
     if shutil.which("git") is None:
         report.notes.append("git: not found on PATH, so not initialised; install git and run `git init` here")
         return None
-    top = subprocess.run(["git", "-C", str(dest), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    top = git(dest, "rev-parse", "--show-toplevel", check=False)
     if top.returncode == 0:
         root = Path(top.stdout.strip()).resolve()
         report.notes.append("git: already a repository" if root == dest else f"git: inside the repository {root}")
         return root
-    proc = subprocess.run(["git", "init", "-q", str(dest)], capture_output=True, text=True)
+    proc = git(dest, "init", "-q", check=False)
     if proc.returncode != 0:
         raise InitError(f"{dest}: `git init` failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
     report.notes.append("git: initialised")

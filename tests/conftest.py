@@ -7,6 +7,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+DURATIONS = Path(__file__).parent / "unit" / "durations.json"
+FAST_SECONDS = 3.0
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help=f"only the tests recorded under {FAST_SECONDS:g} s in tests/unit/durations.json (and new ones): "
+        "the quick tier `make test-fast` runs; `make test-durations` re-measures",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--fast"):
+        return
+    import json
+
+    recorded = json.loads(DURATIONS.read_text())
+    slow = [i for i in items if recorded.get(i.nodeid, 0.0) >= FAST_SECONDS]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [i for i in items if recorded.get(i.nodeid, 0.0) < FAST_SECONDS]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,9 +26,14 @@ from fusion.tasks import Task
 
 
 class RayConfig(StrictModel):
+    # data-parallel workers training one model (Ray Train, gloo on CPU, NCCL on GPU);
+    # train.batch_size stays the global batch, split equally across them
+    num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(2, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
     max_failures: int = Field(2, ge=0)
+    # with num_workers > 1 on CUDA, plain BatchNorm layers normalise over the global batch
+    sync_batchnorm: bool = True
 
 
 class TrainConfig(StrictModel):
@@ -149,6 +154,12 @@ class Config(StrictModel):
                 f"nightly.sweep: {self.nightly.sweep!r} is not under `sweeps:`; defined: {sorted(self.sweeps)}"
             )
         check_model(self.train.model, self.train.variant, self.train.options, self.train.stage)
+        workers = self.train.ray.num_workers
+        if self.train.batch_size % workers:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size}: not a multiple of train.ray.num_workers={workers} "
+                "(the global batch is split equally across the data-parallel workers)"
+            )
         return self
 
     def flat(self) -> dict[str, Any]:

@@ -80,17 +80,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
             shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
         resume_from = ckpt_dir / LAST if (ckpt_dir / LAST).is_file() else None
     callbacks: list = []
-    if config.get("run_id"):
+    main = ray.train.get_context().get_world_rank() == 0  # rank 0 logs; every worker reports to Ray
+    if config.get("run_id") and main:
         from fusion.tracking import MlflowCallback, TrackingTarget
 
         callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(config["spool"])))
-    callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs))
+    callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs, main))
     Trainer(cfg, config["data_root"], callbacks).fit(ckpt_dir, resume_from)
 
 
 class _RayReport:
-    def __init__(self, every: int, epochs: int):
-        self.every, self.epochs = every, epochs
+    def __init__(self, every: int, epochs: int, main: bool = True):
+        self.every, self.epochs, self.main = every, epochs, main
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
@@ -98,7 +99,7 @@ class _RayReport:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         import ray.train
 
-        if epoch % self.every == 0 or epoch == self.epochs:
+        if self.main and (epoch % self.every == 0 or epoch == self.epochs):  # rank 0 wrote it
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
         else:
             ray.train.report(metrics)
@@ -120,14 +121,16 @@ def train_with_ray(
 
     available = init_ray()
     rc = cfg.train.ray
-    if rc.cpus_per_worker > available.get("CPU", 0):
-        raise ConfigError(
-            f"train.ray.cpus_per_worker={rc.cpus_per_worker} but the Ray cluster has {available.get('CPU', 0)} CPUs"
-        )
-    if rc.gpus_per_worker > available.get("GPU", 0):
-        raise ConfigError(
-            f"train.ray.gpus_per_worker={rc.gpus_per_worker} but the Ray cluster has {available.get('GPU', 0)} GPUs"
-        )
+    n = rc.num_workers
+    for kind, per_worker, key in (
+        ("CPU", rc.cpus_per_worker, "cpus_per_worker"),
+        ("GPU", rc.gpus_per_worker, "gpus_per_worker"),
+    ):
+        if per_worker * n > available.get(kind, 0):  # refused now rather than waiting for resources forever
+            workers = f"train.ray.num_workers={n} x " if n > 1 else ""
+            raise ConfigError(
+                f"{workers}train.ray.{key}={per_worker} but the Ray cluster has {available.get(kind, 0)} {kind}s"
+            )
     use_gpu = rc.gpus_per_worker > 0
     resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -139,7 +142,7 @@ def train_with_ray(
             "tracking": tracking,
             "spool": str(spool) if spool else str(Path(storage_path).resolve() / "mlflow-spool.jsonl"),
         },
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(Path(storage_path).resolve()),

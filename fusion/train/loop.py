@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from fusion.checkpoint import BEST, CHECKPOINT_FORMAT, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
 from fusion.config import Config
@@ -30,6 +30,14 @@ from fusion.data.training import training_data
 from fusion.device import amp_dtype, in_layout, memory_format, pick_device
 from fusion.errors import ConfigError, DataError
 from fusion.models import MODELS, build_model, count_parameters, network_options, resolve_stage
+from fusion.train.data_parallel import (
+    any_worker,
+    average_gradients,
+    current_world,
+    data_parallel_model,
+    mean_over_workers,
+    shard_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,8 @@ class Trainer:
         self.recipe = resolve_stage(self.spec, self.tcfg.variant, self.tcfg.stage, self.tcfg.init_from)
         self.stage = self.recipe.name
         self.init = self._start_from(self.tcfg.init_from) if self.recipe.starts_from else {}
+        self.world = current_world()
+        self.model = data_parallel_model(self.model, self.tcfg, self.world, self.device)
         params = self.spec.trainable(self.model, self.stage)
         opt_cls = torch.optim.AdamW if self.tcfg.optimizer == "adamw" else torch.optim.Adam
         # a model may own optimiser settings (a released model's Adam weight_decay): they win over train.*
@@ -171,6 +181,7 @@ class Trainer:
             "task": self.tcfg.task,
             **self.init,
             "num_parameters": count_parameters(self.model),
+            "data_parallel_workers": self.world.size,
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -206,7 +217,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        data = RandomCropPairs(
+        data: Dataset = RandomCropPairs(
             self.train_set,
             self.tcfg.crop,
             self.tcfg.hflip,
@@ -214,7 +225,11 @@ class Trainer:
             epoch,
             self.steps_per_epoch * self.tcfg.batch_size,
         )
-        loader = DataLoader(data, batch_size=self.tcfg.batch_size, shuffle=False, num_workers=self.tcfg.num_workers)
+        batch = self.tcfg.batch_size
+        if self.world.size > 1:  # this worker's share of every global batch
+            data = Subset(data, shard_indices(self.steps_per_epoch, batch, self.world))
+            batch //= self.world.size
+        loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=self.tcfg.num_workers)
         sums: dict[str, float] = {}
         start = time.perf_counter()
         for batch in loader:
@@ -222,7 +237,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.state.global_step += 1
-            step_metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+            step_metrics = {f"train/{k}": float(v.detach()) for k, v in mean_over_workers(losses, self.world).items()}
             step_metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
             for key, value in step_metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -251,6 +266,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
+            average_gradients((p for g in self.optimizer.param_groups for p in g["params"]), self.world)
         except FloatingPointError:
             raise  # a diverging loss, not a compile failure
         except Exception as exc:
@@ -313,7 +329,8 @@ class Trainer:
             if self._patience_exhausted():
                 self.state.stopped = "early_stopped"
                 break
-            if deadline is not None and time.time() + (epoch_seconds or 0.0) > deadline:
+            late = deadline is not None and time.time() + (epoch_seconds or 0.0) > deadline
+            if any_worker(late, self.world):  # workers stop together, or the others wait forever
                 log.info("stopping before epoch %d: it would end after the deadline", epoch + 1)
                 self.state.stopped = "out_of_time"
                 break
@@ -333,7 +350,8 @@ class Trainer:
                 if hasattr(cb, "before_checkpoint"):
                     cb.before_checkpoint(self.state.epoch, metrics)
             is_last = self.state.epoch == self.tcfg.epochs or self.state.stopped is not None
-            if improved or is_last or self.state.epoch % self.tcfg.checkpoint_every == 0:
+            due = improved or is_last or self.state.epoch % self.tcfg.checkpoint_every == 0
+            if due and self.world.is_main:  # rank 0 writes the checkpoints
                 payload = self.payload()
                 if improved:
                     save_checkpoint(checkpoint_dir / BEST, payload)

@@ -450,6 +450,7 @@ def test_options_are_registered_and_checked():
         "aux_attention",
         "published_test_graph",
         "published_seed",
+        "loss_crop_border",
     }
     with pytest.raises(ConfigError, match="stacking"):
         _released(stacking="diagonal")
