@@ -98,17 +98,24 @@ def current_data(workspace: Path, cfg: Config, ran: Sequence[str] = (), skipped:
     )
 
 
-def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
-    """The resolved configuration a run was started with (its config/resolved.json)."""
+def run_config_text(target: tracking.TrackingTarget, run_id: str) -> str:
+    """The resolved configuration a run was started with, as it recorded it (config/resolved.json)."""
     from fusion.errors import ConfigError
 
     try:
-        text = tracking.read_text(target, f"runs:/{run_id}/config/resolved.json")
+        return tracking.read_text(target, f"runs:/{run_id}/config/resolved.json")
     except Exception as exc:  # MLflow raises several kinds for a missing run/artifact
         raise ConfigError(
             f"run {run_id}: no config/resolved.json in {target.uri} ({str(exc).splitlines()[0]})"
         ) from None
-    return Config.model_validate(json.loads(text))
+
+
+def run_config(target: tracking.TrackingTarget, run_id: str) -> Config:
+    """The resolved configuration a run was started with, read with today's schema (keys that
+    moved since it ran are read from where it recorded them)."""
+    from fusion.config.legacy import upgrade
+
+    return Config.model_validate(upgrade(json.loads(run_config_text(target, run_id))))
 
 
 def run_info(workspace: Path, cfg: Config, run_id: str) -> RunInfo:

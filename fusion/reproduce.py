@@ -43,7 +43,7 @@ cfg = Config.model_validate(json.loads(open(sys.argv[1]).read()))
 Trainer(cfg, sys.argv[2]).fit(sys.argv[3])
 """
 CHECKPOINTS = ("last.pt", "best.pt")
-WALL_CLOCK = ("train/epoch_seconds", "epoch_seconds")
+WALL_CLOCK = ("train/epoch_seconds", "epoch_seconds", "train/epoch_comm_seconds")
 
 
 @dataclass
@@ -199,7 +199,8 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
                     run_id, f"the materialised {out} has another manifest than data.version {tags['data.version']}"
                 )
         config_file = tmp / "resolved.json"
-        config_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+        # as the run recorded it: the commit's own code reads its own schema's keys
+        config_file.write_text(pipeline.run_config_text(target, run_id))
         ckpt = tmp / "reproduced"
         env = {
             **os.environ,

@@ -16,6 +16,7 @@ auto-encoders, not the model's forward), and DDP only synchronises its own forwa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,13 @@ def shard_indices(steps: int, batch: int, world: World) -> list[int]:
     return [step * batch + start + j for step in range(steps) for j in range(share)]
 
 
+class CommClock:
+    """Seconds this process spent averaging gradients (logged per epoch as
+    train/epoch_comm_seconds: the communication share of a data-parallel step)."""
+
+    seconds = 0.0
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter], world: World) -> None:
     """Replace each gradient by its mean over the workers."""
     if world.size == 1:
@@ -60,9 +68,11 @@ def average_gradients(params: Iterable[torch.nn.Parameter], world: World) -> Non
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
+    start = time.perf_counter()
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world.size
+    CommClock.seconds += time.perf_counter() - start
     offset = 0
     for g in grads:
         n = g.numel()

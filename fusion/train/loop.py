@@ -31,6 +31,7 @@ from fusion.device import amp_dtype, in_layout, memory_format, pick_device
 from fusion.errors import ConfigError, DataError
 from fusion.models import MODELS, build_model, count_parameters, network_options, resolve_stage
 from fusion.train.data_parallel import (
+    CommClock,
     any_worker,
     average_gradients,
     current_world,
@@ -225,13 +226,13 @@ class Trainer:
             epoch,
             self.steps_per_epoch * self.tcfg.batch_size,
         )
-        batch = self.tcfg.batch_size
+        share = self.tcfg.batch_size
         if self.world.size > 1:  # this worker's share of every global batch
-            data = Subset(data, shard_indices(self.steps_per_epoch, batch, self.world))
-            batch //= self.world.size
-        loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=self.tcfg.num_workers)
+            data = Subset(data, shard_indices(self.steps_per_epoch, share, self.world))
+            share //= self.world.size
+        loader = DataLoader(data, batch_size=share, shuffle=False, num_workers=self.tcfg.num_workers)
         sums: dict[str, float] = {}
-        start = time.perf_counter()
+        start, comm_start = time.perf_counter(), CommClock.seconds
         for batch in loader:
             losses = self._backward(*self._inputs(batch))
             self.scaler.step(self.optimizer)
@@ -246,6 +247,8 @@ class Trainer:
         n = max(1, len(loader))
         out = {k.replace("train/", "train/epoch_"): v / n for k, v in sums.items() if k != "train/lr"}
         out["train/epoch_seconds"] = time.perf_counter() - start
+        if self.world.size > 1:  # waiting for the other workers counts here too
+            out["train/epoch_comm_seconds"] = CommClock.seconds - comm_start
         if self.compiled is not None:  # in the MLflow UI: did train.compile really compile (1) or fall back (0)
             out["train/compiled"] = float(self.compiled.failed is None)
         return out

@@ -127,3 +127,21 @@ def test_model_options_are_checked_against_the_model(ws):
         match=r"train\.options\.fix_spatial_softmx: not an option of ufa; valid: \['fix_spatial_softmax', 'lambda_l1', 'luma'\]",
     ):
         load_config(ws, overrides=["train.options={fix_spatial_softmx: true}"])
+
+
+def test_a_run_recorded_before_the_options_moved_is_read_with_its_settings(ws):
+    # config/resolved.json of a run made before train.lambda_l1 became train.options.lambda_l1:
+    # `fusion reproduce` and `--resume` read it with today's schema
+    from pydantic import ValidationError
+
+    from fusion.config import Config
+    from fusion.config.legacy import upgrade
+
+    old = load_config(ws).model_dump(mode="json")
+    old["train"]["options"] = {}
+    old["train"].update(lambda_l1=0.6, loss_crop_border=None)
+    cfg = Config.model_validate(upgrade(old))
+    assert cfg.train.options == {"lambda_l1": 0.6}  # UFA-Fuse's; CADNIF's border dropped
+    assert "lambda_l1" in old["train"]  # the record itself is left as it was
+    with pytest.raises(ValidationError, match=r"lambda_l1"):  # why the upgrade is needed
+        Config.model_validate(old)

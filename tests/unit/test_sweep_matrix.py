@@ -95,6 +95,24 @@ def test_bad_trials_keep_their_error_and_the_rest_resolve(ws):
     assert "unknown model 'nosuch'" in by_id["nosuch-all-multi-focus-s0"].error
 
 
+def test_a_data_parallel_trial_is_refused_before_the_sweep_runs(ws):
+    _with_sweeps(
+        ws,
+        {
+            "dp": {
+                "profile": "tiny",
+                "matrix": [{"model": "ufa", "variants": ["UFA"], "grid": {"train.ray.num_workers": [1, 2]}}],
+            }
+        },
+    )
+    _, trials = plan(ws, "dp")
+    errors = {t.id: t.error for t in trials}
+    assert errors["ufa-UFA-multi-focus-s0-num_workers=1"] is None
+    assert (
+        "train.ray.num_workers=2: a sweep trial trains on one worker" in errors["ufa-UFA-multi-focus-s0-num_workers=2"]
+    )
+
+
 def test_sweep_errors_name_the_key(ws):
     _with_sweeps(
         ws,
