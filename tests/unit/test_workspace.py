@@ -103,3 +103,19 @@ def test_unusable_params_yaml_is_one_line_naming_it(tmp_path, name):
 def test_the_hint_names_a_command_that_exists():
     result = CliRunner().invoke(app, ["init", "--help"])
     assert result.exit_code == 0 and "--force" in result.output
+
+
+def test_the_checkouts_dvc_sees_one_pipeline_not_the_init_templates_copy():
+    # fusion/workspace_template/dvc.yaml is a symlink to the project's own dvc.yaml (what
+    # `fusion init` copies); DVC must not take it for a second pipeline whose deps are missing
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    dvc = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(dvc), "status", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(proc.stdout or "{}")
+    assert not [s for s in stages if "workspace_template" in s], stages
