@@ -25,10 +25,8 @@ def download_first(candidates: list[str], dest: Path) -> tuple[Path | None, list
     for artifact_uri in candidates:
         try:
             return download(uri, artifact_uri, dest), errors
-        except OSError as exc:
-            errors.append(f"{artifact_uri}: {str(exc).splitlines()[0]}")
-        except Exception as exc:
-            if not is_mlflow_error(exc):
+        except Exception as exc:  # a missing artifact is an MlflowException or an OSError; anything else is a bug
+            if not (isinstance(exc, OSError) or is_mlflow_error(exc)):
                 raise
             errors.append(f"{artifact_uri}: {str(exc).splitlines()[0]}")
     return None, errors
