@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from fusion.config.dotted import merge_trees, set_dotted
+from fusion.config.legacy import MOVED_TO_OPTIONS
 from fusion.config.schema import Config
 from fusion.config.source_registry import SourceSpec, registry_spec
 from fusion.errors import ConfigError
@@ -125,6 +126,7 @@ def _describe(exc: ValidationError, source: Path) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown parameter (typo?)"
+            moved = loc.startswith("train.") and loc.split(".", 1)[1] in MOVED_TO_OPTIONS
+            msg = f"moved to train.options.{loc.split('.', 1)[1]}" if moved else "unknown parameter (typo?)"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)

@@ -42,6 +42,8 @@ def test_out_of_range_value_names_the_key(ws):
         load_config(ws, overrides=["train.options.lambda_l1=high"])
     with pytest.raises(ConfigError, match=r"train\.options\.loss_crop_border: not an option of ufa"):
         load_config(ws, overrides=["train.options.loss_crop_border=2"])
+    with pytest.raises(ConfigError, match=r"train\.lambda_l1: moved to train\.options\.lambda_l1"):
+        load_config(ws, overrides=["train.lambda_l1=0.3"])
 
 
 def test_unknown_variant_lists_valid_ones(ws):
