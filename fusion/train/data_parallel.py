@@ -112,13 +112,8 @@ def data_parallel_model(model: torch.nn.Module, tcfg: Any, world: World, device:
             "others: data-parallel training runs through Ray (`fusion train`, `fusion run` without --no-ray); "
             "sweep trials and `fusion reproduce` train on one worker"
         )
-    if world.size == 1:
+    if world.size == 1:  # (a batch that does not split is refused by Config's validation)
         return model
-    if tcfg.batch_size % world.size:
-        raise ConfigError(
-            f"train.batch_size={tcfg.batch_size}: not a multiple of the {world.size} data-parallel workers "
-            "(train.ray.num_workers): each takes an equal share of every batch"
-        )
     norms = [m for m in model.modules() if isinstance(m, _BATCHNORM)]
     if not norms:
         return model
