@@ -77,6 +77,7 @@ def prepare_task(workspace: Path, cfg: Config) -> pipeline.Prepared:
     retry_condition_fn=retry_transient,
 )
 def train_task(workspace: Path, cfg: Config, prepared: pipeline.Prepared, use_ray: bool) -> pipeline.RunInfo:
+    pipeline.check_storage(workspace, cfg, prepared, use_ray)
     run = pipeline.start(workspace, cfg, prepared)
     logger = get_run_logger()
     logger.info(

@@ -77,6 +77,7 @@ def train_new(workspace: Path, cfg: Config, use_ray: bool) -> tuple[pipeline.Run
     `interrupted` to mark KILLED. Returns the run and its checkpoint folder."""
     tracking.reachable(tracking.target(cfg, workspace).uri)
     prepared = pipeline.prepare(workspace, cfg)
+    pipeline.check_storage(workspace, cfg, prepared, use_ray)
     run = pipeline.start(workspace, cfg, prepared)
     return run, _train_to_end(cfg, prepared, run, use_ray)
 

@@ -184,6 +184,15 @@ def _data_tags(cfg: Config) -> dict[str, str]:
     }
 
 
+def check_storage(workspace: Path, cfg: Config, prepared: Prepared, use_ray: bool) -> None:
+    """storage.uri checked before a run is created: an unwritable bucket, a DVC remote the
+    workers cannot reach or data not pushed there fail here, naming it (fusion/train/distributed.py)."""
+    if use_ray and cfg.storage.uri is not None:
+        from fusion.train.distributed import preflight
+
+        preflight(cfg, prepared.root, workspace, asdict(tracking.target(cfg, workspace)))
+
+
 def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -> Path:
     """Returns the folder holding last.pt and best.pt (also logged to the run)."""
     ckpt_dir = run.dir / "checkpoints"
@@ -202,6 +211,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
                 tracking=asdict(run.target),
                 run_id=run.run_id,
                 spool=run.dir / SPOOL,
+                workspace=run.workspace,
             )
     else:
         train_in_process(cfg, prepared, run, ckpt_dir)

@@ -131,6 +131,38 @@ class PromoteConfig(StrictModel):
         return check_promote_metric(v)
 
 
+class StorageConfig(StrictModel):
+    """Where Ray Train persists a run's checkpoints, and so whether the nodes share a disk."""
+
+    # null: runs/<name>/ray in the workspace, which every node must mount at the same path;
+    # s3://bucket/prefix (gs://, any pyarrow URI): object storage, no shared disk: each worker
+    # pulls the run's data version from the DVC remote into a node-local cache
+    uri: str | None = None
+    # the node-local cache of DVC data versions, on each worker node (~ is that node's home)
+    cache: str = "~/.cache/fusionflow"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import re
+
+        if not v.strip():
+            raise ValueError("empty; null keeps checkpoints in the workspace")
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", v)
+        if scheme is None and "://" in v:
+            raise ValueError(f"{v!r}: not a URI (expected scheme://bucket/prefix, e.g. s3://team-bucket/fusionflow)")
+        if scheme is not None and scheme.group(1) != "file" and not scheme.group(2).strip("/"):
+            raise ValueError(f"{v!r}: names no bucket (expected {scheme.group(1)}://bucket/prefix)")
+        return v.rstrip("/")
+
+    @property
+    def object_store(self) -> bool:
+        """True when the URI is not a local path: the nodes are assumed to share no disk."""
+        return self.uri is not None and "://" in self.uri and not self.uri.startswith("file://")
+
+
 class Config(StrictModel):
     seed: int = 0
     profile: str = "default"
@@ -144,6 +176,7 @@ class Config(StrictModel):
     promote: PromoteConfig = PromoteConfig()
     nightly: NightlyConfig = NightlyConfig()
     sweeps: dict[str, SweepConfig] = {}
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _known_names(self) -> Config:

@@ -105,6 +105,12 @@ def run_sweep(
     started = time.time()
     ws = resolve_workspace(workspace)
     base = load_config(ws)
+    if base.storage.object_store and use_ray:
+        # trial folders (status, checkpoints) live in the workspace, which nodes then do not share
+        raise ConfigError(
+            f"storage.uri={base.storage.uri}: sweeps keep their trial folders in the workspace and need it "
+            "on every node (README: On a Ray cluster); run this sweep with storage.uri: null on a shared disk"
+        )
     sweep, trials = _plan(ws, base, name, overrides)
     updates = {
         k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None

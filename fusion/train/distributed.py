@@ -67,7 +67,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     from fusion.train.loop import Trainer
 
-    cfg = Config.model_validate(config["cfg"])
+    cfg_json, data_root, spool = config["cfg"], config["data_root"], config["spool"]
+    if config.get("data"):  # object storage: this node's copy of the run's data version
+        from fusion.data.node_cache import DataRef, localise, materialise
+
+        ref = DataRef(**config["data"])
+        local = materialise(ref, config["cache"])
+        cfg_json, data_root = localise(cfg_json, ref, local), localise(data_root, ref, local)
+        spool = str(Path(config["cache"]).expanduser() / "spool" / f"{config['run_id']}.jsonl")
+    cfg = Config.model_validate(cfg_json)
     # Ray pins OMP_NUM_THREADS to the worker's CPU share; make torch use exactly that share.
     import torch
 
@@ -84,9 +92,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if config.get("run_id") and main:
         from fusion.tracking import MlflowCallback, TrackingTarget
 
-        callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(config["spool"])))
+        callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(spool)))
     callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs, main))
-    Trainer(cfg, config["data_root"], callbacks).fit(ckpt_dir, resume_from)
+    Trainer(cfg, data_root, callbacks).fit(ckpt_dir, resume_from)
 
 
 class _RayReport:
@@ -114,11 +122,21 @@ def train_with_ray(
     tracking: dict[str, Any] | None = None,
     run_id: str | None = None,
     spool: Path | None = None,
+    workspace: Path | None = None,
 ) -> Path:
-    """Train through Ray; copy the final checkpoint folder (last.pt, best.pt) into `out_dir`."""
+    """Train through Ray; copy the final checkpoint folder (last.pt, best.pt) into `out_dir`.
+
+    `storage_path` is the run folder Ray persists checkpoints in, unless `storage.uri` names
+    other storage; on object storage the workers also take their data from the DVC remote of
+    `workspace` (fusion/data/node_cache.py), so they need no disk shared with this machine.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from fusion.train.storage import storage_path as ray_storage
+
+    where = ray_storage(cfg, storage_path)
+    remote = preflight(cfg, data_root, workspace, tracking)
     available = init_ray()
     rc = cfg.train.ray
     n = rc.num_workers
@@ -141,11 +159,13 @@ def train_with_ray(
             "run_id": run_id,
             "tracking": tracking,
             "spool": str(spool) if spool else str(Path(storage_path).resolve() / "mlflow-spool.jsonl"),
+            "data": remote.to_dict() if remote else None,
+            "cache": cfg.storage.cache,
         },
         scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=where,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=rc.max_failures),
         ),
@@ -159,3 +179,40 @@ def train_with_ray(
             if (Path(d) / name).is_file():
                 shutil.copy2(Path(d) / name, out_dir / name)
     return out_dir
+
+
+def preflight(cfg: Config, data_root: Path, workspace: Path | None, tracking: dict[str, Any] | None):
+    """Checks storage.uri before anything is started: Ray storage is writable and, on object
+    storage, what workers on nodes without the workspace's disk need to find the run's data
+    and log it (returned: the DVC outputs training reads, on the remote; None otherwise)."""
+    from fusion.data.node_cache import data_ref
+    from fusion.train.storage import check_storage
+    from fusion.train.storage import storage_path as ray_storage
+
+    if cfg.storage.uri is None:
+        return None
+    check_storage(ray_storage(cfg, Path(".")))
+    if not cfg.storage.object_store:
+        return None
+    if workspace is None:
+        raise ConfigError(f"storage.uri={cfg.storage.uri}: object storage needs a DVC workspace to take data from")
+    uri = (tracking or {}).get("uri", "")
+    if tracking is not None and not uri.startswith(("http://", "https://", "databricks")):
+        raise ConfigError(
+            f"storage.uri={cfg.storage.uri}: workers on other nodes log through a tracking server, but the "
+            f"tracking URI is {uri} (start `mlflow server` and set MLFLOW_TRACKING_URI)"
+        )
+    t = cfg.train
+    if t.init_from and "://" not in t.init_from and ":/" not in t.init_from:
+        raise ConfigError(
+            f"train.init_from={t.init_from}: a file on this machine; with storage.uri on object storage "
+            "name the checkpoint by its MLflow URI (runs:/RUN_ID) so every worker can download it"
+        )
+    reads: dict[str, Path] = {}
+    if t.source is None:
+        reads["the prepared data"] = Path(data_root)
+    else:
+        reads["train.source.path"] = Path(t.source.path)
+    if t.patches:
+        reads["train.patches"] = Path(t.patches)
+    return data_ref(workspace, reads)

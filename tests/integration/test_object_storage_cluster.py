@@ -1,0 +1,342 @@
+"""Training on a Ray cluster whose nodes share no disk: checkpoints and data on object storage.
+
+Everything runs for real on loopback: an S3-compatible server (moto's server mode) holds the
+DVC remote and Ray Train's storage; a real `mlflow server` proxies the artifacts; a two-node
+Ray cluster with token authentication whose head has no CPUs, so training lands on the
+worker node, and whose worker node runs as another Unix user (`nobody`) that cannot read
+the head's workspace: a path into the workspace reaching a worker fails the run.
+
+A 2-worker data-parallel `fusion train` has one of its worker processes killed after an
+epoch's checkpoint reached the bucket; Ray restarts the worker group from that checkpoint
+and the run ends with the weights of an uninterrupted run, every metric logged once.
+
+Needs root (to start the worker node as another user in its own mount namespace); skipped
+otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port, terminate, wait_http
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FUSION, RAY, DVC = str(BIN / "fusion"), str(BIN / "ray"), [sys.executable, "-m", "dvc"]
+BUCKET = "fusionflow-test"
+# a few seconds an epoch on the worker node's two cores: long enough to be killed between checkpoints
+SETTINGS = [
+    "train.epochs=5",
+    "train.steps_per_epoch=8",
+    "train.batch_size=4",
+    "train.crop=48",
+    "train.ray.num_workers=2",
+    "train.ray.cpus_per_worker=1",
+    "train.ray.max_failures=2",
+]
+OTHER_USER = 65534  # nobody
+
+
+def _can_isolate() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: the worker node is started as another user in its own mount namespace"
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return "needs util-linux's unshare and setpriv"
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create a mount namespace here: {probe.stderr.decode().strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on loopback with one bucket; the AWS settings every process uses."""
+    import boto3
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    aws = {
+        "AWS_ACCESS_KEY_ID": "fusionflow",
+        "AWS_SECRET_ACCESS_KEY": "fusionflow-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
+        boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], **_keys(aws)).create_bucket(Bucket=BUCKET)
+        yield aws
+    finally:
+        terminate(proc)
+        log.close()
+
+
+def _keys(aws: dict) -> dict:
+    return {"aws_access_key_id": aws["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"]}
+
+
+def _objects(aws: dict, prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], **_keys(aws))
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _as_other_user(temp: Path) -> list[str]:
+    """The command prefix that runs a process as `nobody`, in a mount namespace where only the
+    interpreter is made reachable (it may live under root's home, which nobody cannot enter)."""
+    script = temp / "as-other-user.sh"
+    prefix = Path(sys.base_prefix).resolve()
+    lines = ["#!/bin/sh", "set -e"]
+    blocked = next((p for p in reversed(prefix.parents) if p != Path("/") and not (p.stat().st_mode & 0o001)), None)
+    if blocked is not None:  # e.g. /root (0700): mount the interpreter back over an open tmpfs
+        lines += [
+            f'stage=$(mktemp -d "{temp}/stage-XXXX")',
+            f'mount --bind "{prefix}" "$stage"',
+            f'mount -t tmpfs -o mode=755 tmpfs "{blocked}"',
+            f'mkdir -p "{prefix}"',
+            f'mount --move "$stage" "{prefix}"',
+        ]
+    lines.append(f'exec setpriv --reuid={OTHER_USER} --regid={OTHER_USER} --clear-groups "$@"')
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return ["unshare", "--mount", "--propagation", "private", str(script)]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    """`ray start --head --num-cpus=0` as this user, and a worker node with two CPUs as `nobody`."""
+    reason = _can_isolate()
+    if reason:
+        pytest.skip(reason)
+    import ray
+
+    ray.shutdown()
+    temp = Path(tempfile.mkdtemp(prefix="ray-os-", dir="/tmp"))  # Ray's socket paths stay under 107 bytes
+    temp.chmod(0o755)
+    worker_temp, home, tmp = temp / "w", temp / "home", temp / "tmp"
+    for d in (worker_temp, home, tmp):
+        d.mkdir()
+        os.chown(d, OTHER_USER, OTHER_USER)
+    home.chmod(0o700)
+    port = free_port()
+    env = {
+        # not this session's PREFECT_HOME either: the worker node's user cannot read it
+        **{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_HOME")},
+        **s3,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    common = ["--node-ip-address=127.0.0.1", "--object-store-memory=150000000"]
+    try:
+        subprocess.run(
+            [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", *common]
+            + [f"--temp-dir={temp / 'h'}"],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=180,
+        )
+        subprocess.run(
+            [*_as_other_user(temp), RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", *common]
+            + [f"--temp-dir={worker_temp}"],
+            check=True,
+            # a node of its own has its own /tmp: Ray's lock files there are this node's alone
+            env={**env, "HOME": str(home), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp)},
+            capture_output=True,
+            timeout=180,
+        )
+        yield {"address": f"127.0.0.1:{port}", "env": env, "home": home, "as_other": _as_other_user(temp)}
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workspace_on_s3(s3, tmp_path_factory) -> Path:
+    """A workspace whose DVC remote is the bucket (endpoint in the remote's config, as for MinIO)."""
+    from fusion.pipeline import new_workspace
+
+    ws = new_workspace(tmp_path_factory.mktemp("object-store") / "ws", REPO)
+    env = {**os.environ, **s3}
+    for args in (
+        ["init", "--no-scm", "-q"],
+        ["remote", "add", "-d", "bucket", f"s3://{BUCKET}/dvc"],
+        ["remote", "modify", "bucket", "endpointurl", s3["AWS_ENDPOINT_URL"]],
+    ):
+        subprocess.run([*DVC, *args], cwd=ws, env=env, check=True, capture_output=True)
+    return ws
+
+
+def _worker_pids() -> list[int]:
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["uids", "cmdline"])
+        if p.info["uids"]
+        and p.info["uids"].real == OTHER_USER
+        and "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def _train(ws: Path, cluster, mlflow: str, log: Path, prefix: str, kill_after_checkpoints: int | None = None):
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["address"], "MLFLOW_TRACKING_URI": mlflow}
+    settings = [*SETTINGS, f"storage.uri=s3://{BUCKET}/{prefix}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [FUSION, "train", "-w", str(ws), "--profile", "tiny", *[a for s in settings for a in ("--set", s)]],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        killed = None
+        try:
+            if kill_after_checkpoints is not None:
+                killed = _kill_a_worker_after(cluster, prefix, kill_after_checkpoints, proc, log)
+            assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return killed
+
+
+def _kill_a_worker_after(cluster, prefix: str, checkpoints: int, proc, log: Path) -> int:
+    deadline = time.monotonic() + 600
+    aws = {k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"training ended before a worker could be killed:\n{log.read_text()[-3000:]}"
+        done = {k.split("/")[2] for k in _objects(aws, prefix + "/") if "/checkpoint_" in k and k.endswith("last.pt")}
+        pids = _worker_pids()
+        if len(done) >= checkpoints and len(pids) == 2:
+            os.kill(pids[0], signal.SIGKILL)
+            return pids[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no checkpoint {checkpoints} in the bucket:\n{log.read_text()[-3000:]}")
+
+
+def _run_id(log: Path) -> str:
+    return log.read_text().split("MLflow run ")[-1].split()[0]
+
+
+def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_storage(
+    workspace_on_s3, cluster, mlflow_server, tmp_path
+):
+    from fusion.checkpoint import load_checkpoint
+    from mlflow import MlflowClient
+
+    ws = workspace_on_s3
+    # the premise: the worker node's user cannot read the workspace
+    denied = subprocess.run([*cluster["as_other"], "ls", str(ws)], capture_output=True)
+    assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+
+    _train(ws, cluster, mlflow_server, tmp_path / "reference.log", "reference")
+    killed = _train(ws, cluster, mlflow_server, tmp_path / "killed.log", "killed", kill_after_checkpoints=2)
+    assert killed is not None
+    # the restarted workers continued from a checkpoint in the bucket, not from epoch 0 (the
+    # latest one Ray had registered: the one uploaded just before the kill may not be yet)
+    import re
+
+    assert re.search(r"resumed from \S+ at epoch [1-4] ", (tmp_path / "killed.log").read_text())
+    assert "resumed from" not in (tmp_path / "reference.log").read_text()
+
+    client = MlflowClient(mlflow_server)
+    runs = {}
+    for name in ("reference", "killed"):
+        run_id = _run_id(tmp_path / f"{name}.log")
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        got = Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path / name)))
+        runs[name] = (run, load_checkpoint(got))
+        # every metric once, the restarted epoch's steps included
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 5 * 8 + 1))
+        assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [1, 2, 3, 4, 5]
+    (_, a), (_, b) = runs["reference"], runs["killed"]
+    assert a["data_parallel_workers"] == b["data_parallel_workers"] == 2 and a["epoch"] == b["epoch"] == 5
+    import torch
+
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert [h["val/loss"] for h in a["history"]] == [h["val/loss"] for h in b["history"]]
+
+    # Ray kept the checkpoints in the bucket, not in the workspace; the worker node pulled the
+    # data version once into its own cache
+    assert any(k.endswith("last.pt") for k in _objects(cluster["env"], "killed/"))
+    assert not list((ws / "runs").glob("*/ray"))
+    versions = subprocess.run(
+        [*cluster["as_other"], "ls", str(cluster["home"] / ".cache/fusionflow/data")], capture_output=True, text=True
+    )
+    assert len([v for v in versions.stdout.split() if not v.endswith(".lock")]) == 1, versions
+
+
+def test_an_unwritable_bucket_or_a_local_tracking_store_is_refused_before_a_run_starts(
+    workspace_on_s3, s3, mlflow_server
+):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")} | s3
+    base = [FUSION, "train", "-w", str(workspace_on_s3), "--profile", "tiny"]
+    bucket = subprocess.run(
+        [*base, "--set", "storage.uri=s3://no-such-bucket-here/ray"],
+        env={**env, "MLFLOW_TRACKING_URI": mlflow_server},
+        capture_output=True,
+        text=True,
+    )
+    assert bucket.returncode == 2, bucket.stdout + bucket.stderr
+    assert "storage.uri=s3://no-such-bucket-here/ray: cannot write there" in bucket.stderr
+    # workers on other nodes cannot write the workspace's SQLite store
+    local = subprocess.run([*base, "--set", f"storage.uri=s3://{BUCKET}/ray"], env=env, capture_output=True, text=True)
+    assert local.returncode == 2, local.stdout + local.stderr
+    assert "workers on other nodes log through a tracking server, but the tracking URI is sqlite" in local.stderr
+    for proc in (bucket, local):  # one error line (the log lines before it are the data preparation's)
+        assert "Traceback" not in proc.stderr
+        assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+            proc.stderr.strip().splitlines()[-1]
+        ]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no run was started
+
+
+def test_data_not_on_the_remote_an_unreachable_remote_and_a_local_one_are_named(s3, tmp_path, monkeypatch):
+    from fusion.config import load_config
+    from fusion.data.node_cache import data_ref
+    from fusion.errors import ConfigError, DataError
+    from fusion.pipeline import new_workspace, prepare
+
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    ws = new_workspace(tmp_path / "ws", REPO)
+    subprocess.run([*DVC, "init", "--no-scm", "-q"], cwd=ws, check=True)
+    subprocess.run([*DVC, "remote", "add", "-d", "team", f"s3://{BUCKET}/never-pushed"], cwd=ws, check=True)
+    prepared = prepare(ws, load_config(ws), push=False)
+    reads = {"the prepared data": prepared.root}
+    with pytest.raises(
+        DataError,
+        match=r"prepared/multifocus_synthetic: this data version is not on the DVC remote "
+        rf"s3://{BUCKET}/never-pushed .*push it with `fusion data prepare`",
+    ):
+        data_ref(ws, reads)
+    subprocess.run([*DVC, "remote", "modify", "team", "url", "s3://no-such-bucket-here/dvc"], cwd=ws, check=True)
+    with pytest.raises(DataError, match=r"DVC remote s3://no-such-bucket-here/dvc: unreachable"):
+        data_ref(ws, reads)
+    subprocess.run([*DVC, "remote", "add", "-f", "-d", "mine", str(tmp_path / "remote")], cwd=ws, check=True)
+    with pytest.raises(ConfigError, match=r"DVC remote 'mine' is .*, a folder on this machine"):
+        data_ref(ws, reads)
+    with pytest.raises(ConfigError, match=r"train.source.path=.*: not versioned by DVC"):
+        data_ref(ws, {"train.source.path": ws / "fusion"})
