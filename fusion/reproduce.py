@@ -33,10 +33,16 @@ from fusion.config import load_config, project_root
 from fusion.errors import ReproducibilityError
 from fusion.git_info import git
 
-# Runs inside the worktree's code: only the Trainer API every fusionflow revision has.
+# Runs inside the worktree's code: only the Trainer API every fusionflow revision has. A
+# data-parallel run is trained again by as many processes in a gloo group set up the way Ray
+# Train sets up its workers' (torch's env:// variables), so the all-reduces add the same
+# numbers in the same order.
 _RETRAIN = """
-import json, sys, torch
+import json, os, sys, torch
 torch.set_num_threads(int(sys.argv[4]))
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    import torch.distributed
+    torch.distributed.init_process_group("gloo")
 from fusion.config import Config
 from fusion.train.loop import Trainer
 cfg = Config.model_validate(json.loads(open(sys.argv[1]).read()))
@@ -163,6 +169,48 @@ def compare(original: Path, reproduced: Path, cmp: Comparison) -> Comparison:
     return cmp
 
 
+def retrain(config: Path, data: Path, out: Path, threads: str, workers: int, cwd: Path, env: dict) -> str | None:
+    """Train `config` into `out` with the code on env's PYTHONPATH, as `workers` data-parallel
+    processes (rank 0 writes `out`); returns the failing process's log, or None. When one
+    process fails the others are stopped: they would wait for it in the next all-reduce."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], []
+    for rank in range(workers):
+        group = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(workers)}
+        group |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        where = out if rank == 0 else out.parent / f"{out.name}-rank{rank}"
+        logs.append(out.parent / f"retrain-rank{rank}.log")
+        with open(logs[-1], "w") as log:  # a file, not a pipe: a long run's log would fill a pipe and block
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _RETRAIN, str(config), str(data), str(where), threads],
+                    cwd=cwd,
+                    env={**env, **(group if workers > 1 else {})},
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    ended = [(p.returncode, log) for p, log in zip(procs, logs) if p.returncode != 0]
+    # the process that failed first, not one this function stopped
+    failed = next((log for code, log in ended if code != -9), ended[0][1] if ended else None)
+    return failed.read_text() if failed else None
+
+
 def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path | None = None) -> Comparison:
     """Train run `run_id` again from its commit and data version and compare (see module doc)."""
     target = tracking.target(load_config(ws), ws)
@@ -206,17 +254,11 @@ def reproduce(ws: Path, run_id: str, tolerance: float | None = None, keep: Path 
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(worktree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
-        proc = subprocess.run(
-            [sys.executable, "-c", _RETRAIN, str(config_file), str(data_root), str(ckpt), threads],
-            cwd=worktree,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
+        failed = retrain(config_file, data_root, ckpt, threads, cfg.train.ray.num_workers, worktree, env)
+        if failed:
             raise ReproducibilityError(
                 f"run {run_id}: training with the code of {commit[:12]} failed:\n"
-                + "\n".join(proc.stderr.strip().splitlines()[-15:])
+                + "\n".join(failed.strip().splitlines()[-15:])
             )
         result = compare(fetched / "checkpoints", ckpt, Comparison(run_id, commit, tags["data.dvc_md5"], device, tol))
         if keep is not None:

@@ -49,16 +49,20 @@ class DataRef:
 
 
 def tracked_outputs(workspace: Path) -> dict[str, dict[str, str]]:
-    """Every DVC output of the workspace (dvc.lock stages and `.dvc` files): path -> its hash entry."""
+    """Every DVC output of the workspace (dvc.lock stages, `.dvc` files): path -> its hash.
+
+    `hash` is what a `.dvc` file pinning the output must say: "md5" for DVC 3 outputs; empty
+    for one recorded by DVC 2, whose md5 (and so its place on the remote) is computed differently."""
+    from dvc.repo import Repo
+
+    ws = Path(workspace).resolve()
     found: dict[str, dict[str, str]] = {}
-    lock = workspace / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    entries = [item for stage in stages.values() for item in stage.get("outs", [])]
-    for dvcfile in (f for f in workspace.glob("*.dvc") if f.is_file()):  # not the .dvc/ folder
-        for item in (yaml.safe_load(dvcfile.read_text()) or {}).get("outs", []):
-            entries.append({**item, "path": str(Path(item["path"]))})
-    for item in entries:
-        found[str(Path(item["path"]))] = {"md5": item["md5"], "hash": item.get("hash", "md5")}
+    with Repo(str(ws)) as repo:
+        for out in repo.index.outs:
+            if out.hash_info is None or not out.hash_info.value:
+                continue  # declared but never built
+            rel = str(Path(out.fs_path).resolve().relative_to(ws))
+            found[rel] = {"md5": out.hash_info.value, "hash": "md5" if out.hash_name == "md5" else ""}
     return found
 
 
@@ -163,7 +167,8 @@ def _pull(ref: DataRef, into: Path) -> None:
         target = into / out["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         pin = target.parent / f"{target.name}.dvc"
-        pin.write_text(yaml.safe_dump({"outs": [{"md5": out["md5"], "hash": out["hash"], "path": target.name}]}))
+        entry = {"md5": out["md5"], **({"hash": out["hash"]} if out["hash"] else {}), "path": target.name}
+        pin.write_text(yaml.safe_dump({"outs": [entry]}))
         pins.append(pin)
     try:
         versioning.dvc(into, "pull")

@@ -53,6 +53,21 @@ def test_two_data_parallel_workers_end_where_one_worker_ends(tmp_path, tiny_prep
     lr = load_config(REPO, "tiny").train.lr
     assert float(diff.median()) < 1e-6 and float(diff.quantile(0.99)) < 1e-4 and float(diff.max()) < 0.5 * lr
 
+    # `fusion reproduce` trains a data-parallel run again without Ray, as two processes in a
+    # gloo group: the same arithmetic, so the same weights to the bit
+    import os
+
+    from fusion.reproduce import retrain
+
+    config = tmp_path / "resolved.json"
+    config.write_text(_cfg(tmp_path, "train.ray.num_workers=2").model_dump_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert retrain(config, tiny_prepared, tmp_path / "again", "1", 2, REPO, env) is None
+    c = load_checkpoint(tmp_path / "again" / LAST)
+    assert c["data_parallel_workers"] == 2
+    assert all(torch.equal(w, c["state_dict"][k]) for k, w in b["state_dict"].items())
+    assert [h["val/loss"] for h in c["history"]] == [h["val/loss"] for h in b["history"]]
+
 
 def test_a_batch_that_does_not_split_and_more_workers_than_the_cluster_are_refused_up_front(
     tmp_path, tiny_prepared, ray_local
