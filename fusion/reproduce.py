@@ -97,24 +97,17 @@ def check_reproducible(tags: dict[str, str], run_id: str, repo: Path) -> str:
     return commit
 
 
-def _remote_url(ws: Path) -> str | None:
-    """The workspace's default DVC remote as an absolute URL (relative ones are relative to .dvc/)."""
-    name = versioning.dvc(ws, "remote", "default", check=False).stdout.strip()
-    for line in versioning.dvc(ws, "remote", "list").stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == name:
-            url = parts[1]
-            return url if "://" in url or os.path.isabs(url) else str((ws / ".dvc" / url).resolve())
-    return None
-
-
 def materialize_data(ws: Path, worktree: Path, lock_text: str, out: str, expected_md5: str, run_id: str) -> Path:
     """The run's prepared data in `worktree/out`, from the workspace's DVC cache or remote."""
     (worktree / "dvc.lock").write_text(lock_text)
     versioning.dvc(worktree, "cache", "dir", "--local", str((ws / ".dvc" / "cache").resolve()))
-    url = _remote_url(ws)
-    if url:
-        versioning.dvc(worktree, "remote", "add", "--local", "-f", "-d", "origin", url)
+    remote = versioning.default_remote(ws)
+    url = remote[1]["url"] if remote else None
+    if remote:  # with its options (an S3-compatible store's endpointurl, ...), not only the url
+        versioning.dvc(worktree, "remote", "add", "--local", "-f", "-d", "origin", remote[1]["url"])
+        for key, value in remote[1].items():
+            if key != "url":
+                versioning.dvc(worktree, "remote", "modify", "--local", "origin", key, value)
     if versioning.output_hashes(worktree).get(out) != expected_md5:
         raise _refuse(run_id, f"its logged dvc.lock does not name {out} with md5 {expected_md5}")
     if versioning.dvc(worktree, "checkout", out, check=False).returncode != 0:

@@ -102,6 +102,20 @@ def output_hashes(workspace: Path) -> dict[str, str]:
     return out
 
 
+def default_remote(workspace: Path) -> tuple[str, dict[str, str]] | None:
+    """The workspace's default DVC remote as written in .dvc/config and .dvc/config.local
+    (the latter wins): its name and its section, url made absolute; None without one."""
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        levels = [repo.config.load_one(level) for level in ("repo", "local")]
+    name = next((lv["core"]["remote"] for lv in reversed(levels) if lv["core"].get("remote")), None)
+    section: dict[str, str] = {}
+    for lv in levels:
+        section |= {k: str(v) for k, v in (lv["remote"].get(name) or {}).items()} if name else {}
+    return (name, section) if name and "url" in section else None
+
+
 def push(workspace: Path) -> None:
     dvc(workspace, "push")
 

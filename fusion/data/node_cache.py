@@ -99,14 +99,10 @@ def _relative(ws: Path, path: Path) -> str | None:
 
 def default_remote(ws: Path) -> dict[str, str]:
     """The workspace's default DVC remote (url + options), refused when it is a local folder."""
-    from dvc.repo import Repo
-
-    with Repo(str(ws)) as repo:
-        conf = repo.config
-        name = conf["core"].get("remote")
-        if not name or name not in conf["remote"]:
-            raise ConfigError(f"{ws}: no default DVC remote; add one the workers can reach (dvc remote add -d ...)")
-        section = {k: str(v) for k, v in conf["remote"][name].items()}
+    found = versioning.default_remote(ws)
+    if found is None:
+        raise ConfigError(f"{ws}: no default DVC remote; add one the workers can reach (dvc remote add -d ...)")
+    name, section = found
     if "://" not in section["url"]:
         raise ConfigError(
             f"DVC remote {name!r} is {section['url']}, a folder on this machine: with storage.uri on object "
