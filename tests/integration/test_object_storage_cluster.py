@@ -6,9 +6,11 @@ Ray cluster with token authentication whose head has no CPUs, so training lands 
 worker node, and whose worker node runs as another Unix user (`nobody`) that cannot read
 the head's workspace: a path into the workspace reaching a worker fails the run.
 
-A 2-worker data-parallel `fusion train` has one of its worker processes killed after an
-epoch's checkpoint reached the bucket; Ray restarts the worker group from that checkpoint
-and the run ends with the weights of an uninterrupted run, every metric logged once.
+A 2-worker data-parallel `fusion train` has one of its worker processes killed after two
+epochs' checkpoints reached the bucket; Ray restarts the worker group from the latest one it
+registered, and the run ends with the weights of an uninterrupted run (the same configuration
+trained by two local processes in a gloo group, `fusion reproduce`'s way), every metric logged
+once.
 
 Needs root (to start the worker node as another user in its own mount namespace); skipped
 otherwise, with the reason.
@@ -245,35 +247,38 @@ def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_stor
     denied = subprocess.run([*cluster["as_other"], "ls", str(ws)], capture_output=True)
     assert denied.returncode != 0 and b"Permission denied" in denied.stderr
 
-    _train(ws, cluster, mlflow_server, tmp_path / "reference.log", "reference")
     killed = _train(ws, cluster, mlflow_server, tmp_path / "killed.log", "killed", kill_after_checkpoints=2)
     assert killed is not None
+    log = (tmp_path / "killed.log").read_text()
     # the restarted workers continued from a checkpoint in the bucket, not from epoch 0 (the
     # latest one Ray had registered: the one uploaded just before the kill may not be yet)
     import re
 
-    assert re.search(r"resumed from \S+ at epoch [1-4] ", (tmp_path / "killed.log").read_text())
-    assert "resumed from" not in (tmp_path / "reference.log").read_text()
+    assert re.search(r"resumed from \S+ at epoch [1-4] ", log)
 
     client = MlflowClient(mlflow_server)
-    runs = {}
-    for name in ("reference", "killed"):
-        run_id = _run_id(tmp_path / f"{name}.log")
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED"
-        got = Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path / name)))
-        runs[name] = (run, load_checkpoint(got))
-        # every metric once, the restarted epoch's steps included
-        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, 5 * 8 + 1))
-        assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [1, 2, 3, 4, 5]
-    (_, a), (_, b) = runs["reference"], runs["killed"]
-    assert a["data_parallel_workers"] == b["data_parallel_workers"] == 2 and a["epoch"] == b["epoch"] == 5
+    run_id = _run_id(tmp_path / "killed.log")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    got = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path / "got"))))
+    # every metric once, the restarted epoch's steps included
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 5 * 8 + 1))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [1, 2, 3, 4, 5]
+
+    # the uninterrupted run: the same configuration trained here by two processes in a gloo
+    # group, which is the arithmetic of two Ray Train workers to the bit (test_ray_data_parallel.py)
+    from fusion.reproduce import retrain
+
+    config = Path(client.download_artifacts(run_id, "config/resolved.json", str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    data = ws / "prepared" / "multifocus_synthetic"
+    assert retrain(config, data, tmp_path / "reference", "1", 2, REPO, env) is None
+    want = load_checkpoint(tmp_path / "reference" / "last.pt")
+    assert got["data_parallel_workers"] == want["data_parallel_workers"] == 2 and got["epoch"] == want["epoch"] == 5
     import torch
 
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    assert [h["val/loss"] for h in a["history"]] == [h["val/loss"] for h in b["history"]]
+    for key, value in want["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][key]), key
+    assert [h["val/loss"] for h in want["history"]] == [h["val/loss"] for h in got["history"]]
 
     # Ray kept the checkpoints in the bucket, not in the workspace; the worker node pulled the
     # data version once into its own cache
