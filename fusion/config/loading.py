@@ -81,6 +81,9 @@ def load_config(
         source["path"] = _in_workspace(ws, source["path"])
     if isinstance(train.get("patches"), str):
         train["patches"] = _in_workspace(ws, train["patches"])
+    storage = tree.get("storage") or {}
+    if isinstance(storage.get("uri"), str) and storage["uri"].strip() and "://" not in storage["uri"]:
+        storage["uri"] = _in_workspace(ws, storage["uri"])  # a folder, relative to the workspace like every path
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

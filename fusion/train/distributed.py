@@ -151,6 +151,10 @@ def train_with_ray(
             )
     use_gpu = rc.gpus_per_worker > 0
     resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
+    if cfg.storage.uri is not None and run_id:
+        # one bucket serves many workspaces and Ray continues a run found under the same name:
+        # the MLflow run id makes it this run's alone (and the same when the run is resumed)
+        run_name = f"{run_name}-{run_id[:8]}"
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={

@@ -114,3 +114,11 @@ def test_storage_that_cannot_be_written_is_refused_naming_it(tmp_path):
         check_storage(str(tmp_path / "file" / "ray"))
     check_storage(str(tmp_path / "ok"))  # a folder it can create
     assert [p.name for p in (tmp_path / "ok").iterdir()] == []  # the probe is gone
+
+
+def test_a_relative_storage_folder_is_read_from_the_workspace_like_every_path(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(REPO)  # not the folder it is relative to
+    cfg = load_config(tmp_path, overrides=["storage.uri=ray-checkpoints"])
+    assert cfg.storage.uri == str(tmp_path.resolve() / "ray-checkpoints") and not cfg.storage.object_store
+    assert load_config(tmp_path, overrides=["storage.uri=s3://team/ff"]).storage.object_store
