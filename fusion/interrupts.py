@@ -102,7 +102,8 @@ def resume(workspace: Path, spec: str, use_ray: bool) -> tuple[pipeline.RunInfo,
     run = pipeline.RunInfo(
         held.info.run_name, workspace / pipeline.RUNS_DIR / held.info.run_name, target, run_id, workspace
     )
-    if not run.dir.is_dir():
+    # on object storage (storage.uri) the checkpoints are in the bucket, found by the run's name
+    if not run.dir.is_dir() and not cfg.storage.object_store:
         raise FusionError(
             f"--resume {run_id}: its checkpoints ({run.dir}) are not in this workspace; resume it in "
             "the workspace it was trained in (--workspace)"

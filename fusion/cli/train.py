@@ -35,6 +35,8 @@ def train(
 
     Ctrl-C marks the MLflow run KILLED and prints the `--resume RUN_ID` that continues it.
 
+    On a Ray cluster (RAY_ADDRESS) whose nodes share no disk, --set storage.uri=s3://bucket/prefix keeps the checkpoints in object storage and the workers take the data from the DVC remote; --set train.ray.num_workers=N trains one model on N workers (README: On a Ray cluster).
+
     With --out, trains in this process into that folder without tracking (resumable with --resume OUT/last.pt): the quickest loop for experimenting on the trainer itself.
     """
     from fusion import interrupts

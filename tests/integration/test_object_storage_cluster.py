@@ -99,20 +99,23 @@ def _objects(aws: dict, prefix: str) -> list[str]:
 
 
 def _as_other_user(temp: Path) -> list[str]:
-    """The command prefix that runs a process as `nobody`, in a mount namespace where only the
-    interpreter is made reachable (it may live under root's home, which nobody cannot enter)."""
+    """The command prefix that runs a process as `nobody`, in a mount namespace where the
+    interpreter, the virtual environment and the checkout are made reachable (any of them may
+    live under a folder nobody cannot enter, such as root's home); nothing else is."""
     script = temp / "as-other-user.sh"
-    prefix = Path(sys.base_prefix).resolve()
+    needed = sorted({Path(p).resolve() for p in (sys.base_prefix, sys.prefix, REPO)})
     lines = ["#!/bin/sh", "set -e"]
-    blocked = next((p for p in reversed(prefix.parents) if p != Path("/") and not (p.stat().st_mode & 0o001)), None)
-    if blocked is not None:  # e.g. /root (0700): mount the interpreter back over an open tmpfs
-        lines += [
-            f'stage=$(mktemp -d "{temp}/stage-XXXX")',
-            f'mount --bind "{prefix}" "$stage"',
-            f'mount -t tmpfs -o mode=755 tmpfs "{blocked}"',
-            f'mkdir -p "{prefix}"',
-            f'mount --move "$stage" "{prefix}"',
-        ]
+    blocked: dict[Path, Path] = {}  # needed path -> its outermost ancestor nobody cannot enter
+    for path in needed:
+        closed = [p for p in reversed(path.parents) if p != Path("/") and not (p.stat().st_mode & 0o001)]
+        if closed:
+            blocked[path] = closed[0]
+    for i, path in enumerate(blocked):  # staged first: the tmpfs below hides them
+        lines += [f'mkdir -p "{temp}/stage{i}"', f'mount --bind "{path}" "{temp}/stage{i}"']
+    for top in sorted(set(blocked.values())):
+        lines.append(f'mount -t tmpfs -o mode=755 tmpfs "{top}"')
+    for i, path in enumerate(blocked):
+        lines += [f'mkdir -p "{path}"', f'mount --move "{temp}/stage{i}" "{path}"']
     lines.append(f'exec setpriv --reuid={OTHER_USER} --regid={OTHER_USER} --clear-groups "$@"')
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
@@ -135,6 +138,11 @@ def cluster(s3, tmp_path_factory):
         d.mkdir()
         os.chown(d, OTHER_USER, OTHER_USER)
     home.chmod(0o700)
+    as_other = _as_other_user(temp)
+    probe = subprocess.run([*as_other, sys.executable, "-c", "import ray, fusion"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        shutil.rmtree(temp, ignore_errors=True)
+        pytest.skip(f"the worker node's user cannot run this installation: {probe.stderr.strip()[-300:]}")
     port = free_port()
     env = {
         # not this session's PREFECT_HOME either: the worker node's user cannot read it
@@ -155,7 +163,7 @@ def cluster(s3, tmp_path_factory):
             timeout=180,
         )
         subprocess.run(
-            [*_as_other_user(temp), RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", *common]
+            [*as_other, RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", *common]
             + [f"--temp-dir={worker_temp}"],
             check=True,
             # a node of its own has its own /tmp: Ray's lock files there are this node's alone
@@ -163,7 +171,7 @@ def cluster(s3, tmp_path_factory):
             capture_output=True,
             timeout=180,
         )
-        yield {"address": f"127.0.0.1:{port}", "env": env, "home": home, "as_other": _as_other_user(temp)}
+        yield {"address": f"127.0.0.1:{port}", "env": env, "home": home, "as_other": as_other}
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
