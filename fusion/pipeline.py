@@ -200,7 +200,7 @@ def train(cfg: Config, prepared: Prepared, run: RunInfo, use_ray: bool = True) -
         from fusion.tracking import SPOOL
         from fusion.train.distributed import train_with_ray
 
-        _executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
+        executor_tags(cfg, run, "ray", max(1, int(cfg.train.ray.cpus_per_worker)))
         with _ray_interrupts():
             train_with_ray(
                 cfg,
@@ -256,7 +256,7 @@ def train_in_process(
     from fusion.tracking import SPOOL
     from fusion.train.loop import Trainer
 
-    _executor_tags(cfg, run, executor, torch.get_num_threads())
+    executor_tags(cfg, run, executor, torch.get_num_threads())
     last = ckpt_dir / LAST
     trainer = Trainer(
         cfg, prepared.root, [tracking.MlflowCallback(run.target, run.run_id, run.dir / SPOOL), *callbacks]
@@ -264,7 +264,7 @@ def train_in_process(
     return trainer.fit(ckpt_dir, resume_from=last if last.is_file() else None, deadline=deadline)
 
 
-def _executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> None:
+def executor_tags(cfg: Config, run: RunInfo, executor: str, threads: int) -> None:
     from fusion.device import pick_device
 
     # what `fusion reproduce` needs to redo the arithmetic: CPU reductions depend on the thread count

@@ -64,7 +64,8 @@ class SweepEntry(StrictModel):
 
 
 class SweepResources(StrictModel):
-    cpus: float = Field(1, gt=0)  # per trial; also its torch threads
+    # per trial; also its torch threads. A data-parallel trial's workers take train.ray.* on top
+    cpus: float = Field(1, gt=0)
     gpus: float = Field(0, ge=0)  # per trial; a fraction (0.25) packs several trials on one GPU
 
 

@@ -114,11 +114,6 @@ def resolve(workspace: Path, sweep: SweepConfig, specs: list[TrialSpec]) -> list
     for spec in specs:
         try:
             cfg = load_config(workspace, sweep.profile, merge_trees(common, spec.overrides))
-            if cfg.train.ray.num_workers > 1:  # refused before any trial starts, as a bad variant is
-                raise ConfigError(
-                    f"train.ray.num_workers={cfg.train.ray.num_workers}: a sweep trial trains on one worker "
-                    "(data-parallel training is for `fusion train` and the nightly); size trials with `resources:`"
-                )
             tree = cfg.model_dump(mode="json", exclude={"sweeps"})  # a trial is one training run, not a sweep
             tree["nightly"]["sweep"] = None
             out.append(Trial(spec, tree))

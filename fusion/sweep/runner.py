@@ -236,7 +236,7 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     from ray import tune
 
     from fusion.sweep.trial import ray_trainable
-    from fusion.train.distributed import init_ray
+    from fusion.train.distributed import check_fits, init_ray
 
     available = init_ray()
     res = sweep.resources
@@ -246,6 +246,17 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
                 f"sweeps.{ctx.name}.resources.{kind.lower()}s={want} but the Ray cluster has "
                 f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
             )
+    errors: dict[str, str] = {}
+    for t in list(trials):  # a data-parallel trial whose workers can never be placed fails alone
+        cfg = _config(t)
+        if cfg is not None and cfg.train.ray.num_workers > 1:
+            try:
+                check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
+            except ConfigError as exc:
+                errors[t.id] = f"ConfigError: {exc}"
+                trials = [u for u in trials if u.id != t.id]
+    if not trials:
+        return errors
     budget = None
     if ctx.deadline is not None:
         budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
@@ -269,7 +280,6 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
         ),
     )
     grid = tuner.fit()
-    errors = {}
     for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
         r = grid[i]
         if r.error is not None:

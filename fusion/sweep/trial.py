@@ -4,7 +4,9 @@
 Tune function trainable around it. Everything a trial needs is in its trial folder
 (<sweep dir>/<trial id>/) on storage every node sees, so a trial restarted on another
 worker, or by a later run of the same sweep, continues from checkpoints/last.pt and logs
-into the same child run; the metric callback skips steps that run already has.
+into the same child run; the metric callback skips steps that run already has. A trial with
+train.ray.num_workers > 1 trains on that many Ray Train workers started from the Tune trial
+(fusion.train.distributed.train_trial_with_ray), with the same folder and the same rules.
 """
 
 from __future__ import annotations
@@ -154,10 +156,13 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     prepared = ctx.prepared_data()
     ckpt = tdir / CHECKPOINTS
     try:
-        callbacks = [_Report(report)] if report else []
-        state = pipeline.train_in_process(
-            cfg, prepared, run, ckpt, callbacks, ctx.deadline, executor="ray-tune" if report else "local"
-        )
+        if cfg.train.ray.num_workers > 1:
+            state = _train_data_parallel(cfg, prepared, run, ckpt, ctx, attempt, under_tune=report is not None)
+        else:
+            callbacks = [_Report(report)] if report else []
+            state = pipeline.train_in_process(
+                cfg, prepared, run, ckpt, callbacks, ctx.deadline, executor="ray-tune" if report else "local"
+            )
         status = state.stopped or "completed"
         if status in DONE:
             pipeline.publish(run, ckpt)
@@ -180,6 +185,21 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     tracking.end_run(run.target, run.run_id, RUN_STATUS[status])
     write_status(tdir, record)
     return record
+
+
+def _train_data_parallel(cfg, prepared, run, ckpt: Path, ctx: SweepContext, attempt: int, under_tune: bool):
+    """train.ray.num_workers > 1: the trial's training as a Ray Train run of N workers."""
+    from fusion import pipeline
+    from fusion.errors import ConfigError
+    from fusion.train.distributed import train_trial_with_ray
+
+    if not under_tune:
+        raise ConfigError(
+            f"train.ray.num_workers={cfg.train.ray.num_workers}: a data-parallel trial trains on Ray workers; "
+            "run the sweep without --no-ray"
+        )
+    pipeline.executor_tags(cfg, run, "ray-tune", max(1, int(cfg.train.ray.cpus_per_worker)))
+    return train_trial_with_ray(cfg, prepared.root, run, ckpt, ctx.deadline, attempt)
 
 
 def _next_attempt(tdir: Path) -> int:

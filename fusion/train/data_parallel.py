@@ -109,8 +109,8 @@ def data_parallel_model(model: torch.nn.Module, tcfg: Any, world: World, device:
     if tcfg.ray.num_workers != world.size:
         raise ConfigError(
             f"train.ray.num_workers={tcfg.ray.num_workers} but this process trains with {world.size - 1} "
-            "others: data-parallel training runs through Ray (`fusion train`, `fusion run` without --no-ray); "
-            "sweep trials train on one worker"
+            "others: data-parallel training runs through Ray (`fusion train`, `fusion run`, `fusion sweep` "
+            "without --no-ray)"
         )
     if world.size == 1:  # (a batch that does not split is refused by Config's validation)
         return model

@@ -12,8 +12,9 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fusion.checkpoint import BEST, LAST
 from fusion.config import Config
@@ -61,7 +62,7 @@ def init_ray() -> dict[str, Any]:
     return ray.cluster_resources()
 
 
-def _worker_loop(config: dict[str, Any]) -> None:
+def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     """Runs inside the Ray Train worker."""
     import ray.train
 
@@ -80,26 +81,38 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(cfg.train.ray.cpus_per_worker)))
-    ckpt_dir = Path(tempfile.mkdtemp(prefix="fusionflow-ckpt-"))
-    resume_from = None
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+    trial = config.get("ckpt_dir")  # a sweep trial: its checkpoints live in its folder on the shared disk
+    if trial:
+        ckpt_dir = Path(trial)
         resume_from = ckpt_dir / LAST if (ckpt_dir / LAST).is_file() else None
+    else:
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="fusionflow-ckpt-"))
+        resume_from = None
+        restored = ray.train.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                shutil.copytree(d, ckpt_dir, dirs_exist_ok=True)
+            resume_from = ckpt_dir / LAST if (ckpt_dir / LAST).is_file() else None
     callbacks: list = []
     main = ray.train.get_context().get_world_rank() == 0  # rank 0 logs; every worker reports to Ray
     if config.get("run_id") and main:
         from fusion.tracking import MlflowCallback, TrackingTarget
 
         callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(spool)))
-    callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs, main))
-    Trainer(cfg, data_root, callbacks).fit(ckpt_dir, resume_from)
+    callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs, main, persist=not trial))
+    state = Trainer(cfg, data_root, callbacks).fit(ckpt_dir, resume_from, deadline=config.get("deadline"))
+    # rank 0's return value is the Result's: how the training ended, for the sweep's status record
+    return {"epoch": state.epoch, "best_val": state.best_val, "stopped": state.stopped, "history": state.history[-1:]}
+
+
+# what mypy sees of ray.train is the V1 API, whose loop returns None; Train V2's returns a value
+# (rank 0's becomes Result.return_value) and takes V2 callbacks such as TuneReportCallback
+_LOOP: Any = _worker_loop
 
 
 class _RayReport:
-    def __init__(self, every: int, epochs: int, main: bool = True):
-        self.every, self.epochs, self.main = every, epochs, main
+    def __init__(self, every: int, epochs: int, main: bool = True, persist: bool = True):
+        self.every, self.epochs, self.main, self.persist = every, epochs, main, persist
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
@@ -107,7 +120,8 @@ class _RayReport:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         import ray.train
 
-        if self.main and (epoch % self.every == 0 or epoch == self.epochs):  # rank 0 wrote it
+        due = epoch % self.every == 0 or epoch == self.epochs
+        if self.persist and self.main and due:  # rank 0 wrote it
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
         else:
             ray.train.report(metrics)
@@ -130,33 +144,21 @@ def train_with_ray(
     other storage; on object storage the workers also take their data from the DVC remote of
     `workspace` (fusion/data/node_cache.py), so they need no disk shared with this machine.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from fusion.train.storage import storage_path as ray_storage
 
     where = ray_storage(cfg, storage_path)
     remote = preflight(cfg, data_root, workspace, tracking)
-    available = init_ray()
+    check_fits(cfg, init_ray())
     rc = cfg.train.ray
-    n = rc.num_workers
-    for kind, per_worker, key in (
-        ("CPU", rc.cpus_per_worker, "cpus_per_worker"),
-        ("GPU", rc.gpus_per_worker, "gpus_per_worker"),
-    ):
-        if per_worker * n > available.get(kind, 0):  # refused now rather than waiting for resources forever
-            workers = f"train.ray.num_workers={n} x " if n > 1 else ""
-            raise ConfigError(
-                f"{workers}train.ray.{key}={per_worker} but the Ray cluster has {available.get(kind, 0)} {kind}s"
-            )
-    use_gpu = rc.gpus_per_worker > 0
-    resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
     if cfg.storage.uri is not None and run_id:
         # one bucket serves many workspaces and Ray continues a run found under the same name:
         # the MLflow run id makes it this run's alone (and the same when the run is resumed)
         run_name = f"{run_name}-{run_id[:8]}"
     trainer = TorchTrainer(
-        _worker_loop,
+        _LOOP,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "data_root": str(Path(data_root).resolve()),
@@ -166,7 +168,7 @@ def train_with_ray(
             "data": remote.to_dict() if remote else None,
             "cache": cfg.storage.cache,
         },
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=_scaling(cfg),
         run_config=RunConfig(
             name=run_name,
             storage_path=where,
@@ -183,6 +185,80 @@ def train_with_ray(
             if (Path(d) / name).is_file():
                 shutil.copy2(Path(d) / name, out_dir / name)
     return out_dir
+
+
+def check_fits(cfg: Config, available: dict[str, Any], besides: dict[str, float] | None = None) -> None:
+    """Refuse now, naming the keys, workers the cluster can never schedule (Ray would wait forever).
+    `besides`: what else the run holds meanwhile (a sweep trial's own resources)."""
+    rc = cfg.train.ray
+    n = rc.num_workers
+    for kind, per_worker, key in (
+        ("CPU", rc.cpus_per_worker, "cpus_per_worker"),
+        ("GPU", rc.gpus_per_worker, "gpus_per_worker"),
+    ):
+        held = (besides or {}).get(kind, 0.0)
+        if per_worker * n + held > available.get(kind, 0):
+            workers = f"train.ray.num_workers={n} x " if n > 1 else ""
+            also = f" + the trial's own {held:g}" if held else ""
+            raise ConfigError(
+                f"{workers}train.ray.{key}={per_worker}{also} but the Ray cluster has {available.get(kind, 0)} {kind}s"
+            )
+
+
+def _scaling(cfg: Config):
+    from ray.train import ScalingConfig
+
+    rc = cfg.train.ray
+    use_gpu = rc.gpus_per_worker > 0
+    resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if use_gpu else {})}
+    return ScalingConfig(num_workers=rc.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def train_trial_with_ray(cfg: Config, data_root: Path, run, ckpt_dir: Path, deadline: float | None, attempt: int):
+    """A sweep trial's data-parallel training: a Ray Train run started from the Tune trial, its
+    N workers placed by Ray on top of the trial's own resources. Rank 0 writes the checkpoints
+    into the trial folder (sweeps keep it on a disk every node shares), so a restarted worker
+    group, a retried trial and the next run of the sweep all continue from its last.pt, as a
+    one-worker trial does; the workers' epoch metrics reach Tune through TuneReportCallback.
+    Returns the TrainState fields the trial's status record needs."""
+    from ray.train import FailureConfig, RunConfig, WorkerGroupError
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from fusion.errors import FusionError
+    from fusion.tracking import SPOOL
+    from fusion.train.loop import TrainState
+
+    trainer = TorchTrainer(
+        _LOOP,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "data_root": str(Path(data_root).resolve()),
+            "run_id": run.run_id,
+            "tracking": asdict(run.target),
+            "spool": str(run.dir / SPOOL),
+            "ckpt_dir": str(ckpt_dir),
+            "deadline": deadline,
+        },
+        scaling_config=_scaling(cfg),
+        run_config=RunConfig(
+            # a fresh Ray run each attempt: the trial folder, not Ray's storage, says where to continue
+            name=f"attempt-{attempt}",
+            storage_path=str(ckpt_dir.parent / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.train.ray.max_failures),
+            callbacks=[cast(Any, TuneReportCallback())],
+        ),
+    )
+    try:
+        result: Any = trainer.fit()
+    except WorkerGroupError as exc:
+        for failure in exc.worker_failures.values():  # deterministic: the trial fails, Tune does not retry it
+            cause = getattr(failure, "_base_exc", failure)  # Ray Train's wrapper of the worker's exception
+            if isinstance(cause, (FusionError, FloatingPointError)):
+                raise cause from exc
+        raise
+    done = result.return_value
+    return TrainState(epoch=done["epoch"], best_val=done["best_val"], history=done["history"], stopped=done["stopped"])
 
 
 def preflight(cfg: Config, data_root: Path, workspace: Path | None, tracking: dict[str, Any] | None):

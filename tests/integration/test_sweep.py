@@ -8,6 +8,10 @@
   equal an uninterrupted run of the same seed; MLflow has every step exactly once.
 - a sweep interrupted with Ctrl-C is continued by the next run: same parent run, the
   trial resumes from its checkpoint (not from epoch 0) and ends with the same weights.
+- a data-parallel trial (train.ray.num_workers: 2) trains on two Ray Train workers started
+  from its Tune trial; one worker killed mid-training, Ray Train restarts the group, it
+  continues from the trial's last.pt and ends bit-identical to two uninterrupted gloo
+  processes; one whose workers the cluster can never place fails alone.
 - a budget spent before the trials start leaves them not_started (parent KILLED); the next
   run, without a budget, continues the same sweep and completes them.
 """
@@ -37,7 +41,12 @@ SWEEPS = {
     "mixed": {
         "profile": "tiny",
         "overrides": ["train.epochs=2", "train.steps_per_epoch=2"],
-        "matrix": [{"model": "ufa", "variants": ["UFA", "NOPE"]}, {"model": "crossfuse", "variants": ["s1-c1"]}],
+        "matrix": [
+            {"model": "ufa", "variants": ["UFA", "NOPE"]},
+            {"model": "crossfuse", "variants": ["s1-c1"]},
+            # 2 workers of 2 CPUs + the trial's own CPU on a 2-CPU Ray: can never be placed, fails alone
+            {"model": "ufa", "variants": ["UFA"], "grid": {"train.ray.num_workers": [2]}},
+        ],
         "resources": {"cpus": 1},
     },
     "ft": {
@@ -54,6 +63,12 @@ SWEEPS = {
         "matrix": [{"model": "ufa", "variants": ["UFA"]}],
         "resources": {"cpus": 1},
         "evaluate": False,
+    },
+    "dp": {  # a data-parallel trial: 2 Ray Train workers of half a CPU beside the trial's own CPU
+        "profile": "tiny",
+        "overrides": [*SLOW, "train.ray.num_workers=2", "train.ray.cpus_per_worker=0.5"],
+        "matrix": [{"model": "ufa", "variants": ["UFA"]}],
+        "resources": {"cpus": 1},
     },
     "budget": {
         "profile": "tiny",
@@ -155,8 +170,13 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
         "ufa-UFA-multi-focus-s0": "completed",
         "ufa-NOPE-multi-focus-s0": "failed",
         "crossfuse-s1-c1-multi-focus-s0": "completed",
+        "ufa-UFA-multi-focus-s0-num_workers=2": "failed",
     }
     assert "unknown variant 'NOPE'" in status["ufa-NOPE-multi-focus-s0"]["error"]
+    assert (
+        "train.ray.num_workers=2 x train.ray.cpus_per_worker=2.0 + the trial's own 1 but the Ray cluster has 2.0 CPUs"
+        in status["ufa-UFA-multi-focus-s0-num_workers=2"]["error"]
+    )
     assert result.finished and not result.resumed
 
     client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
@@ -190,7 +210,7 @@ def test_sweep_failing_trial_dependency_and_report(sweep_ws):
     assert "NOPE" not in table and "stage1" not in table
     # the same sweep again: already complete, nothing new in MLflow
     assert again.resumed and again.parent_run_id == result.parent_run_id
-    assert len(client.search_runs([parent.info.experiment_id], "tags.`sweep.name` = 'mixed'")) == 5
+    assert len(client.search_runs([parent.info.experiment_id], "tags.`sweep.name` = 'mixed'")) == 6
 
 
 def _ray(*args: str, env: dict) -> None:
@@ -346,3 +366,63 @@ def test_a_spent_budget_leaves_trials_not_started_and_the_next_run_completes_the
         "ufa-NO-SA-multi-focus-s0",
     ]
     assert all(r.data.tags["train.executor"] == "local" for r in children)
+
+
+def _train_workers(since: float) -> list[int]:
+    """This user's Ray Train worker processes started after `since`."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["uids", "cmdline", "create_time"])
+        if p.info["uids"]
+        and p.info["uids"].real == os.getuid()
+        and p.info["create_time"] >= since
+        and "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_data_parallel_trial_trains_on_two_workers_and_a_killed_worker_resumes_exactly(sweep_ws, tmp_path):
+    from fusion import tracking
+    from fusion.checkpoint import load_checkpoint
+    from fusion.config import load_config
+    from fusion.pipeline import current_data
+    from fusion.reproduce import retrain
+    from fusion.sweep.runner import plan
+    from mlflow import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    log = open(tmp_path / "sweep.log", "w")
+    started = time.time()
+    proc = subprocess.Popen([FUSION, "sweep", "dp", "-w", str(sweep_ws)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tdir = _wait_for_epoch(sweep_ws, "dp", TRIAL, 2, proc)
+        workers = _train_workers(started)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)  # Ray Train restarts its worker group; the trial goes on
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "sweep.log").read_text()
+    assert "resumed from" in output, output[-3000:]
+    record = json.loads((tdir / "status.json").read_text())
+    assert record["status"] == "completed" and record["epochs"] == 6 and record["attempts"] == 1
+    trained = load_checkpoint(tdir / "checkpoints" / "last.pt")
+    assert trained["data_parallel_workers"] == 2
+
+    # the same configuration trained without interruption by two gloo processes (fusion reproduce's way)
+    _, trials = plan(sweep_ws, "dp")
+    config = tmp_path / "trial.json"
+    config.write_text(json.dumps(next(t for t in trials if t.id == TRIAL).config))
+    data = current_data(sweep_ws, load_config(sweep_ws)).root
+    assert retrain(config, data, tmp_path / "reference", "1", 2, REPO, {**env, "PYTHONPATH": str(REPO)}) is None
+    _same_training(trained, load_checkpoint(tmp_path / "reference" / "last.pt"))
+
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["train.executor"] == "ray-tune"
+    assert run.data.params["train.ray.num_workers"] == "2" and "test/SSIM_gt" in run.data.metrics
+    _once_each(client, run.info.run_id, "train/loss", list(range(1, 6 * 12 + 1)))
+    _once_each(client, run.info.run_id, "val/loss", list(range(1, 7)))

@@ -95,7 +95,7 @@ def test_bad_trials_keep_their_error_and_the_rest_resolve(ws):
     assert "unknown model 'nosuch'" in by_id["nosuch-all-multi-focus-s0"].error
 
 
-def test_a_data_parallel_trial_is_refused_before_the_sweep_runs(ws):
+def test_a_data_parallel_trial_resolves_with_its_workers(ws):
     _with_sweeps(
         ws,
         {
@@ -106,11 +106,10 @@ def test_a_data_parallel_trial_is_refused_before_the_sweep_runs(ws):
         },
     )
     _, trials = plan(ws, "dp")
-    errors = {t.id: t.error for t in trials}
-    assert errors["ufa-UFA-multi-focus-s0-num_workers=1"] is None
-    assert (
-        "train.ray.num_workers=2: a sweep trial trains on one worker" in errors["ufa-UFA-multi-focus-s0-num_workers=2"]
-    )
+    by_id = {t.id: t for t in trials}
+    assert all(t.error is None for t in trials)
+    assert by_id["ufa-UFA-multi-focus-s0-num_workers=1"].config["train"]["ray"]["num_workers"] == 1
+    assert by_id["ufa-UFA-multi-focus-s0-num_workers=2"].config["train"]["ray"]["num_workers"] == 2
 
 
 def test_sweep_errors_name_the_key(ws):
