@@ -10,7 +10,8 @@ A 2-worker data-parallel `fusion train` has one of its worker processes killed a
 epochs' checkpoints reached the bucket; Ray restarts the worker group from the latest one it
 registered, and the run ends with the weights of an uninterrupted run (the same configuration
 trained by two local processes in a gloo group, `fusion reproduce`'s way), every metric logged
-once.
+once. On the way it is also interrupted with Ctrl-C once the restarted workers finished an
+epoch, and `fusion train --resume RUN_ID` takes it on from its checkpoints in the bucket.
 
 Needs root (to start the worker node as another user in its own mount namespace); skipped
 otherwise, with the reason.
@@ -19,6 +20,7 @@ otherwise, with the reason.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -205,25 +207,44 @@ def _worker_pids() -> list[int]:
     ]
 
 
+def _env(cluster, mlflow: str) -> dict:
+    return {**cluster["env"], "RAY_ADDRESS": cluster["address"], "MLFLOW_TRACKING_URI": mlflow}
+
+
 def _train(ws: Path, cluster, mlflow: str, log: Path, prefix: str, kill_after_checkpoints: int | None = None):
-    env = {**cluster["env"], "RAY_ADDRESS": cluster["address"], "MLFLOW_TRACKING_URI": mlflow}
     settings = [*SETTINGS, f"storage.uri=s3://{BUCKET}/{prefix}"]
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [FUSION, "train", "-w", str(ws), "--profile", "tiny", *[a for s in settings for a in ("--set", s)]],
-            env=env,
+            env=_env(cluster, mlflow),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         killed = None
         try:
-            if kill_after_checkpoints is not None:
-                killed = _kill_a_worker_after(cluster, prefix, kill_after_checkpoints, proc, log)
-            assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+            if kill_after_checkpoints is None:
+                assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+                return None
+            killed = _kill_a_worker_after(cluster, prefix, kill_after_checkpoints, proc, log)
+            # then Ctrl-C once the restarted workers finished an epoch: `--resume` must take the
+            # run on from the bucket
+            _wait_for(lambda: re.search(r"resumed from .*epoch [2-4]/5", log.read_text(), re.S), proc, log)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=180) == 130, log.read_text()[-4000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
     return killed
+
+
+def _wait_for(condition, proc, log: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, f"training ended too early:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise TimeoutError(log.read_text()[-3000:])
 
 
 def _kill_a_worker_after(cluster, prefix: str, checkpoints: int, proc, log: Path) -> int:
@@ -238,10 +259,6 @@ def _kill_a_worker_after(cluster, prefix: str, checkpoints: int, proc, log: Path
             return pids[0]
         time.sleep(0.2)
     raise TimeoutError(f"no checkpoint {checkpoints} in the bucket:\n{log.read_text()[-3000:]}")
-
-
-def _run_id(log: Path) -> str:
-    return log.read_text().split("MLflow run ")[-1].split()[0]
 
 
 def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_storage(
@@ -260,12 +277,23 @@ def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_stor
     log = (tmp_path / "killed.log").read_text()
     # the restarted workers continued from a checkpoint in the bucket, not from epoch 0 (the
     # latest one Ray had registered: the one uploaded just before the kill may not be yet)
-    import re
-
     assert re.search(r"resumed from \S+ at epoch [1-4] ", log)
 
     client = MlflowClient(mlflow_server)
-    run_id = _run_id(tmp_path / "killed.log")
+    run_id = re.findall(r"fusion train --resume ([0-9a-f]{32})", " ".join(log.split()))[-1]
+    assert client.get_run(run_id).info.status == "KILLED"
+    # Ctrl-C, then --resume: the workers find the run's checkpoints in the bucket by its name
+    resumed = subprocess.run(
+        [FUSION, "train", "--resume", run_id, "-w", str(ws)],
+        env=_env(cluster, mlflow_server),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # from a checkpoint in the bucket (a fresh start says nothing): the latest Ray had registered
+    # when Ctrl-C came, which may be the one before the last epoch's
+    assert re.search(r"resumed from \S+ at epoch [1-4] ", resumed.stdout + resumed.stderr)
     assert client.get_run(run_id).info.status == "FINISHED"
     got = load_checkpoint(Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path / "got"))))
     # every metric once, the restarted epoch's steps included
