@@ -27,13 +27,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -243,52 +239,16 @@ def _workspace_on_bucket(dest: Path, endpoint: str, max_side: int) -> Path:
 @contextmanager
 def _s3_on_loopback(tmp: Path) -> Iterator[str]:
     """moto's S3 server with one bucket, its AWS settings in os.environ; yields the endpoint."""
-    import boto3
+    from fusion.loopback import s3_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    aws = {
-        "AWS_ACCESS_KEY_ID": "fusionflow",
-        "AWS_SECRET_ACCESS_KEY": "fusionflow-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
-    saved = {k: os.environ.get(k) for k in aws}
-    with open(tmp / "moto.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    with s3_server(tmp, BUCKET) as aws:
+        saved = {k: os.environ.get(k) for k in aws}
+        os.environ.update(aws)
         try:
-            _wait_http(f"{endpoint}/moto-api/", proc, tmp / "moto.log")
-            os.environ.update(aws)
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-            yield endpoint
+            yield aws["AWS_ENDPOINT_URL"]
         finally:
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"moto_server did not answer at {url} within {timeout:.0f} s")

@@ -166,12 +166,11 @@ def retrain(config: Path, data: Path, out: Path, threads: str, workers: int, cwd
     """Train `config` into `out` with the code on env's PYTHONPATH, as `workers` data-parallel
     processes (rank 0 writes `out`); returns the failing process's log, or None. When one
     process fails the others are stopped: they would wait for it in the next all-reduce."""
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from fusion.loopback import free_port
+
+    port = free_port()
     procs, logs = [], []
     for rank in range(workers):
         group = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(workers)}

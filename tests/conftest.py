@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from fusion.loopback import free_port, terminate, wait_http
+
+__all__ = ["free_port", "terminate", "wait_http"]  # the tests import them from here
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DURATIONS = Path(__file__).parent / "unit" / "durations.json"
@@ -111,42 +115,6 @@ def shared_data() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"shared data not found at {SHARED / 'data'}")
     return SHARED / "data"
-
-
-def terminate(proc, timeout: float = 20.0) -> None:
-    """Stop a server the test started: SIGTERM, then SIGKILL if it lingers."""
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90.0, proc=None) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, terminate, wait_http
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -66,26 +66,10 @@ def _can_isolate() -> str | None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server on loopback with one bucket; the AWS settings every process uses."""
-    import boto3
+    from fusion.loopback import s3_server
 
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    aws = {
-        "AWS_ACCESS_KEY_ID": "fusionflow",
-        "AWS_SECRET_ACCESS_KEY": "fusionflow-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    try:
-        wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
-        boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], **_keys(aws)).create_bucket(Bucket=BUCKET)
+    with s3_server(tmp_path_factory.mktemp("moto"), BUCKET) as aws:
         yield aws
-    finally:
-        terminate(proc)
-        log.close()
 
 
 def _keys(aws: dict) -> dict:
