@@ -186,13 +186,6 @@ class Config(StrictModel):
             raise ValueError(
                 f"nightly.sweep: {self.nightly.sweep!r} is not under `sweeps:`; defined: {sorted(self.sweeps)}"
             )
-        if self.nightly.sweep is not None and self.storage.object_store:
-            # refused here, not after the nightly trained its model: sweeps need the shared disk
-            raise ValueError(
-                f"nightly.sweep: {self.nightly.sweep!r} keeps its trial folders in the workspace, which nodes "
-                f"do not share with storage.uri={self.storage.uri}; set nightly.sweep: null, or storage.uri: null "
-                "on a shared disk"
-            )
         check_model(self.train.model, self.train.variant, self.train.options, self.train.stage)
         workers = self.train.ray.num_workers
         if self.train.batch_size % workers:

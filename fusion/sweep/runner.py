@@ -32,12 +32,12 @@ from fusion.sweep.trial import (
     DONE,
     FINAL,
     TAG_STATUS,
+    WORKER_FILE,
     SweepContext,
     child_run,
     execute,
-    read_status,
+    find_child_run,
     record_failure,
-    write_status,
 )
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,6 @@ def run_sweep(
     started = time.time()
     ws = resolve_workspace(workspace)
     base = load_config(ws)
-    if base.storage.object_store and use_ray:
-        # trial folders (status, checkpoints) live in the workspace, which nodes then do not share
-        raise ConfigError(
-            f"storage.uri={base.storage.uri}: sweeps keep their trial folders in the workspace and need it "
-            "on every node (README: On a Ray cluster); run this sweep with storage.uri: null on a shared disk"
-        )
     sweep, trials = _plan(ws, base, name, overrides)
     updates = {
         k: v for k, v in (("budget_minutes", budget_minutes), ("max_concurrent", max_concurrent)) if v is not None
@@ -123,21 +117,15 @@ def run_sweep(
     sdir = ws / pipeline.RUNS_DIR / SWEEPS_DIR / f"{name}-{key[:12]}"
     sdir.mkdir(parents=True, exist_ok=True)
     target = tracking.target(base, ws)
+    store = None
+    if base.storage.object_store and use_ray:
+        # the nodes share no disk: trial folders persist in the bucket (fusion/sweep/store.py), the
+        # data comes from the DVC remote; checked before the parent run is made
+        from fusion.train.distributed import preflight
+
+        preflight(base, prepared.root, ws, asdict(target))
+        store = f"{base.storage.uri.rstrip('/')}/{SWEEPS_DIR}/{sdir.name}"  # type: ignore[union-attr]
     parent, resumed = _parent_run(target, name, key, sweep, trials, prepared, git)
-    status = {t.id: read_status(sdir / t.id) for t in trials}
-    if resumed and all(_final(status[t.id]) for t in trials):
-        log.info(
-            "sweep %s: every trial already has a final status (parent run %s); nothing to do (--new starts it again)",
-            name,
-            parent,
-        )
-        rows = json.loads((sdir / "trials.json").read_text()) if (sdir / "trials.json").is_file() else []
-        return SweepResult(name, key, sdir, parent, rows, True, time.time() - started)
-    if resumed:
-        tracking.client(target).update_run(parent, status="RUNNING")
-    for t in trials:  # stage 2 starts from its stage-1 trial's best checkpoint
-        if t.spec.depends_on and t.config:
-            t.config["train"]["init_from"] = str(sdir / t.spec.depends_on / CHECKPOINTS / "best.pt")
     threads = max(1, int(sweep.resources.cpus))
     ctx = SweepContext(
         name,
@@ -149,7 +137,23 @@ def run_sweep(
         threads,
         started + sweep.budget_minutes * 60 if sweep.budget_minutes else None,
         sweep.evaluate,
+        store,
+        base.storage.cache,
     )
+    status = {t.id: ctx.status(t.id) for t in trials}
+    if resumed and all(_final(status[t.id]) for t in trials):
+        log.info(
+            "sweep %s: every trial already has a final status (parent run %s); nothing to do (--new starts it again)",
+            name,
+            parent,
+        )
+        rows = json.loads((sdir / "trials.json").read_text()) if (sdir / "trials.json").is_file() else []
+        return SweepResult(name, key, sdir, parent, rows, True, time.time() - started)
+    if resumed:
+        tracking.client(target).update_run(parent, status="RUNNING")
+    for t in trials:  # stage 2 starts from its stage-1 trial's best checkpoint
+        if t.spec.depends_on and t.config and not store:
+            t.config["train"]["init_from"] = str(sdir / t.spec.depends_on / CHECKPOINTS / "best.pt")
     log.info(
         "sweep %s: %d trials in %s (parent run %s%s)", name, len(trials), sdir, parent, ", resumed" if resumed else ""
     )
@@ -165,6 +169,8 @@ def run_sweep(
                 continue
             dep = status.get(t.spec.depends_on) or {}
             if dep.get("status") in DONE:
+                if store and t.config:  # every node downloads it from the stage-1 trial's MLflow run
+                    t.config["train"]["init_from"] = f"runs:/{dep['run_id']}/checkpoints/best.pt"
                 todo.append(t)
             elif dep.get("status") == "failed":
                 run = child_run(ctx, _payload(t), _config(t))
@@ -225,7 +231,7 @@ def _run(
         return
     errors = _tune(trials, ctx, sweep, sdir, phase)
     for t in trials:
-        status[t.id] = read_status(sdir / t.id)
+        status[t.id] = ctx.status(t.id)
         if t.id in errors and not _final(status[t.id]):
             # the worker died more than max_failures times, or a bug raised: recorded, the rest goes on
             status[t.id] = record_failure(ctx, _payload(t), child_run(ctx, _payload(t), _config(t)), errors[t.id])
@@ -260,9 +266,12 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     budget = None
     if ctx.deadline is not None:
         budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
+    payloads = {t.id: _payload(t) for t in trials}
+    if ctx.store:
+        _on_object_storage(trials, payloads, ctx)
     # the grid is over trial ids (Tune's progress table shows them); the payloads travel once
     # through the object store
-    trainable = tune.with_parameters(ray_trainable, trials={t.id: _payload(t) for t in trials}, sweep=asdict(ctx))
+    trainable = tune.with_parameters(ray_trainable, trials=payloads, sweep=asdict(ctx))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
         param_space={"trial": tune.grid_search([t.id for t in trials])},
@@ -274,7 +283,7 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
         ),
         run_config=tune.RunConfig(
             name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(sdir / "ray"),
+            storage_path=f"{ctx.store}/ray" if ctx.store else str(sdir / "ray"),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             verbose=1,
         ),
@@ -289,6 +298,37 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
     return errors
 
 
+def _on_object_storage(trials: list[Trial], payloads: dict[str, dict], ctx: SweepContext) -> None:
+    """What trials on nodes without the workspace's disk need from this machine: their MLflow
+    runs made here (making one reads the workspace), and the DVC outputs each one reads,
+    checked on the remote; a trial whose data is not there fails alone, saying so."""
+    from fusion.data.node_cache import data_ref
+    from fusion.data.stages import output_dir
+    from fusion.train.distributed import training_reads
+
+    ws, prepared = Path(ctx.workspace), ctx.prepared_data()
+    refs: dict[tuple, dict | str] = {}  # one remote check per set of folders (most trials read the same)
+    for t in trials:
+        cfg = _config(t)
+        if cfg is None:
+            continue
+        child_run(ctx, payloads[t.id], cfg)
+        reads = training_reads(cfg, prepared.root)
+        if ctx.evaluate:  # the prepared test sets the evaluation scores on
+            for name in sorted(cfg.data.test_sets):
+                folder = output_dir(ws, "test_sets", name)
+                if (folder / "manifest.json").is_file():
+                    reads[f"data.test_sets.{name}"] = folder
+        key = tuple(sorted((k, str(v)) for k, v in reads.items()))
+        if key not in refs:
+            try:
+                refs[key] = data_ref(ws, reads).to_dict()
+            except ConfigError as exc:
+                refs[key] = str(exc)
+        found = refs[key]
+        payloads[t.id]["data" if isinstance(found, dict) else "error"] = found
+
+
 def _trial_name(trial) -> str:
     return trial.config["trial"]
 
@@ -298,20 +338,23 @@ def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContex
     have a checkpoint to continue from) or not_started, and their child runs say so."""
     rows = []
     for t in trials:
-        rec = status.get(t.id) or read_status(sdir / t.id) or {}
+        rec = status.get(t.id) or ctx.status(t.id) or {}
         state = rec.get("status")
         if state is None:  # stopped from outside: the budget's hard stop, Ctrl-C, or never started
             late = ctx.deadline is not None and time.time() >= ctx.deadline
-            started = (sdir / t.id / CHECKPOINTS / "last.pt").is_file()
+            started = ctx.has(t.id, f"{CHECKPOINTS}/last.pt")
             state = ("out_of_time" if late else "interrupted") if started else "not_started"
             rec = {**rec, "status": state}
-            if rec.get("run_id") is None and (sdir / t.id).is_dir():
+            began = ctx.has(t.id, WORKER_FILE)
+            # on object storage the driver made the trial's run before Tune placed it
+            made = bool(ctx.store) and rec.get("run_id") is None and bool(find_child_run(ctx, t.id))
+            if rec.get("run_id") is None and (began or made):
                 run = child_run(ctx, _payload(t), _config(t))
                 tracking.set_tags(run.target, run.run_id, {TAG_STATUS: state})
                 tracking.end_run(run.target, run.run_id, "KILLED")
                 rec["run_id"] = run.run_id
-            if (sdir / t.id).is_dir():
-                write_status(sdir / t.id, rec)
+            if began:
+                ctx.record(t.id, rec)
         rows.append(
             {
                 "trial": t.id,

@@ -2,7 +2,8 @@
 
 `execute` is plain Python (the benchmark calls it directly); `ray_trainable` is the Ray
 Tune function trainable around it. Everything a trial needs is in its trial folder
-(<sweep dir>/<trial id>/) on storage every node sees, so a trial restarted on another
+(<sweep dir>/<trial id>/) on a disk every node sees, or mirrored to object storage
+(fusion/sweep/store.py, storage.uri), so a trial restarted on another
 worker, or by a later run of the same sweep, continues from checkpoints/last.pt and logs
 into the same child run; the metric callback skips steps that run already has. A trial with
 train.ray.num_workers > 1 trains on that many Ray Train workers started from the Tune trial
@@ -57,9 +58,52 @@ class SweepContext:
     threads: int
     deadline: float | None  # time.time() by which trials stop (marked out_of_time)
     evaluate: bool
+    store: str | None = None  # object storage: the URI trial folders persist under (fusion/sweep/store.py)
+    cache: str = ""  # storage.cache: the node-local copies of trial folders and data
 
     def trial_dir(self, trial_id: str) -> Path:
+        """Where this process works on the trial's files (a node-local copy on object storage)."""
+        if self.store:
+            return Path(self.cache).expanduser() / "sweeps" / Path(self.dir).name / trial_id
         return Path(self.dir) / trial_id
+
+    def trial_uri(self, trial_id: str) -> str:
+        assert self.store is not None
+        return f"{self.store}/{trial_id}"
+
+    def save(self, trial_id: str, *names: str) -> None:
+        """On object storage: these files of the trial's local copy, to the store."""
+        if self.store:
+            from fusion.sweep.store import push
+
+            push(self.trial_dir(trial_id), self.trial_uri(trial_id), names)
+
+    def load(self, trial_id: str) -> None:
+        """On object storage: the trial's records and checkpoints, from the store."""
+        if self.store:
+            from fusion.sweep.store import CHECKPOINT_FILES, pull
+
+            pull(self.trial_uri(trial_id), self.trial_dir(trial_id), (STATUS_FILE, WORKER_FILE, *CHECKPOINT_FILES))
+
+    def status(self, trial_id: str) -> dict[str, Any] | None:
+        if not self.store:
+            return read_status(self.trial_dir(trial_id))
+        from fusion.sweep.store import read_bytes
+
+        data = read_bytes(self.trial_uri(trial_id), STATUS_FILE)
+        return json.loads(data) if data else None
+
+    def has(self, trial_id: str, name: str) -> bool:
+        """The trial has that file (a started trial has its WORKER_FILE)."""
+        if not self.store:
+            return (self.trial_dir(trial_id) / name).is_file()
+        from fusion.sweep.store import exists
+
+        return exists(self.trial_uri(trial_id), name)
+
+    def record(self, trial_id: str, record: dict[str, Any]) -> None:
+        write_status(self.trial_dir(trial_id), record)
+        self.save(trial_id, STATUS_FILE)
 
     def prepared_data(self):
         from fusion.pipeline import Prepared
@@ -88,11 +132,7 @@ def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
     target = tracking.TrackingTarget(**ctx.tracking)
     client = tracking.client(target)
     tdir = ctx.trial_dir(trial["id"])
-    found = client.search_runs(
-        [tracking.experiment_id(target)],
-        max_results=1,
-        filter_string=(f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial['id']}'"),
-    )
+    found = find_child_run(ctx, trial["id"])
     name = f"{ctx.name}/{trial['id']}"
     if found:
         run_id = found[0].info.run_id
@@ -121,6 +161,16 @@ def child_run(ctx: SweepContext, trial: dict[str, Any], cfg=None):
     )
 
 
+def find_child_run(ctx: SweepContext, trial_id: str) -> list:
+    """The trial's MLflow run under the sweep's parent, if one was made ([] if not)."""
+    target = tracking.TrackingTarget(**ctx.tracking)
+    return tracking.client(target).search_runs(
+        [tracking.experiment_id(target)],
+        max_results=1,
+        filter_string=f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
+    )
+
+
 def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, status: str = "failed") -> dict:
     client = tracking.client(run.target)
     client.set_tag(run.run_id, TAG_STATUS, status)
@@ -128,7 +178,7 @@ def record_failure(ctx: SweepContext, trial: dict[str, Any], run, error: str, st
     client.log_text(run.run_id, error, "error.txt")
     client.set_terminated(run.run_id, RUN_STATUS[status])
     record = {"status": status, "run_id": run.run_id, "error": error}
-    write_status(ctx.trial_dir(trial["id"]), record)
+    ctx.record(trial["id"], record)
     return record
 
 
@@ -142,7 +192,9 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
 
     tdir = ctx.trial_dir(trial["id"])
     tdir.mkdir(parents=True, exist_ok=True)
+    ctx.load(trial["id"])  # object storage: where an earlier attempt, perhaps on another node, got to
     attempt = _next_attempt(tdir)
+    ctx.save(trial["id"], WORKER_FILE)
     torch.set_num_threads(ctx.threads)
     if not ctx.tracking["artifact_location"]:
         # a worker has its node's environment, not the driver's: runs:/ and models:/ URIs
@@ -150,16 +202,36 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
         os.environ[tracking.TRACKING_ENV] = ctx.tracking["uri"]
     if trial.get("error"):
         return record_failure(ctx, trial, child_run(ctx, trial), trial["error"])
-    cfg = Config.model_validate(trial["config"])
-    run = child_run(ctx, trial, cfg)
+    config, prepared, local = trial["config"], ctx.prepared_data(), None
+    if trial.get("data"):  # object storage: this node's copy of the data the trial reads
+        from dataclasses import replace
+
+        from fusion.data.node_cache import DataRef, localise, materialise
+
+        ref = DataRef(**trial["data"])
+        local = materialise(ref, ctx.cache)
+        config = localise(config, ref, local)
+        prepared = replace(prepared, root=Path(localise(str(prepared.root), ref, local)))
+    cfg = Config.model_validate(config)
+    run = child_run(ctx, trial, cfg)  # on object storage the driver made it: found, not made here
+    if local is not None:
+        run = replace(run, workspace=local)  # the prepared test sets are read from there
     tracking.set_tags(run.target, run.run_id, {"sweep.attempts": str(attempt)})
-    prepared = ctx.prepared_data()
     ckpt = tdir / CHECKPOINTS
     try:
         if cfg.train.ray.num_workers > 1:
+            if ctx.store:
+                raise FusionError(
+                    f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
+                    "shared disk (storage.uri: null); on object storage a trial trains on one worker"
+                )
             state = _train_data_parallel(cfg, prepared, run, ckpt, ctx, attempt, under_tune=report is not None)
         else:
-            callbacks = [_Report(report)] if report else []
+            callbacks: list = [_Report(report)] if report else []
+            if ctx.store:
+                from fusion.sweep.store import Mirror
+
+                callbacks.append(Mirror(tdir, ctx.trial_uri(trial["id"])))
             state = pipeline.train_in_process(
                 cfg, prepared, run, ckpt, callbacks, ctx.deadline, executor="ray-tune" if report else "local"
             )
@@ -183,7 +255,7 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     }
     tracking.set_tags(run.target, run.run_id, {TAG_STATUS: status})
     tracking.end_run(run.target, run.run_id, RUN_STATUS[status])
-    write_status(tdir, record)
+    ctx.record(trial["id"], record)
     return record
 
 
@@ -203,7 +275,9 @@ def _train_data_parallel(cfg, prepared, run, ckpt: Path, ctx: SweepContext, atte
 
 
 def _next_attempt(tdir: Path) -> int:
-    """Count starts of this trial and say where it runs (an operator's first question)."""
+    """Count starts of this trial and say where it runs and from which epoch (an operator's
+    first questions)."""
+    from fusion.checkpoint import LAST, load_checkpoint
     from fusion.io import write_json_atomic
 
     previous = 0
@@ -211,6 +285,8 @@ def _next_attempt(tdir: Path) -> int:
         previous = int(json.loads((tdir / WORKER_FILE).read_text())["attempt"])
     except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError):
         pass
+    last = tdir / CHECKPOINTS / LAST
+    epoch = int(load_checkpoint(last)["epoch"]) if last.is_file() else 0
     write_json_atomic(
         tdir / WORKER_FILE,
         {
@@ -218,8 +294,11 @@ def _next_attempt(tdir: Path) -> int:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "starts_at_epoch": epoch,  # 0: from the start; else it continues from checkpoints/last.pt
         },
     )
+    if epoch:
+        log.warning("trial %s: attempt %d continues from epoch %d", tdir.name, previous + 1, epoch)
     return previous + 1
 
 

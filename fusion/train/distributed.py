@@ -288,6 +288,12 @@ def preflight(cfg: Config, data_root: Path, workspace: Path | None, tracking: di
             f"train.init_from={t.init_from}: a file on this machine; with storage.uri on object storage "
             "name the checkpoint by its MLflow URI (runs:/RUN_ID) so every worker can download it"
         )
+    return data_ref(workspace, training_reads(cfg, data_root))
+
+
+def training_reads(cfg: Config, data_root: Path) -> dict[str, Path]:
+    """The folders training reads (what names each -> path)."""
+    t = cfg.train
     reads: dict[str, Path] = {}
     if t.source is None:
         reads["the prepared data"] = Path(data_root)
@@ -295,4 +301,4 @@ def preflight(cfg: Config, data_root: Path, workspace: Path | None, tracking: di
         reads["train.source.path"] = Path(t.source.path)
     if t.patches:
         reads["train.patches"] = Path(t.patches)
-    return data_ref(workspace, reads)
+    return reads

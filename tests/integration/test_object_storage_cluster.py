@@ -13,6 +13,11 @@ trained by two local processes in a gloo group, `fusion reproduce`'s way), every
 once. On the way it is also interrupted with Ctrl-C once the restarted workers finished an
 epoch, and `fusion train --resume RUN_ID` takes it on from its checkpoints in the bucket.
 
+A sweep on the same cluster keeps its trial folders in the bucket: its trial's process on
+the worker node is killed after two epochs, Ray Tune starts the trial again, the new attempt
+continues from the checkpoint in the bucket and ends with the weights of an uninterrupted
+run, evaluated on the worker node's copy of the test data; nothing of it is in the workspace.
+
 Needs root (to start the worker node as another user in its own mount namespace); skipped
 otherwise, with the reason.
 """
@@ -308,6 +313,102 @@ def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_stor
         [*cluster["as_other"], "ls", str(cluster["home"] / ".cache/fusionflow/data")], capture_output=True, text=True
     )
     assert len([v for v in versions.stdout.split() if not v.endswith(".lock")]) == 1, versions
+
+
+SWEEP_TRIAL = "ufa-UFA-multi-focus-s0"
+
+
+def _read(aws: dict, key: str) -> bytes | None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], **_keys(aws))
+    try:
+        return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def _trial_key(aws: dict, name: str) -> str | None:
+    found = [k for k in _objects(aws, "sweep/sweeps/") if k.endswith(f"/{SWEEP_TRIAL}/{name}")]
+    return found[0] if found else None
+
+
+def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_object_storage(
+    workspace_on_s3, cluster, mlflow_server, tmp_path
+):
+    import io
+    import json
+
+    import torch
+    import yaml
+
+    from fusion.checkpoint import load_checkpoint
+    from fusion.reproduce import retrain
+    from mlflow import MlflowClient
+
+    ws, aws = workspace_on_s3, {k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}
+    saved = (ws / "params.yaml").read_text()
+    params = yaml.safe_load(saved)
+    params["storage"]["uri"] = f"s3://{BUCKET}/sweep"  # the sweep's own settings come from params.yaml
+    params["sweeps"] = {
+        "nodisk": {
+            "profile": "tiny",
+            "overrides": [s for s in SETTINGS if not s.startswith("train.ray.")],
+            "matrix": [{"model": "ufa", "variants": ["UFA"]}],
+            "resources": {"cpus": 1},
+            "max_failures": 2,
+        }
+    }
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = tmp_path / "sweep.log"
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [FUSION, "sweep", "nodisk", "-w", str(ws)], env=_env(cluster, mlflow_server), stdout=out, stderr=out
+            )
+            try:
+
+                def two_epochs() -> bool:
+                    key = _trial_key(aws, "checkpoints/last.pt")
+                    data = _read(aws, key) if key else None
+                    return data is not None and torch.load(io.BytesIO(data), weights_only=True)["epoch"] >= 2
+
+                _wait_for(two_epochs, proc, log)
+                worker = json.loads(_read(aws, _trial_key(aws, "worker.json") or "") or b"{}")
+                assert worker["attempt"] == 1
+                os.kill(worker["pid"], signal.SIGKILL)  # the trial's process on the worker node
+                assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        (ws / "params.yaml").write_text(saved)
+
+    record = json.loads(_read(aws, _trial_key(aws, "status.json") or "") or b"{}")
+    assert record["status"] == "completed" and record["attempts"] == 2, record
+    # the second attempt continued from the checkpoint in the bucket (epoch 2 or later), not from the start
+    worker = json.loads(_read(aws, _trial_key(aws, "worker.json") or "") or b"{}")
+    assert worker["attempt"] == 2 and worker["starts_at_epoch"] >= 2, worker
+    # nothing of the trial in the workspace: its folder lives in the bucket (and the node's cache)
+    assert not list((ws / "runs").glob(f"sweeps/nodisk-*/{SWEEP_TRIAL}"))
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
+    assert "test/SSIM_gt" in run.data.metrics  # evaluated on the worker node, on its copy of the test data
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(range(1, 41))
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/loss")) == [1, 2, 3, 4, 5]
+
+    # the same configuration trained here without interruption, on one thread as the trial was
+    config = Path(client.download_artifacts(run.info.run_id, "config/resolved.json", str(tmp_path)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert retrain(config, ws / "prepared" / "multifocus_synthetic", tmp_path / "ref", "1", 1, REPO, env) is None
+    want = load_checkpoint(tmp_path / "ref" / "last.pt")
+    got = torch.load(io.BytesIO(_read(aws, _trial_key(aws, "checkpoints/last.pt") or "") or b""), weights_only=True)
+    assert got["epoch"] == want["epoch"] == 5
+    for key, value in want["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][key]), key
+    assert [h["val/loss"] for h in want["history"]] == [h["val/loss"] for h in got["history"]]
 
 
 def test_an_unwritable_bucket_or_a_local_tracking_store_is_refused_before_a_run_starts(

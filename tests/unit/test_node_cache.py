@@ -122,10 +122,3 @@ def test_a_relative_storage_folder_is_read_from_the_workspace_like_every_path(tm
     cfg = load_config(tmp_path, overrides=["storage.uri=ray-checkpoints"])
     assert cfg.storage.uri == str(tmp_path.resolve() / "ray-checkpoints") and not cfg.storage.object_store
     assert load_config(tmp_path, overrides=["storage.uri=s3://team/ff"]).storage.object_store
-
-
-def test_a_nightly_sweep_on_object_storage_is_refused_when_the_config_loads(tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    with pytest.raises(ConfigError, match=r"nightly\.sweep: 'smoke' keeps its trial folders in the workspace.*s3://"):
-        load_config(tmp_path, overrides=["storage.uri=s3://team/ff", "nightly.sweep=smoke"])
-    assert load_config(tmp_path, overrides=["storage.uri=/mnt/shared/ray", "nightly.sweep=smoke"]).nightly.sweep
