@@ -267,6 +267,7 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # CI runs the same on the two-node cluster without a shared disk (test_object_storage_cluster.py)
 def test_killed_worker_on_two_node_cluster_resumes_exactly(sweep_ws, ray_cluster, mlflow_server, reference, tmp_path):
     from fusion.checkpoint import load_checkpoint
     from mlflow import MlflowClient
