@@ -118,13 +118,13 @@ def run_sweep(
     sdir.mkdir(parents=True, exist_ok=True)
     target = tracking.target(base, ws)
     store = None
-    if base.storage.object_store and use_ray:
+    if base.storage.uri and base.storage.object_store and use_ray:
         # the nodes share no disk: trial folders persist in the bucket (fusion/sweep/store.py), the
         # data comes from the DVC remote; checked before the parent run is made
         from fusion.train.distributed import preflight
 
         preflight(base, prepared.root, ws, asdict(target))
-        store = f"{base.storage.uri.rstrip('/')}/{SWEEPS_DIR}/{sdir.name}"  # type: ignore[union-attr]
+        store = f"{base.storage.uri.rstrip('/')}/{SWEEPS_DIR}/{sdir.name}"
     parent, resumed = _parent_run(target, name, key, sweep, trials, prepared, git)
     threads = max(1, int(sweep.resources.cpus))
     ctx = SweepContext(
@@ -257,6 +257,11 @@ def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path
         cfg = _config(t)
         if cfg is not None and cfg.train.ray.num_workers > 1:
             try:
+                if ctx.store:
+                    raise ConfigError(
+                        f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
+                        "shared disk (storage.uri: null); on object storage a trial trains on one worker"
+                    )
                 check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
             except ConfigError as exc:
                 errors[t.id] = f"ConfigError: {exc}"

@@ -219,12 +219,7 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     tracking.set_tags(run.target, run.run_id, {"sweep.attempts": str(attempt)})
     ckpt = tdir / CHECKPOINTS
     try:
-        if cfg.train.ray.num_workers > 1:
-            if ctx.store:
-                raise FusionError(
-                    f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
-                    "shared disk (storage.uri: null); on object storage a trial trains on one worker"
-                )
+        if cfg.train.ray.num_workers > 1:  # (refused on object storage before Tune starts)
             state = _train_data_parallel(cfg, prepared, run, ckpt, ctx, attempt, under_tune=report is not None)
         else:
             callbacks: list = [_Report(report)] if report else []

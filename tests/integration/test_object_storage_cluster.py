@@ -328,8 +328,8 @@ def _read(aws: dict, key: str) -> bytes | None:
         return None
 
 
-def _trial_key(aws: dict, name: str) -> str | None:
-    found = [k for k in _objects(aws, "sweep/sweeps/") if k.endswith(f"/{SWEEP_TRIAL}/{name}")]
+def _trial_key(aws: dict, name: str, trial: str = SWEEP_TRIAL) -> str | None:
+    found = [k for k in _objects(aws, "sweep/sweeps/") if k.endswith(f"/{trial}/{name}")]
     return found[0] if found else None
 
 
@@ -354,7 +354,11 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
         "nodisk": {
             "profile": "tiny",
             "overrides": [s for s in SETTINGS if not s.startswith("train.ray.")],
-            "matrix": [{"model": "ufa", "variants": ["UFA"]}],
+            "matrix": [
+                {"model": "ufa", "variants": ["UFA"]},
+                # data-parallel trials keep the shared-disk requirement: this one fails alone, saying so
+                {"model": "ufa", "variants": ["UFA"], "grid": {"train.ray.num_workers": [2]}},
+            ],
             "resources": {"cpus": 1},
             "max_failures": 2,
         }
@@ -389,6 +393,8 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
     # the second attempt continued from the checkpoint in the bucket (epoch 2 or later), not from the start
     worker = json.loads(_read(aws, _trial_key(aws, "worker.json") or "") or b"{}")
     assert worker["attempt"] == 2 and worker["starts_at_epoch"] >= 2, worker
+    refused = json.loads(_read(aws, _trial_key(aws, "status.json", f"{SWEEP_TRIAL}-num_workers=2") or "") or b"{}")
+    assert refused["status"] == "failed" and "data-parallel sweep trials need the shared disk" in refused["error"]
     # nothing of the trial in the workspace: its folder lives in the bucket (and the node's cache)
     assert not list((ws / "runs").glob(f"sweeps/nodisk-*/{SWEEP_TRIAL}"))
 
