@@ -132,3 +132,21 @@ def sweep_key(name: str, trials: list[Trial], data_version: str, code: str) -> s
         "trials": [[t.id, t.config, t.error, t.spec.depends_on] for t in trials],
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def payload(t: Trial) -> dict[str, Any]:
+    """What a trial's process receives (JSON-able: it travels to Ray workers)."""
+    return {
+        "id": t.id,
+        "config": t.config,
+        "error": t.error,
+        "depends_on": t.spec.depends_on,
+        "overrides": t.spec.overrides,
+    }
+
+
+def trial_config(t: Trial):
+    """The trial's validated Config, or None for a trial whose configuration did not resolve."""
+    from fusion.config import Config
+
+    return Config.model_validate(t.config) if t.config else None

@@ -25,7 +25,7 @@ from fusion import pipeline, tracking
 from fusion.config import SweepConfig, load_config, resolve_workspace
 from fusion.errors import ConfigError
 from fusion.git_info import git_diff_hash, git_state
-from fusion.sweep.matrix import Trial, expand, resolve, sweep_config, sweep_key
+from fusion.sweep.matrix import Trial, expand, payload, resolve, sweep_config, sweep_key, trial_config
 from fusion.sweep.summary import summarise
 from fusion.sweep.trial import (
     CHECKPOINTS,
@@ -39,11 +39,11 @@ from fusion.sweep.trial import (
     find_child_run,
     record_failure,
 )
+from fusion.sweep.tune_phase import tune_phase
 
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = "sweeps"
-GRACE_SECONDS = 120  # after the budget, Ray stops trials still running (they stop themselves first)
 TAG_ROLE, TAG_KEY = "sweep.role", "sweep.key"
 
 
@@ -160,7 +160,7 @@ def run_sweep(
     try:
         for t in trials:  # a configuration error fails its trial alone, without taking a Ray slot
             if t.error and not status[t.id]:
-                status[t.id] = execute(_payload(t), ctx)
+                status[t.id] = execute(payload(t), ctx)
         todo = [t for t in trials if not t.spec.depends_on and not _final(status[t.id])]
         _run(todo, ctx, sweep, sdir, "phase1", use_ray, status)
         todo = []
@@ -173,9 +173,9 @@ def run_sweep(
                     t.config["train"]["init_from"] = f"runs:/{dep['run_id']}/checkpoints/best.pt"
                 todo.append(t)
             elif dep.get("status") == "failed":
-                run = child_run(ctx, _payload(t), _config(t))
+                run = child_run(ctx, payload(t), trial_config(t))
                 status[t.id] = record_failure(
-                    ctx, _payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped"
+                    ctx, payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped"
                 )
         _run(todo, ctx, sweep, sdir, "phase2", use_ray, status)
     except KeyboardInterrupt:
@@ -191,22 +191,6 @@ def run_sweep(
 
 def _final(record: dict | None) -> bool:
     return bool(record and record["status"] in FINAL)
-
-
-def _payload(t: Trial) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "config": t.config,
-        "error": t.error,
-        "depends_on": t.spec.depends_on,
-        "overrides": t.spec.overrides,
-    }
-
-
-def _config(t: Trial):
-    from fusion.config import Config
-
-    return Config.model_validate(t.config) if t.config else None
 
 
 def _run(
@@ -227,115 +211,14 @@ def _run(
         for t in trials:
             if ctx.deadline is not None and time.time() >= ctx.deadline:
                 break  # the rest stay not_started, as under Ray
-            status[t.id] = execute(_payload(t), ctx)
+            status[t.id] = execute(payload(t), ctx)
         return
-    errors = _tune(trials, ctx, sweep, sdir, phase)
+    errors = tune_phase(trials, ctx, sweep, sdir, phase)
     for t in trials:
         status[t.id] = ctx.status(t.id)
         if t.id in errors and not _final(status[t.id]):
             # the worker died more than max_failures times, or a bug raised: recorded, the rest goes on
-            status[t.id] = record_failure(ctx, _payload(t), child_run(ctx, _payload(t), _config(t)), errors[t.id])
-
-
-def _tune(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path, phase: str) -> dict[str, str]:
-    """Run `trials` as one Ray Tune experiment; returns trial id -> error of those that errored."""
-    from ray import tune
-
-    from fusion.sweep.trial import ray_trainable
-    from fusion.train.distributed import check_fits, init_ray
-
-    available = init_ray()
-    res = sweep.resources
-    for kind, want in (("CPU", res.cpus), ("GPU", res.gpus)):
-        if want > available.get(kind, 0):
-            raise ConfigError(
-                f"sweeps.{ctx.name}.resources.{kind.lower()}s={want} but the Ray cluster has "
-                f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
-            )
-    errors: dict[str, str] = {}
-    for t in list(trials):  # a data-parallel trial whose workers can never be placed fails alone
-        cfg = _config(t)
-        if cfg is not None and cfg.train.ray.num_workers > 1:
-            try:
-                if ctx.store:
-                    raise ConfigError(
-                        f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
-                        "shared disk (storage.uri: null); on object storage a trial trains on one worker"
-                    )
-                check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
-            except ConfigError as exc:
-                errors[t.id] = f"ConfigError: {exc}"
-                trials = [u for u in trials if u.id != t.id]
-    if not trials:
-        return errors
-    budget = None
-    if ctx.deadline is not None:
-        budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
-    payloads = {t.id: _payload(t) for t in trials}
-    if ctx.store:
-        _on_object_storage(trials, payloads, ctx)
-    # the grid is over trial ids (Tune's progress table shows them); the payloads travel once
-    # through the object store
-    trainable = tune.with_parameters(ray_trainable, trials=payloads, sweep=asdict(ctx))
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
-        param_space={"trial": tune.grid_search([t.id for t in trials])},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=sweep.max_concurrent or None,
-            time_budget_s=budget,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=f"{ctx.store}/ray" if ctx.store else str(sdir / "ray"),
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            verbose=1,
-        ),
-    )
-    grid = tuner.fit()
-    for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
-        r = grid[i]
-        if r.error is not None:
-            if r.config is None:  # param_space gives every trial its id; Ray lost it
-                raise RuntimeError(f"a Ray trial failed without its config, so without its id: {r.error}")
-            errors[r.config["trial"]] = f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:2000]}"
-    return errors
-
-
-def _on_object_storage(trials: list[Trial], payloads: dict[str, dict], ctx: SweepContext) -> None:
-    """What trials on nodes without the workspace's disk need from this machine: their MLflow
-    runs made here (making one reads the workspace), and the DVC outputs each one reads,
-    checked on the remote; a trial whose data is not there fails alone, saying so."""
-    from fusion.data.node_cache import data_ref
-    from fusion.data.stages import output_dir
-    from fusion.train.distributed import training_reads
-
-    ws, prepared = Path(ctx.workspace), ctx.prepared_data()
-    refs: dict[tuple, dict | str] = {}  # one remote check per set of folders (most trials read the same)
-    for t in trials:
-        cfg = _config(t)
-        if cfg is None:
-            continue
-        child_run(ctx, payloads[t.id], cfg)
-        reads = training_reads(cfg, prepared.root)
-        if ctx.evaluate:  # the prepared test sets the evaluation scores on
-            for name in sorted(cfg.data.test_sets):
-                folder = output_dir(ws, "test_sets", name)
-                if (folder / "manifest.json").is_file():
-                    reads[f"data.test_sets.{name}"] = folder
-        key = tuple(sorted((k, str(v)) for k, v in reads.items()))
-        if key not in refs:
-            try:
-                refs[key] = data_ref(ws, reads).to_dict()
-            except ConfigError as exc:
-                refs[key] = str(exc)
-        found = refs[key]
-        payloads[t.id]["data" if isinstance(found, dict) else "error"] = found
-
-
-def _trial_name(trial) -> str:
-    return trial.config["trial"]
+            status[t.id] = record_failure(ctx, payload(t), child_run(ctx, payload(t), trial_config(t)), errors[t.id])
 
 
 def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContext) -> list[dict[str, Any]]:
@@ -354,7 +237,7 @@ def _finish_rows(trials: list[Trial], status: dict, sdir: Path, ctx: SweepContex
             # on object storage the driver made the trial's run before Tune placed it
             made = bool(ctx.store) and rec.get("run_id") is None and bool(find_child_run(ctx, t.id))
             if rec.get("run_id") is None and (began or made):
-                run = child_run(ctx, _payload(t), _config(t))
+                run = child_run(ctx, payload(t), trial_config(t))
                 tracking.set_tags(run.target, run.run_id, {TAG_STATUS: state})
                 tracking.end_run(run.target, run.run_id, "KILLED")
                 rec["run_id"] = run.run_id
@@ -410,7 +293,7 @@ def _parent_run(
         client.log_param(run.info.run_id, k, tracking.param_value(v))
     client.log_text(
         run.info.run_id,
-        json.dumps({"sweep": definition, "trials": [_payload(t) for t in trials]}, indent=2, default=str),
+        json.dumps({"sweep": definition, "trials": [payload(t) for t in trials]}, indent=2, default=str),
         "sweep/plan.json",
     )
     return run.info.run_id, False

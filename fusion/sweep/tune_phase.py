@@ -1,0 +1,117 @@
+"""One phase of a sweep as a Ray Tune experiment: the trials' resources checked against the
+cluster, their payloads (and, on object storage, their MLflow runs and data) prepared here,
+Tune's failure handling and wall-clock budget; returns the trials that errored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from fusion.config import SweepConfig
+from fusion.errors import ConfigError
+from fusion.sweep.matrix import Trial, payload, trial_config
+from fusion.sweep.trial import SweepContext, child_run
+
+GRACE_SECONDS = 120  # after the budget, Ray stops trials still running (they stop themselves first)
+
+
+def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path, phase: str) -> dict[str, str]:
+    """Run `trials` as one Ray Tune experiment; returns trial id -> error of those that errored."""
+    from ray import tune
+
+    from fusion.sweep.trial import ray_trainable
+    from fusion.train.distributed import check_fits, init_ray
+
+    available = init_ray()
+    res = sweep.resources
+    for kind, want in (("CPU", res.cpus), ("GPU", res.gpus)):
+        if want > available.get(kind, 0):
+            raise ConfigError(
+                f"sweeps.{ctx.name}.resources.{kind.lower()}s={want} but the Ray cluster has "
+                f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
+            )
+    errors: dict[str, str] = {}
+    for t in list(trials):  # a data-parallel trial whose workers can never be placed fails alone
+        cfg = trial_config(t)
+        if cfg is not None and cfg.train.ray.num_workers > 1:
+            try:
+                if ctx.store:
+                    raise ConfigError(
+                        f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
+                        "shared disk (storage.uri: null); on object storage a trial trains on one worker"
+                    )
+                check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
+            except ConfigError as exc:
+                errors[t.id] = f"ConfigError: {exc}"
+                trials = [u for u in trials if u.id != t.id]
+    if not trials:
+        return errors
+    budget = None
+    if ctx.deadline is not None:
+        budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
+    payloads = {t.id: payload(t) for t in trials}
+    if ctx.store:
+        _on_object_storage(trials, payloads, ctx)
+    # the grid is over trial ids (Tune's progress table shows them); the payloads travel once
+    # through the object store
+    trainable = tune.with_parameters(ray_trainable, trials=payloads, sweep=asdict(ctx))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
+        param_space={"trial": tune.grid_search([t.id for t in trials])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent or None,
+            time_budget_s=budget,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=f"{ctx.store}/ray" if ctx.store else str(sdir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            verbose=1,
+        ),
+    )
+    grid = tuner.fit()
+    for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
+        r = grid[i]
+        if r.error is not None:
+            if r.config is None:  # param_space gives every trial its id; Ray lost it
+                raise RuntimeError(f"a Ray trial failed without its config, so without its id: {r.error}")
+            errors[r.config["trial"]] = f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:2000]}"
+    return errors
+
+
+def _on_object_storage(trials: list[Trial], payloads: dict[str, dict], ctx: SweepContext) -> None:
+    """What trials on nodes without the workspace's disk need from this machine: their MLflow
+    runs made here (making one reads the workspace), and the DVC outputs each one reads,
+    checked on the remote; a trial whose data is not there fails alone, saying so."""
+    from fusion.data.node_cache import data_ref
+    from fusion.data.stages import output_dir
+    from fusion.train.distributed import training_reads
+
+    ws, prepared = Path(ctx.workspace), ctx.prepared_data()
+    refs: dict[tuple, dict | str] = {}  # one remote check per set of folders (most trials read the same)
+    for t in trials:
+        cfg = trial_config(t)
+        if cfg is None:
+            continue
+        child_run(ctx, payloads[t.id], cfg)
+        reads = training_reads(cfg, prepared.root)
+        if ctx.evaluate:  # the prepared test sets the evaluation scores on
+            for name in sorted(cfg.data.test_sets):
+                folder = output_dir(ws, "test_sets", name)
+                if (folder / "manifest.json").is_file():
+                    reads[f"data.test_sets.{name}"] = folder
+        key = tuple(sorted((k, str(v)) for k, v in reads.items()))
+        if key not in refs:
+            try:
+                refs[key] = data_ref(ws, reads).to_dict()
+            except ConfigError as exc:
+                refs[key] = str(exc)
+        found = refs[key]
+        payloads[t.id]["data" if isinstance(found, dict) else "error"] = found
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]
