@@ -19,6 +19,12 @@ from fusion.io import write_bytes_atomic
 CHECKPOINT_FILES = ("checkpoints/last.pt", "checkpoints/best.pt")
 
 
+def local_dir(cache: str, sweep: str, trial_id: str) -> Path:
+    """This node's copy of a trial folder: `cache` (storage.cache) is expanded on the node that
+    works in it, so a process on another node finds its own copy from the same arguments."""
+    return Path(cache).expanduser() / "sweeps" / sweep / trial_id
+
+
 def _fs(uri: str):
     from pyarrow import fs
 

@@ -7,7 +7,8 @@ Tune function trainable around it. Everything a trial needs is in its trial fold
 worker, or by a later run of the same sweep, continues from checkpoints/last.pt and logs
 into the same child run; the metric callback skips steps that run already has. A trial with
 train.ray.num_workers > 1 trains on that many Ray Train workers started from the Tune trial
-(fusion.train.distributed.train_trial_with_ray), with the same folder and the same rules.
+(fusion.train.distributed.train_trial_with_ray), with the same folder (each worker's own copy
+of it on object storage) and the same rules.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class SweepContext:
     def trial_dir(self, trial_id: str) -> Path:
         """Where this process works on the trial's files (a node-local copy on object storage)."""
         if self.store:
-            return Path(self.cache).expanduser() / "sweeps" / Path(self.dir).name / trial_id
+            from fusion.sweep.store import local_dir
+
+            return local_dir(self.cache, Path(self.dir).name, trial_id)
         return Path(self.dir) / trial_id
 
     def trial_uri(self, trial_id: str) -> str:
@@ -219,8 +222,8 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     tracking.set_tags(run.target, run.run_id, {"sweep.attempts": str(attempt)})
     ckpt = tdir / CHECKPOINTS
     try:
-        if cfg.train.ray.num_workers > 1:  # (refused on object storage before Tune starts)
-            state = _train_data_parallel(cfg, prepared, run, ckpt, ctx, attempt, under_tune=report is not None)
+        if cfg.train.ray.num_workers > 1:
+            state = _train_data_parallel(trial, cfg, prepared, run, ctx, attempt, under_tune=report is not None)
         else:
             callbacks: list = [_Report(report)] if report else []
             if ctx.store:
@@ -254,9 +257,10 @@ def execute(trial: dict[str, Any], ctx: SweepContext, report: Callable[[dict], N
     return record
 
 
-def _train_data_parallel(cfg, prepared, run, ckpt: Path, ctx: SweepContext, attempt: int, under_tune: bool):
+def _train_data_parallel(trial: dict[str, Any], cfg, prepared, run, ctx: SweepContext, attempt: int, under_tune: bool):
     """train.ray.num_workers > 1: the trial's training as a Ray Train run of N workers."""
     from fusion import pipeline
+    from fusion.config import Config
     from fusion.errors import ConfigError
     from fusion.train.distributed import train_trial_with_ray
 
@@ -266,7 +270,17 @@ def _train_data_parallel(cfg, prepared, run, ckpt: Path, ctx: SweepContext, atte
             "run the sweep without --no-ray"
         )
     pipeline.executor_tags(cfg, run, "ray-tune", max(1, int(cfg.train.ray.cpus_per_worker)))
-    return train_trial_with_ray(cfg, prepared.root, run, ckpt, ctx.deadline, attempt)
+    tdir, root, remote = ctx.trial_dir(trial["id"]), prepared.root, None
+    if ctx.store:  # workers on other nodes: the workspace's paths, each mapped to that node's copy there
+        cfg, root = Config.model_validate(trial["config"]), ctx.prepared_data().root
+        store = {"uri": ctx.trial_uri(trial["id"]), "sweep": Path(ctx.dir).name, "trial": trial["id"]}
+        remote = {"data": trial["data"], "cache": ctx.cache, "store": store}
+    state = train_trial_with_ray(cfg, root, run, tdir / CHECKPOINTS, ctx.deadline, attempt, remote)
+    if ctx.store:  # rank 0 may have trained on another node: the checkpoints to publish and evaluate
+        from fusion.sweep.store import CHECKPOINT_FILES, pull
+
+        pull(ctx.trial_uri(trial["id"]), tdir, CHECKPOINT_FILES)
+    return state
 
 
 def _next_attempt(tdir: Path) -> int:

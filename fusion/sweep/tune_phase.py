@@ -36,11 +36,6 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
         cfg = trial_config(t)
         if cfg is not None and cfg.train.ray.num_workers > 1:
             try:
-                if ctx.store:
-                    raise ConfigError(
-                        f"train.ray.num_workers={cfg.train.ray.num_workers}: data-parallel sweep trials need the "
-                        "shared disk (storage.uri: null); on object storage a trial trains on one worker"
-                    )
                 check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
             except ConfigError as exc:
                 errors[t.id] = f"ConfigError: {exc}"

@@ -82,6 +82,13 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(max(1, int(cfg.train.ray.cpus_per_worker)))
     trial = config.get("ckpt_dir")  # a sweep trial: its checkpoints live in its folder on the shared disk
+    store = config.get("store")  # ... or, on object storage, in this node's copy of it (fusion/sweep/store.py)
+    if store:
+        from fusion.sweep.store import CHECKPOINT_FILES, local_dir, pull
+
+        tdir = local_dir(config["cache"], store["sweep"], store["trial"])
+        pull(store["uri"], tdir, CHECKPOINT_FILES)  # where the trial got to, perhaps on another node
+        trial = str(tdir / Path(CHECKPOINT_FILES[0]).parent)
     if trial:
         ckpt_dir = Path(trial)
         resume_from = ckpt_dir / LAST if (ckpt_dir / LAST).is_file() else None
@@ -99,6 +106,10 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         from fusion.tracking import MlflowCallback, TrackingTarget
 
         callbacks.append(MlflowCallback(TrackingTarget(**config["tracking"]), config["run_id"], Path(spool)))
+    if store and main:  # rank 0 wrote this epoch's checkpoints: to the store before Tune hears of it
+        from fusion.sweep.store import Mirror
+
+        callbacks.append(Mirror(tdir, store["uri"]))
     callbacks.append(_RayReport(cfg.train.checkpoint_every, cfg.train.epochs, main, persist=not trial))
     state = Trainer(cfg, data_root, callbacks).fit(ckpt_dir, resume_from, deadline=config.get("deadline"))
     # rank 0's return value is the Result's: how the training ended, for the sweep's status record
@@ -214,13 +225,27 @@ def _scaling(cfg: Config):
     return ScalingConfig(num_workers=rc.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
-def train_trial_with_ray(cfg: Config, data_root: Path, run, ckpt_dir: Path, deadline: float | None, attempt: int):
+def train_trial_with_ray(
+    cfg: Config,
+    data_root: Path,
+    run,
+    ckpt_dir: Path,
+    deadline: float | None,
+    attempt: int,
+    remote: dict[str, Any] | None = None,
+):
     """A sweep trial's data-parallel training: a Ray Train run started from the Tune trial, its
     N workers placed by Ray on top of the trial's own resources. Rank 0 writes the checkpoints
-    into the trial folder (sweeps keep it on a disk every node shares), so a restarted worker
-    group, a retried trial and the next run of the sweep all continue from its last.pt, as a
-    one-worker trial does; the workers' epoch metrics reach Tune through TuneReportCallback.
-    Returns the TrainState fields the trial's status record needs."""
+    into the trial folder, so a restarted worker group, a retried trial and the next run of the
+    sweep all continue from its last.pt, as a one-worker trial does; the workers' epoch metrics
+    reach Tune through TuneReportCallback. Returns the TrainState fields the trial's status
+    record needs.
+
+    The trial folder is on a disk every node shares, or, on object storage, `remote` says where
+    each worker finds the trial's data and folder: {"data": DataRef fields, "cache":
+    storage.cache, "store": {"uri", "sweep", "trial"}} (`cfg` and `data_root` then name the
+    workspace's paths, which each worker maps to its own node's copy); every worker pulls the
+    checkpoints from the store and rank 0 pushes them there each epoch."""
     from ray.train import FailureConfig, RunConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -239,12 +264,13 @@ def train_trial_with_ray(cfg: Config, data_root: Path, run, ckpt_dir: Path, dead
             "spool": str(run.dir / SPOOL),
             "ckpt_dir": str(ckpt_dir),
             "deadline": deadline,
+            **(remote or {}),
         },
         scaling_config=_scaling(cfg),
         run_config=RunConfig(
             # a fresh Ray run each attempt: the trial folder, not Ray's storage, says where to continue
             name=f"attempt-{attempt}",
-            storage_path=str(ckpt_dir.parent / "ray"),
+            storage_path=f"{remote['store']['uri']}/ray" if remote else str(ckpt_dir.parent / "ray"),
             failure_config=FailureConfig(max_failures=cfg.train.ray.max_failures),
             callbacks=[cast(Any, TuneReportCallback())],
         ),

@@ -17,6 +17,8 @@ A sweep on the same cluster keeps its trial folders in the bucket: its trial's p
 the worker node is killed after two epochs, Ray Tune starts the trial again, the new attempt
 continues from the checkpoint in the bucket and ends with the weights of an uninterrupted
 run, evaluated on the worker node's copy of the test data; nothing of it is in the workspace.
+A data-parallel trial of that sweep (two Ray Train workers) trains from the data and the
+checkpoints its workers pull from the bucket, and completes, evaluated, every step logged once.
 
 Needs root (to start the worker node as another user in its own mount namespace); skipped
 otherwise, with the reason.
@@ -356,8 +358,13 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
             "overrides": [s for s in SETTINGS if not s.startswith("train.ray.")],
             "matrix": [
                 {"model": "ufa", "variants": ["UFA"]},
-                # data-parallel trials keep the shared-disk requirement: this one fails alone, saying so
-                {"model": "ufa", "variants": ["UFA"], "grid": {"train.ray.num_workers": [2]}},
+                # two Ray Train workers of half a CPU beside the trial's own: each pulls the trial's
+                # data and checkpoints from the bucket to its node, rank 0 pushes them back
+                {
+                    "model": "ufa",
+                    "variants": ["UFA"],
+                    "grid": {"train.ray.num_workers": [2], "train.ray.cpus_per_worker": [0.5]},
+                },
             ],
             "resources": {"cpus": 1},
             "max_failures": 2,
@@ -393,12 +400,21 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
     # the second attempt continued from the checkpoint in the bucket (epoch 2 or later), not from the start
     worker = json.loads(_read(aws, _trial_key(aws, "worker.json") or "") or b"{}")
     assert worker["attempt"] == 2 and worker["starts_at_epoch"] >= 2, worker
-    refused = json.loads(_read(aws, _trial_key(aws, "status.json", f"{SWEEP_TRIAL}-num_workers=2") or "") or b"{}")
-    assert refused["status"] == "failed" and "data-parallel sweep trials need the shared disk" in refused["error"]
     # nothing of the trial in the workspace: its folder lives in the bucket (and the node's cache)
-    assert not list((ws / "runs").glob(f"sweeps/nodisk-*/{SWEEP_TRIAL}"))
+    assert not list((ws / "runs").glob(f"sweeps/nodisk-*/{SWEEP_TRIAL}*"))
 
     client = MlflowClient(mlflow_server)
+    (dp,) = {part for k in _objects(aws, "sweep/sweeps/") for part in k.split("/") if "num_workers=2" in part}
+    parallel = json.loads(_read(aws, _trial_key(aws, "status.json", dp) or "") or b"{}")
+    assert parallel["status"] == "completed" and parallel["epochs"] == 5, parallel
+    pushed = torch.load(
+        io.BytesIO(_read(aws, _trial_key(aws, "checkpoints/last.pt", dp) or "") or b""), weights_only=True
+    )
+    assert pushed["epoch"] == 5 and [h["epoch"] for h in pushed["history"]] == [1, 2, 3, 4, 5]
+    dp_run = client.get_run(parallel["run_id"])
+    assert dp_run.info.status == "FINISHED" and dp_run.data.params["train.ray.num_workers"] == "2"
+    assert dp_run.data.tags["train.executor"] == "ray-tune" and "test/SSIM_gt" in dp_run.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(dp_run.info.run_id, "train/loss")) == list(range(1, 41))
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
     assert "test/SSIM_gt" in run.data.metrics  # evaluated on the worker node, on its copy of the test data

@@ -428,3 +428,20 @@ def test_a_data_parallel_trial_trains_on_two_workers_and_a_killed_worker_resumes
     assert run.data.params["train.ray.num_workers"] == "2" and "test/SSIM_gt" in run.data.metrics
     _once_each(client, run.info.run_id, "train/loss", list(range(1, 4 * 8 + 1)))
     _once_each(client, run.info.run_id, "val/loss", list(range(1, 5)))
+
+
+def test_without_ray_a_data_parallel_trial_is_recorded_as_failed_saying_why(sweep_ws):
+    from fusion import tracking
+    from fusion.config import load_config
+    from fusion.sweep.runner import run_sweep
+    from mlflow import MlflowClient
+
+    result = run_sweep(sweep_ws, "dp", ["train.epochs=1"], use_ray=False)
+    (row,) = result.trials
+    assert row["status"] == "failed", row
+    assert (
+        "train.ray.num_workers=2: a data-parallel trial trains on Ray workers; run the sweep without --no-ray"
+        in (row["error"])
+    )
+    run = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri).get_run(row["run_id"])
+    assert run.info.status == "FAILED" and "without --no-ray" in run.data.tags["sweep.error"]
