@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd  # the predict type hint: MLflow reads it when it loads the model
 from mlflow.pyfunc import PythonModel  # mlflow/__init__ lazy-loads `pyfunc`, hiding its classes from mypy
 
 MAX_INPUTS = 8
@@ -43,9 +45,9 @@ class FusionModel(PythonModel):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.payload = model_from_checkpoint(context.artifacts["checkpoint"], self.device)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        # a DataFrame hint: MLflow validates inputs against the signature given at save (it
+        # infers none from this hint) and stops asking for type hints on every load
         from fusion.errors import FusionError
         from fusion.inference import fuse
         from fusion.io import encode_png
@@ -155,13 +157,18 @@ def save(checkpoint: Path, dest: Path) -> Path:
     """The MLflow model folder for `checkpoint` at `dest` (which must not exist)."""
     import fusion
 
-    mlflow.pyfunc.save_model(
-        path=str(dest),
-        python_model=FusionModel(),
-        artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(Path(fusion.__file__).parent)],
-        signature=signature(),
-        pip_requirements=_requirements(),
-        metadata={"task": "image fusion", "inputs": "2..8 encoded images of one size", "output": "PNG"},
-    )
+    with warnings.catch_warnings():
+        # the signature is explicit; an input example would make MLflow load the checkpoint and
+        # fuse during every save, to show a request of base64 PNG bytes (".*": the message
+        # starts with terminal colour codes)
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            path=str(dest),
+            python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: no pickle
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(Path(fusion.__file__).parent)],
+            signature=signature(),
+            pip_requirements=_requirements(),
+            metadata={"task": "image fusion", "inputs": "2..8 encoded images of one size", "output": "PNG"},
+        )
     return dest

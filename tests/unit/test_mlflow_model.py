@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from fusion import tracking
 from fusion.checkpoint import CHECKPOINT_FORMAT
@@ -90,6 +91,10 @@ def test_logged_model_fuses_two_or_three_images_like_fusion_fuse(tmp_path, image
 def test_the_model_folder_is_self_contained(tmp_path):
     folder = mlflow_model.save(_checkpoint(tmp_path / "best.pt"), tmp_path / "m")
     assert (folder / "MLmodel").is_file() and (folder / "code" / "fusion" / "inference.py").is_file()
+    # a model from code: MLflow builds it by running model_code.py when it loads it, no pickle
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
+    assert not list(folder.rglob("*.pkl"))
     requirements = (folder / "requirements.txt").read_text()
     assert "torch==" in requirements and "+cpu" not in requirements
     from fusion.checkpoint import resolve_checkpoint
