@@ -43,7 +43,8 @@ format: install-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+# install-test: the scaling benchmark's S3 rows start moto's server (a test dependency)
+bench: install-test
 	$(BIN)/python -m benchmarks.run
 
 # An offline GPU machine (README "On a GPU"): `make wheels` here (network), copy the checkout with

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fusion.errors import FusionError
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,9 +60,14 @@ def s3_server(log_dir: Path, bucket: str) -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
+    server = Path(sys.executable).parent / "moto_server"
+    if not server.is_file():
+        raise FusionError(
+            f"{server} not found: the S3 server on loopback is moto's, a test dependency (make install-test)"
+        )
     with open(log_dir / "moto.log", "w") as log:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            [str(server), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
