@@ -2,7 +2,8 @@
 
 A full disk is the kernel's own answer to a write past RLIMIT_FSIZE (EFBIG, with SIGXFSZ
 ignored), so every library writes as it would on a real full disk; a read-only folder is one
-the command's user may not write (the test drops root to `nobody` where it runs as root).
+the command's user may not write (run as root, the test drops to `nobody`, or, where `nobody`
+cannot reach the interpreter, mounts the folder read-only in a mount namespace of its own).
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ from tests.unit.test_fetch import catalogue, served  # noqa: F401 (served is a f
 LYTRO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mf" / "Lytro20"
 
 
+def _read_only(folder: Path, then: str) -> list[str]:
+    """The shell command `then` in a private mount namespace where `folder` ($0 there) is
+    mounted read-only over itself; arguments after this list are its "$@"."""
+    return ["unshare", "-m", "sh", "-c", f'mount --bind -o ro "$0" "$0" && {then}', str(folder)]
+
+
 def _cli(
     *args,
     file_limit: int | None = None,
     user: int | None = None,
     cwd: Path | None = None,
     pythonpath: Path | None = None,
+    read_only: Path | None = None,
 ):
     def limit():
         if file_limit is not None:
@@ -43,8 +51,11 @@ def _cli(
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
+    command = [sys.executable, "-m", "fusion", *map(str, args)]
+    if read_only is not None:  # the folder mounted read-only, in a mount namespace of the command's own
+        command = [*_read_only(read_only, 'exec "$@"'), *command]
     return subprocess.run(
-        [sys.executable, "-m", "fusion", *map(str, args)],
+        command,
         capture_output=True,
         text=True,
         timeout=300,
@@ -160,20 +171,44 @@ def _nobody_can_run_python() -> bool:
     return all(p.stat().st_mode & 0o001 for p in path.parents) and bool(path.stat().st_mode & 0o001)
 
 
+def _can_mount_read_only(tmp: Path) -> bool:
+    """Root whose interpreter `nobody` cannot reach: a read-only bind mount in a private mount
+    namespace (`unshare -m`) refuses root's writes too, with EROFS."""
+    probe = subprocess.run(
+        _read_only(tmp, '! touch "$0/probe" 2>/dev/null'),
+        capture_output=True,
+    )
+    return probe.returncode == 0 and not (tmp / "probe").exists()
+
+
 def test_fuse_into_a_folder_it_may_not_write_names_the_file(tmp_path, checkpoint, pair):
     locked = tmp_path / "locked"
     locked.mkdir()
-    if os.geteuid() == 0:
-        if not _nobody_can_run_python():
-            pytest.skip("running as root with an interpreter `nobody` cannot execute")
+    user, read_only = None, None
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+    elif _nobody_can_run_python():
         user = 65534
         for p in (tmp_path, checkpoint.parent, *pair, checkpoint):
             p.chmod(p.stat().st_mode | 0o005)
+    elif _can_mount_read_only(locked):
+        read_only = locked
     else:
-        user = None
-        locked.chmod(0o555)
+        pytest.skip("running as root with an interpreter `nobody` cannot execute, and no mount namespace")
     out = locked / "fused.png"
-    proc = _cli("fuse", *pair, "--model", checkpoint, "--out", out, "--device", "cpu", user=user, cwd=tmp_path)
+    proc = _cli(
+        "fuse",
+        *pair,
+        "--model",
+        checkpoint,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        user=user,
+        cwd=tmp_path,
+        read_only=read_only,
+    )
     _one_line_error(proc, out, "read-only or not writable by you")
     assert list(locked.iterdir()) == []
 
