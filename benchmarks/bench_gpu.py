@@ -109,6 +109,12 @@ def _precisions(device: torch.device) -> list[str]:
     return [p for p in PRECISIONS if p != "bfloat16" or torch.cuda.is_bf16_supported()]
 
 
+def _training_precision(precision: str, device: torch.device) -> str:
+    """A training row's precision as the trainer runs it: on CUDA its float32 (train.amp=false)
+    keeps PyTorch's default of TF32 cuDNN convolutions (fusion.device.ieee_float32)."""
+    return "float32 (TF32 convolutions)" if precision == "float32" and device.type == "cuda" else precision
+
+
 def _training_model(name: str, variant: str, device: torch.device):
     from fusion.models import build_model
 
@@ -220,7 +226,8 @@ def _training_rows(rows: _Rows, device: torch.device, quick: bool, peak: float |
                     continue
                 _reset_peak(device)
                 model, _ = _training_model(name, variant, device)
-                tag = f"{label}, {precision}{', channels-last (forced)' if channels_last != layouts[0] else ''}"
+                tag = f"{label}, {_training_precision(precision, device)}"
+                tag += ", channels-last (forced)" if channels_last != layouts[0] else ""
                 try:
                     seconds = train_step_seconds(
                         model, loss_fn, spec.supervised, crop, batch, precision, device, channels_last, steps, warmup
@@ -268,7 +275,7 @@ def _median_seconds(fn, repeats: int, device: torch.device, warmup: int = 2) -> 
 
 
 def _inference_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
-    from fusion.device import memory_format
+    from fusion.device import inference_precision, memory_format
     from fusion.errors import DataError
     from fusion.inference import fuse, prepare_for_inference
     from fusion.models import build_model
@@ -302,11 +309,8 @@ def _inference_rows(rows: _Rows, device: torch.device, quick: bool) -> None:
                 continue
             rows.add(f"{label}: fusion.inference.fuse (fusion fuse)", seconds * 1e3, "ms")
 
-            def forward(model=model, x=x, y=y, dtype=dtype):  # this row's, bound now
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
-                ):
+            def forward(model=model, x=x, y=y, dtype=dtype):  # this row's, bound now; as fuse runs it
+                with torch.inference_mode(), inference_precision(device, dtype):
                     model(x, y)
 
             rows.add(

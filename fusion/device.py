@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -75,3 +77,39 @@ def in_layout(model: torch.nn.Module, device: str | torch.device | None = None) 
     """`model` (on `device`, if given) in the memory layout it runs fastest in."""
     # torch's stubs list Module.to's overloads without the memory_format keyword it takes
     return model.to(device, memory_format=memory_format(model))  # type: ignore[call-overload]
+
+
+@contextmanager
+def ieee_float32(device: str | torch.device) -> Iterator[None]:
+    """Float32 that is float32 on CUDA as well: on Ampere and later GPUs PyTorch runs cuDNN's
+    float32 convolutions in TF32 by default (10 mantissa bits, ~1e-3 relative), which moves a
+    deep model's output by more than a gray level from the CPU's. Inference asks for IEEE
+    float32 convolutions and matmuls while it runs (process-wide flags, restored after);
+    training keeps PyTorch's default (README "On a GPU"). Nothing changes on a CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    knobs: list[tuple[Any, str, Any]]
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-operator fp32_precision
+        # the new API only: reading the legacy allow_tf32 after it raises in torch 2.9+
+        knobs = [
+            (torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+            (torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+        ]
+    else:
+        knobs = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in knobs]
+    try:
+        for owner, name, value in knobs:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name, _), value in zip(knobs, saved):
+            setattr(owner, name, value)
+
+
+def inference_precision(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Where inference runs the model: autocast to `dtype`, or (None) IEEE float32."""
+    if dtype is None:
+        return ieee_float32(device)
+    return torch.autocast(device.type, dtype=dtype)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fusion.checkpoint import inference_payload, model_from_checkpoint, resolve_checkpoint
-from fusion.device import autocast_dtype, in_layout, memory_format
+from fusion.device import autocast_dtype, in_layout, inference_precision, memory_format
 from fusion.errors import DataError
 from fusion.models import MODELS, checkpoint_stage
 
@@ -126,7 +126,7 @@ def _plan(model, shape, sources: int, device: torch.device, precision: str, tile
     from fusion.tiling_rules import rule_for
 
     dtype = autocast_dtype(precision, device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    with torch.inference_mode(), inference_precision(device, dtype):
         return plan(
             model,
             rule_for(model),
@@ -157,7 +157,8 @@ def fuse(
     on pairs. Raises DataError when the model returns NaN or inf (a diverged checkpoint),
     rather than letting the uint8 conversion hide it. precision bfloat16 (CPU or GPU) or
     float16 (GPU) runs the model under autocast: faster where the hardware has those
-    types, with outputs a few gray levels from float32's at most.
+    types, with outputs a few gray levels from float32's at most; float32 is IEEE float32 on
+    a GPU too (no TF32: fusion.device.ieee_float32), so it matches the CPU's output.
 
     tile: "auto" fuses the whole image when it fits in max_memory (bytes or "4GB"; default:
     most of the free RAM) and overlapping tiles otherwise, None the whole image, an int
@@ -180,7 +181,7 @@ def fuse(
     console = None if isinstance(progress, bool) else progress
     with (
         TileProgress(plan.passes * steps, enabled=bool(progress), console=console) as bar,
-        torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+        inference_precision(device, dtype),
     ):
         fused = _fuse_once(model, sources[:k], plan, device, bar)
         for s in sources[k:]:
