@@ -20,6 +20,7 @@ from fusion.errors import FusionError
 
 log = logging.getLogger(__name__)
 
+EPHEMERAL_STARTUP_S = 120  # seconds to wait for Prefect's temporary API server (its default: 20)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 _RUN_ID = re.compile(r"(?:runs:/)?([0-9a-f]{32})/?")
 
@@ -53,15 +54,24 @@ def shield_prefect_server() -> None:
     the server when the command exits (SIGTERM)."""
     import signal
 
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     if PREFECT_API_URL.value():
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    # Prefect waits 20 s by default; on a loaded 2-core machine the server's imports and database
+    # migrations alone can take longer, and the nightly would then fail before it started
+    wait = max(int(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), EPHEMERAL_STARTUP_S)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        SubprocessASGIServer().start()  # the instance Prefect's client uses (one per process)
+        SubprocessASGIServer().start(timeout=wait)  # the instance Prefect's client uses (one per process)
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect ..." with the server's output
+        raise FusionError(
+            f"Prefect's temporary API server did not answer within {wait} s ({str(exc).splitlines()[0]}): "
+            "start one with `prefect server start` and set PREFECT_API_URL, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

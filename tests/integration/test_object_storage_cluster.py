@@ -252,6 +252,9 @@ def _kill_a_worker_after(cluster, prefix: str, checkpoints: int, proc, log: Path
     raise TimeoutError(f"no checkpoint {checkpoints} in the bucket:\n{log.read_text()[-3000:]}")
 
 
+# slow (6 min on an AVX2 2-core machine): the sweep test below kills a trial on the same cluster
+# and continues it from the bucket, with a data-parallel trial beside it
+@pytest.mark.slow
 def test_killed_worker_on_a_cluster_without_shared_disk_resumes_from_object_storage(
     workspace_on_s3, cluster, mlflow_server, tmp_path
 ):

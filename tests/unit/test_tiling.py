@@ -85,8 +85,25 @@ def test_crossfuse_tiles_reproduce_the_shift_that_wraps_round_the_image(shared_d
     pair = _pair(shared_data, model, 64, 312)
     plan = tiling.plan(model, rule_for(model), (64, 312), 2, 1, torch.device("cpu"), tile=96)
     assert any(t.x0 > 0 and t.x1 < 312 for t in plan.tiles)
-    diff = np.abs(fuse(model, pair, tile=96).astype(int) - _untiled(model, pair).astype(int))
-    assert diff.max() <= 1
+    untiled = _untiled(model, pair).astype(int)
+    diff = np.abs(fuse(model, pair, tile=96).astype(int) - untiled)
+    # A freshly initialised CrossFuse divides by sums of local feature means near 0 at a few
+    # pixels, where float32 rounding of any summation order (CPU kernels differ: AVX-512 or
+    # AVX2) moves the output by many gray levels, untiled too. Where untiled float32 is the
+    # float64 image within a gray level, the tiles must be too; a wrong shift would move whole
+    # tiles' edges, far more than these few pixels.
+    with torch.inference_mode():
+        exact = model.double()(*[to_tensor(p)[None].double() for p in pair])[0]
+    model.float()
+    stable = np.abs(untiled - _to_gray_levels(exact)) <= 1
+    assert stable.mean() > 0.9, f"only {stable.mean():.1%} of the pixels are well-conditioned"
+    assert diff[stable].max() <= 1, f"{(diff[stable] > 1).sum()} well-conditioned pixels differ"
+
+
+def _to_gray_levels(t: torch.Tensor) -> np.ndarray:
+    """A float64 C x H x W image on 0..1 as to_image rounds it, without going through float32."""
+    arr = (t.clamp(0, 1) * 255.0).round().to(torch.int64).numpy().transpose(1, 2, 0)
+    return arr[..., 0] if arr.shape[2] == 1 else arr
 
 
 def test_auto_fuses_whole_when_it_fits_and_in_tiles_under_a_tight_budget(shared_data):
