@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -109,7 +109,11 @@ def ieee_float32(device: str | torch.device) -> Iterator[None]:
 
 
 def inference_precision(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
-    """Where inference runs the model: autocast to `dtype`, or (None) IEEE float32."""
-    if dtype is None:
-        return ieee_float32(device)
-    return torch.autocast(device.type, dtype=dtype)
+    """Where inference runs the model: autocast to `dtype`, or (None) IEEE float32, with any
+    autocast a caller had turned on turned off."""
+    if dtype is not None:
+        return torch.autocast(device.type, dtype=dtype)
+    stack = ExitStack()
+    stack.enter_context(torch.autocast(device.type, enabled=False))
+    stack.enter_context(ieee_float32(device))
+    return stack

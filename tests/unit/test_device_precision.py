@@ -36,3 +36,5 @@ def test_cpu_inference_and_reduced_precision_leave_the_flags_alone():
     with inference_precision(torch.device("cpu"), torch.bfloat16):
         assert _flags() == before and torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16), inference_precision(torch.device("cpu"), None):
+        assert not torch.is_autocast_enabled("cpu")  # float32 asked for: a caller's autocast is off inside
