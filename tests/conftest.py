@@ -24,6 +24,16 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # Prefect reads its settings once, at import: before any test module imports it. Tests that
+    # run a flow in-process start Prefect's temporary API server, whose first start in a fresh
+    # PREFECT_HOME (migrations) overran Prefect's 20 s on a loaded 2-core machine; the CLI
+    # waits 120 s (fusion.interrupts.shield_prefect_server), the tests do likewise.
+    from fusion.interrupts import EPHEMERAL_STARTUP_S
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
+
+
 def pytest_collection_modifyitems(config, items):
     if not config.getoption("--fast"):
         return

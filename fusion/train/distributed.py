@@ -29,13 +29,54 @@ OBJECT_STORE_BYTES = 256 * 1024**2
 # its controller is alive, once a second; without a dashboard (a local instance) each answer
 # is a warning forwarded to the driver: 135 identical lines in one nightly run. The cleaner
 # only matters when a controller dies ungracefully, which ray.shutdown() covers locally.
-_NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+_NOISY_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
+# Each report printed two INFO lines beside the trainer's own epoch line, one repeating its
+# metrics as a dict: "Reporting training result N: TrainingReport(...)" and "Checkpoint
+# successfully created at: ...", the only INFO records of their modules (warnings still show).
+# One of the two loggers is named after its file's path, so they are taken from the modules.
+_CHATTY_TRAIN_MODULES = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_WARNINGS_UP = _AtLeast(logging.WARNING)
+# The controller's resource request to the autoscaling coordinator times out after 5 s while
+# that actor's process still starts (a cold local instance on 2 busy cores) and logs a 20-line
+# traceback that it calls "safe to ignore" when transient: one line says the same.
+_ONE_LINE_MODULES = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
+_ONE_LINE = _NoTraceback()
 
 
 def quiet_ray_workers() -> None:
     """worker_process_setup_hook: runs in every Ray worker process before its first task."""
-    for name in _NOISY_WORKER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    import importlib
+
+    for name, level in _NOISY_WORKER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for modules, only in ((_CHATTY_TRAIN_MODULES, _WARNINGS_UP), (_ONE_LINE_MODULES, _ONE_LINE)):
+        for module in modules:
+            try:
+                logger = importlib.import_module(module).logger
+            except (ImportError, AttributeError):  # another Ray layout: the lines are noise, not errors
+                continue
+            # a filter, not a level: Ray Train's dictConfig in the worker resets its loggers' levels
+            logger.addFilter(only)  # once: addFilter skips a filter it holds
 
 
 def init_ray() -> dict[str, Any]:
