@@ -25,18 +25,6 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 1024**2
 
 
-# Ray Train's placement-group cleaner asks the State API, which lives in the dashboard, whether
-# its controller is alive, once a second; without a dashboard (a local instance) each answer
-# is a warning forwarded to the driver: 135 identical lines in one nightly run. The cleaner
-# only matters when a controller dies ungracefully, which ray.shutdown() covers locally.
-_NOISY_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
-# Each report printed two INFO lines beside the trainer's own epoch line, one repeating its
-# metrics as a dict: "Reporting training result N: TrainingReport(...)" and "Checkpoint
-# successfully created at: ...", the only INFO records of their modules (warnings still show).
-# One of the two loggers is named after its file's path, so they are taken from the modules.
-_CHATTY_TRAIN_MODULES = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
-
-
 class _AtLeast(logging.Filter):
     def __init__(self, level: int):
         super().__init__()
@@ -55,28 +43,40 @@ class _NoTraceback(logging.Filter):
         return True
 
 
-_WARNINGS_UP = _AtLeast(logging.WARNING)
-# The controller's resource request to the autoscaling coordinator times out after 5 s while
-# that actor's process still starts (a cold local instance on 2 busy cores) and logs a 20-line
-# traceback that it calls "safe to ignore" when transient: one line says the same.
-_ONE_LINE_MODULES = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
-_ONE_LINE = _NoTraceback()
+_EXECUTION = "ray.train.v2._internal.execution"
+# Filters, not levels: Ray Train's dictConfig in a worker resets its child loggers' levels.
+_QUIET_RAY_LOGGERS: dict[str, logging.Filter] = {
+    # The placement-group cleaner asks the State API, which lives in the dashboard, whether its
+    # controller is alive, once a second; without a dashboard (a local instance) each answer is
+    # a warning forwarded to the driver: 135 identical lines in one nightly run. The cleaner only
+    # matters when a controller dies ungracefully, which ray.shutdown() covers locally.
+    f"{_EXECUTION}.controller.placement_group_cleaner": _AtLeast(logging.ERROR),
+    # Each report printed two INFO lines beside the trainer's own epoch line, one repeating its
+    # metrics as a dict: "Reporting training result N: TrainingReport(...)" (a logger named after
+    # its file's path) and "Checkpoint successfully created at: ...", the only INFO records of
+    # their modules (their warnings still show).
+    f"{_EXECUTION}/context.py": _AtLeast(logging.WARNING),
+    f"{_EXECUTION}.storage": _AtLeast(logging.WARNING),
+    # The controller's resource request to the autoscaling coordinator times out after 5 s while
+    # that actor's process still starts (a cold local instance on 2 busy cores), and Ray logs a
+    # 20-line traceback it calls "safe to ignore" when transient: one line says the same.
+    f"{_EXECUTION}.scaling_policy.autoscaling_coordinator_client": _NoTraceback(),
+}
 
 
 def quiet_ray_workers() -> None:
-    """worker_process_setup_hook: runs in every Ray worker process before its first task."""
-    import importlib
+    """worker_process_setup_hook: runs in every Ray worker process before its first task.
 
-    for name, level in _NOISY_WORKER_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
-    for modules, only in ((_CHATTY_TRAIN_MODULES, _WARNINGS_UP), (_ONE_LINE_MODULES, _ONE_LINE)):
-        for module in modules:
-            try:
-                logger = importlib.import_module(module).logger
-            except (ImportError, AttributeError):  # another Ray layout: the lines are noise, not errors
-                continue
-            # a filter, not a level: Ray Train's dictConfig in the worker resets its loggers' levels
-            logger.addFilter(only)  # once: addFilter skips a filter it holds
+    Names the loggers without importing their modules (Ray Train's import costs seconds in a
+    process that may never train): a logger made now is the one the module gets later."""
+    import ray
+
+    root = Path(ray.__file__).parent.parent
+    for name, only in _QUIET_RAY_LOGGERS.items():
+        if name.endswith(".py"):
+            module, file = name.split("/")
+            name = str(root.joinpath(*module.split("."), file))
+        logging.getLogger(name).addFilter(only)  # once: addFilter skips a filter it holds
 
 
 def init_ray() -> dict[str, Any]:

@@ -51,6 +51,15 @@ def test_the_per_report_info_lines_are_dropped_and_their_warnings_kept(ray_logge
     assert sum(f.__class__.__name__ == "_AtLeast" for f in context.filters) == 1
 
 
+def test_the_placement_group_cleaners_once_a_second_warning_is_dropped(ray_logger):
+    quiet_ray_workers()
+    cleaner, seen = ray_logger("ray.train.v2._internal.execution.controller.placement_group_cleaner")
+    cleaner.setLevel(logging.DEBUG)
+    cleaner.warning("Failed to query Ray Train Controller state")
+    cleaner.error("could not remove the placement group")
+    assert seen.lines == ["ERROR could not remove the placement group"]
+
+
 def test_a_transient_resource_request_timeout_is_one_line_not_a_traceback(ray_logger):
     quiet_ray_workers()
     client, seen = ray_logger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client")
