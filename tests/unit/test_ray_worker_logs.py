@@ -26,14 +26,16 @@ def ray_logger():
     def attach(module: str) -> tuple[logging.Logger, _Collect]:
         logger = importlib.import_module(module).logger
         handler = _Collect()
+        attached.append((logger, handler, logger.level))
         logger.addHandler(handler)
-        attached.append((logger, handler))
+        logger.setLevel(logging.DEBUG)  # what Ray Train's dictConfig leaves: every level through
         return logger, handler
 
-    attached: list[tuple[logging.Logger, _Collect]] = []
+    attached: list[tuple[logging.Logger, _Collect, int]] = []
     yield attach
-    for logger, handler in attached:
+    for logger, handler, level in attached:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_the_per_report_info_lines_are_dropped_and_their_warnings_kept(ray_logger):
@@ -41,8 +43,6 @@ def test_the_per_report_info_lines_are_dropped_and_their_warnings_kept(ray_logge
     quiet_ray_workers()  # the hook may run twice in a process: one filter, not two
     context, seen = ray_logger("ray.train.v2._internal.execution.context")
     storage, stored = ray_logger("ray.train.v2._internal.execution.storage")
-    context.setLevel(logging.DEBUG)  # what Ray Train's dictConfig leaves: every level through
-    storage.setLevel(logging.DEBUG)
     context.info("Reporting training result 1: TrainingReport(metrics={...}) from rank 0")
     storage.info("Checkpoint successfully created at: Checkpoint(...)")
     context.warning("a report waited")
@@ -54,7 +54,6 @@ def test_the_per_report_info_lines_are_dropped_and_their_warnings_kept(ray_logge
 def test_the_placement_group_cleaners_once_a_second_warning_is_dropped(ray_logger):
     quiet_ray_workers()
     cleaner, seen = ray_logger("ray.train.v2._internal.execution.controller.placement_group_cleaner")
-    cleaner.setLevel(logging.DEBUG)
     cleaner.warning("Failed to query Ray Train Controller state")
     cleaner.error("could not remove the placement group")
     assert seen.lines == ["ERROR could not remove the placement group"]
@@ -63,7 +62,6 @@ def test_the_placement_group_cleaners_once_a_second_warning_is_dropped(ray_logge
 def test_a_transient_resource_request_timeout_is_one_line_not_a_traceback(ray_logger):
     quiet_ray_workers()
     client, seen = ray_logger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client")
-    client.setLevel(logging.DEBUG)
     try:
         raise TimeoutError("Get timed out: some object(s) not ready.")
     except TimeoutError:
