@@ -52,16 +52,18 @@ _QUIET_RAY_LOGGERS: dict[str, logging.Filter] = {
     # matters when a controller dies ungracefully, which ray.shutdown() covers locally.
     f"{_EXECUTION}.controller.placement_group_cleaner": _AtLeast(logging.ERROR),
     # Each report printed two INFO lines beside the trainer's own epoch line, one repeating its
-    # metrics as a dict: "Reporting training result N: TrainingReport(...)" (a logger named after
-    # its file's path) and "Checkpoint successfully created at: ...", the only INFO records of
-    # their modules (their warnings still show).
-    f"{_EXECUTION}/context.py": _AtLeast(logging.WARNING),
+    # metrics as a dict: "Reporting training result N: TrainingReport(...)" and "Checkpoint
+    # successfully created at: ...", the only INFO records of their modules (their warnings
+    # still show).
+    f"{_EXECUTION}.context": _AtLeast(logging.WARNING),
     f"{_EXECUTION}.storage": _AtLeast(logging.WARNING),
     # The controller's resource request to the autoscaling coordinator times out after 5 s while
     # that actor's process still starts (a cold local instance on 2 busy cores), and Ray logs a
     # 20-line traceback it calls "safe to ignore" when transient: one line says the same.
     f"{_EXECUTION}.scaling_policy.autoscaling_coordinator_client": _NoTraceback(),
 }
+# modules whose logger is `logging.getLogger(__file__)`, named after the file's path (Ray 2.60)
+_LOGGER_NAMED_BY_FILE = {f"{_EXECUTION}.context"}
 
 
 def quiet_ray_workers() -> None:
@@ -72,10 +74,8 @@ def quiet_ray_workers() -> None:
     import ray
 
     root = Path(ray.__file__).parent.parent
-    for name, only in _QUIET_RAY_LOGGERS.items():
-        if name.endswith(".py"):
-            module, file = name.split("/")
-            name = str(root.joinpath(*module.split("."), file))
+    for module, only in _QUIET_RAY_LOGGERS.items():
+        name = f"{root.joinpath(*module.split('.'))}.py" if module in _LOGGER_NAMED_BY_FILE else module
         logging.getLogger(name).addFilter(only)  # once: addFilter skips a filter it holds
 
 
