@@ -1,18 +1,59 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from fusion.loopback import free_port, terminate, wait_http
 
-__all__ = ["free_port", "terminate", "wait_http"]  # the tests import them from here
+__all__ = ["free_port", "stop_ray_nodes", "terminate", "wait_http"]  # the tests import them from here
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DURATIONS = Path(__file__).parent / "unit" / "durations.json"
 FAST_SECONDS = 3.0
+
+
+def stop_ray_nodes(temp_dir: Path, timeout: float = 30.0) -> None:
+    """Stop the Ray nodes started with `ray start --temp-dir` under `temp_dir`, and only them.
+
+    `ray stop` stops every Ray process of the user on the machine: a cluster the developer runs
+    beside the suite (their training with it) and other tests' local instances. A node's daemons
+    name the folder in their command lines; its worker processes rename themselves (ray::IDLE)
+    but are the raylet's children."""
+    import psutil
+
+    marker = str(temp_dir)
+    nodes = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and any(marker in arg for arg in p.info["cmdline"] or []):
+            nodes.append(p)
+    family = {p.pid: p for p in nodes}
+    for p in nodes:
+        try:
+            family.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    procs = list(family.values())
+    for p in procs:  # SIGKILL, as `ray stop --force`: gcs_server and the raylet ignore SIGTERM
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    deadline = time.monotonic() + timeout
+    while [p for p in procs if _running(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _running(p) -> bool:
+    import psutil
+
+    try:  # killed daemons re-parented to an init that does not reap them stay zombies
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def pytest_addoption(parser):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_ray_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ def cluster(s3, tmp_path_factory):
         )
         yield {"address": f"127.0.0.1:{port}", "env": env, "home": home, "as_other": as_other}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_nodes(temp)  # both nodes' temp dirs are under it
         shutil.rmtree(temp, ignore_errors=True)
 
 
