@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_ray_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -220,8 +220,8 @@ def _ray(*args: str, env: dict) -> None:
 
 @pytest.fixture
 def ray_cluster():
-    """`ray start --head` plus a second node joining it, one CPU each; both stopped after
-    (`ray stop` stops every Ray process of this user, so this process's own Ray goes first)."""
+    """`ray start --head` plus a second node joining it, one CPU each, their temp dirs under
+    one folder; both stopped after (only they: not with `ray stop`), this process's Ray first."""
     import shutil
     import tempfile
 
@@ -259,11 +259,13 @@ def ray_cluster():
             "--node-ip-address=127.0.0.1",
             "--num-cpus=1",
             "--object-store-memory=150000000",
+            f"--temp-dir={temp}/node2",
             env=env,
         )
         yield address, env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        ray.shutdown()
+        stop_ray_nodes(Path(temp))
         shutil.rmtree(temp, ignore_errors=True)
 
 
