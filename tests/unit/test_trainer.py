@@ -212,3 +212,23 @@ def test_a_compile_failure_in_the_first_step_falls_back_to_eager(cfg, tiny_prepa
         assert all(torch.equal(a[k], b[k]) for k in a)
     else:
         assert trainer.compiled.verified and losses == pytest.approx(eager_losses, rel=1e-4)
+
+
+def test_seeding_turns_on_deterministic_kernels_and_inductors_flag_only_when_compiling():
+    """An eager run gets the deterministic kernels without importing Inductor (seconds in every
+    training process); a compiled one also gets Inductor's own flag."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from fusion.train.loop import seed_everything\n"
+        "seed_everything(0)\n"
+        "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),"
+        " 'torch._inductor.config' in sys.modules)\n"
+        "seed_everything(0, compiled=True)\n"
+        "import torch._inductor.config as c\n"
+        "print(c.deterministic)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False", "True"], out.stdout + out.stderr
