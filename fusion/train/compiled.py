@@ -42,6 +42,8 @@ class CompiledForward:
     def __init__(self, fn: Callable[..., Any], key: str, inference: bool = False):
         self.fn = fn
         self.key = key
+        if torch.are_deterministic_algorithms_enabled():  # seed_everything set only the kernels' flag
+            torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
         self.compiled = torch.compile(fn, options={"freezing": True} if inference else None)
         self.failed: str | None = None
         self.compile_seconds: float | None = None  # the first (compiling) call, for logs and benchmarks

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,17 +76,15 @@ def epochs_without_improvement(history: list[dict[str, float]], min_delta: float
     return since
 
 
-def seed_everything(seed: int, compiled: bool = False) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    # Deterministic kernels: resumed and reproduced runs must match bit for bit on CPU.
-    if compiled or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        # The public call imports Inductor (2-5 s in each training process, each Ray worker's
-        # too) only to set Inductor's own flag; an eager run needs just the kernels' flag.
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # Deterministic kernels: resumed and reproduced runs must match bit for bit on CPU. The
+    # public torch.use_deterministic_algorithms imports Inductor (2-5 s in each training
+    # process, each Ray worker's too) only to set Inductor's own flag; CompiledForward, the one
+    # place that compiles, sets that flag from this one.
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
@@ -114,7 +111,7 @@ class Trainer:
         self.tcfg = cfg.train
         self.data_root = Path(data_root) if data_root is not None else None
         self.callbacks = list(callbacks or [])
-        seed_everything(cfg.seed, compiled=cfg.train.compile)
+        seed_everything(cfg.seed)
         self.device = pick_device(self.tcfg.device)
         self.spec = MODELS[self.tcfg.model]
         self.train_set, self.val_set, self.roles = training_data(cfg, self.data_root)

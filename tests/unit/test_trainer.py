@@ -215,8 +215,8 @@ def test_a_compile_failure_in_the_first_step_falls_back_to_eager(cfg, tiny_prepa
 
 
 def test_seeding_turns_on_deterministic_kernels_and_inductors_flag_only_when_compiling():
-    """An eager run gets the deterministic kernels without importing Inductor (seconds in every
-    training process); a compiled one also gets Inductor's own flag."""
+    """Seeding turns on the deterministic kernels without importing Inductor (seconds in every
+    training process); compiling then also sets Inductor's own flag."""
     import subprocess
     import sys
 
@@ -226,7 +226,8 @@ def test_seeding_turns_on_deterministic_kernels_and_inductors_flag_only_when_com
         "seed_everything(0)\n"
         "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),"
         " 'torch._inductor.config' in sys.modules)\n"
-        "seed_everything(0, compiled=True)\n"
+        "from fusion.train.compiled import CompiledForward\n"
+        "CompiledForward(torch.nn.Conv2d(1, 1, 3), 'train.compile')\n"
         "import torch._inductor.config as c\n"
         "print(c.deterministic)\n"
     )
