@@ -7,6 +7,10 @@ ValueError (a ConfigError is one), which pydantic reports under the key being va
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,19 +51,67 @@ def check_baseline_list(v: list[str]) -> list[str]:
 
 
 def check_cron(v: str) -> str:
-    """nightly.cron as the deployed schedule will check it (Prefect's CronSchedule)."""
+    """nightly.cron as the deployed schedule will check it: Prefect's CronSchedule rule, on
+    Prefect's own cron parser."""
+    reason = _cron_problem(v)
+    if reason:
+        raise ValueError(f"{reason}; expected minute hour day month weekday, e.g. '0 2 * * *'")
+    return v
+
+
+def _cron_problem(v: str) -> str | None:
+    croniter = _prefect_croniter()
+    if croniter is not None:
+        # the two rules of prefect._internal.schemas.validators.validate_cron_string
+        if not croniter.is_valid(v):
+            return f'Invalid cron string: "{v}"'
+        if any(field.casefold() in ("r", "h") for field in v.split()):
+            return f'Random and Hashed expressions are unsupported, received: "{v}"'
+        return None
     try:
         from prefect.client.schemas.schedules import CronSchedule
     except ImportError:
         # a core install (GPU machines, no orchestration stack): no schedule can run here, and
         # wherever Prefect is installed the expression is checked on every load
-        return v
+        return None
     try:
         CronSchedule(cron=v)
     except ValidationError as exc:
-        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{reason}; expected minute hour day month weekday, e.g. '0 2 * * *'") from None
-    return v
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return None
+
+
+@functools.cache
+def _prefect_croniter() -> Any:
+    """The croniter class Prefect vendors; None where Prefect is not installed or no longer
+    vendors it (then the caller asks Prefect's CronSchedule)."""
+    if "prefect" not in sys.modules:
+        found = _croniter_from_file()
+        if found is not None:
+            return found
+    try:
+        from prefect._vendor.croniter import croniter
+    except ImportError:
+        return None
+    return croniter
+
+
+def _croniter_from_file() -> Any:
+    """Prefect's vendored croniter loaded from its file: importing it the usual way runs
+    Prefect's package import first, 2 s in every command that loads a configuration."""
+    try:
+        spec = importlib.util.find_spec("prefect")
+    except ImportError:
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "_vendor" / "croniter" / "croniter.py"
+        loaded = importlib.util.spec_from_file_location("fusion.config._prefect_croniter", path)
+        if path.is_file() and loaded is not None and loaded.loader is not None:
+            module = importlib.util.module_from_spec(loaded)
+            sys.modules[loaded.name] = module
+            loaded.loader.exec_module(module)
+            return module.croniter
+    return None
 
 
 def check_registry_entries(sources: dict[str, dict[str, Any]]) -> None:

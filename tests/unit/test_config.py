@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -147,3 +150,60 @@ def test_a_run_recorded_before_the_options_moved_is_read_with_its_settings(ws):
     assert "lambda_l1" in old["train"]  # the record itself is left as it was
     with pytest.raises(ValidationError, match=r"lambda_l1"):  # why the upgrade is needed
         Config.model_validate(old)
+
+
+CRON_EXPRESSIONS = [
+    "0 2 * * *",
+    "*/5 * * * 1-5",
+    "30 3 * * MON-FRI",
+    "0 0 L * *",
+    "0 0 * * 5#2",
+    "@daily",
+    "0 25 * * *",
+    "61 * * * *",
+    "0 0 1 1 * 2030",
+    "H 2 * * *",
+    "R 2 * * *",
+    "0 2 * *",
+    "every night",
+    "",
+]
+
+
+def test_nightly_cron_follows_prefects_rule_without_importing_prefect(tmp_path):
+    """The cron check runs Prefect's own parser read from its file (`import prefect` would cost
+    every command that loads params.yaml two seconds): it accepts and refuses exactly what
+    Prefect's CronSchedule does, and loading the configuration leaves Prefect unimported."""
+    code = f"""
+import json, sys
+from fusion.config import load_config
+from fusion.config.validation import check_cron
+
+load_config({str(REPO)!r}, "smoke", ["nightly.cron=15 4 * * 1-5"])
+ours = {{}}
+for expression in {CRON_EXPRESSIONS!r}:
+    try:
+        check_cron(expression)
+        ours[expression] = None
+    except ValueError as exc:
+        ours[expression] = str(exc).split("; expected")[0]
+imported = sorted(m for m in sys.modules if m.split(".")[0] == "prefect")
+
+from pydantic import ValidationError
+from prefect.client.schemas.schedules import CronSchedule
+
+prefects = {{}}
+for expression in ours:
+    try:
+        CronSchedule(cron=expression)
+        prefects[expression] = None
+    except ValidationError as exc:
+        prefects[expression] = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+print(json.dumps({{"imported": imported, "ours": ours, "prefects": prefects}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["imported"] == []
+    assert result["ours"] == result["prefects"]
+    assert sum(reason is None for reason in result["ours"].values()) == 6  # both kinds are in the list
