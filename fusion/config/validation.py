@@ -83,22 +83,10 @@ def _cron_problem(v: str) -> str | None:
 
 @functools.cache
 def _prefect_croniter() -> Any:
-    """The croniter class Prefect vendors; None where Prefect is not installed or no longer
-    vendors it (then the caller asks Prefect's CronSchedule)."""
-    if "prefect" not in sys.modules:
-        found = _croniter_from_file()
-        if found is not None:
-            return found
-    try:
-        from prefect._vendor.croniter import croniter
-    except ImportError:
-        return None
-    return croniter
-
-
-def _croniter_from_file() -> Any:
-    """Prefect's vendored croniter loaded from its file: importing it the usual way runs
-    Prefect's package import first, 2 s in every command that loads a configuration."""
+    """The croniter class Prefect vendors, loaded from its file: importing it the usual way runs
+    Prefect's package import first, 2 s in every command that loads a configuration. None where
+    Prefect is not installed or that file is gone or no longer loads alone (then the caller asks
+    Prefect's CronSchedule)."""
     try:
         spec = importlib.util.find_spec("prefect")
     except ImportError:
@@ -112,7 +100,7 @@ def _croniter_from_file() -> Any:
             try:
                 loaded.loader.exec_module(module)
                 return module.croniter
-            except Exception:  # a Prefect whose file no longer stands alone: ask Prefect itself
+            except Exception:  # a Prefect whose file no longer stands alone
                 del sys.modules[loaded.name]
     return None
 
