@@ -16,15 +16,11 @@ install-test:
 run: install
 	$(BIN)/fusion run --profile $(PROFILE)
 
-# lint and types first (seconds), then the whole suite (what CI runs): the unit tier on
-# UNIT_WORKERS processes (1.6x faster on 2 cores: those tests leave a core idle half the time),
-# then the integration tier alone (its servers and Ray already fill both cores; under xdist it
-# ran slower). Both tiers run even if the first fails; the exit status is the first failure's.
+# install, lint and types (the MLflow UI test's browser installing meanwhile), then the unit
+# tier on UNIT_WORKERS processes and the integration tier: scripts/test.sh
 UNIT_WORKERS ?= 2
-test: install-test lint
-	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest tests/unit -n $(UNIT_WORKERS) --dist worksteal; unit=$$?; \
-	$(BIN)/python -m pytest --ignore=tests/unit; rest=$$?; exit $$(( unit ? unit : rest ))
+test:
+	UNIT_WORKERS=$(UNIT_WORKERS) bash scripts/test.sh
 
 # the quick unit tier: the unit tests recorded under 3 s in tests/unit/durations.json (about a
 # minute and a half on 2 cores); `make test-durations` re-records them (15 minutes)

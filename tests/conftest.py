@@ -8,7 +8,13 @@ import pytest
 
 from fusion.loopback import free_port, terminate, wait_http
 
-__all__ = ["free_port", "stop_ray_nodes", "terminate", "wait_http"]  # the tests import them from here
+__all__ = [
+    "free_port",
+    "stop_ray_nodes",
+    "terminate",
+    "wait_http",
+    "why_no_isolated_node",
+]  # the tests import them from here
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -45,6 +51,22 @@ def stop_ray_nodes(temp_dir: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while [p for p in procs if _running(p)] and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def why_no_isolated_node() -> str | None:
+    """Why this machine cannot start a Ray node as another user in its own mount namespace
+    (test_object_storage_cluster.py's cluster without a shared disk), or None when it can."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return "needs root: the worker node is started as another user in its own mount namespace"
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return "needs util-linux's unshare and setpriv"
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create a mount namespace here: {probe.stderr.decode().strip()}"
+    return None
 
 
 def _running(p) -> bool:

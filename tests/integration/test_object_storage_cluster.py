@@ -18,7 +18,9 @@ the worker node is killed after two epochs, Ray Tune starts the trial again, the
 continues from the checkpoint in the bucket and ends with the weights of an uninterrupted
 run, evaluated on the worker node's copy of the test data; nothing of it is in the workspace.
 A data-parallel trial of that sweep (two Ray Train workers) trains from the data and the
-checkpoints its workers pull from the bucket, and completes, evaluated, every step logged once.
+checkpoints its workers pull from the bucket; one of its workers is killed after two epochs,
+Ray Train restarts the group from the checkpoint, and the trial ends, in its first attempt,
+evaluated, every step logged once, with the weights of two uninterrupted gloo processes.
 
 Needs root (to start the worker node as another user in its own mount namespace); skipped
 otherwise, with the reason.
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, stop_ray_nodes
+from tests.conftest import REPO, free_port, stop_ray_nodes, why_no_isolated_node
 
 pytestmark = pytest.mark.integration
 
@@ -57,17 +59,6 @@ SETTINGS = [
     "train.ray.max_failures=2",
 ]
 OTHER_USER = 65534  # nobody
-
-
-def _can_isolate() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: the worker node is started as another user in its own mount namespace"
-    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
-        return "needs util-linux's unshare and setpriv"
-    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
-    if probe.returncode != 0:
-        return f"cannot create a mount namespace here: {probe.stderr.decode().strip()}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +109,7 @@ def _as_other_user(temp: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(s3, tmp_path_factory):
     """`ray start --head --num-cpus=0` as this user, and a worker node with two CPUs as `nobody`."""
-    reason = _can_isolate()
+    reason = why_no_isolated_node()
     if reason:
         pytest.skip(reason)
     import ray
@@ -391,6 +382,18 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
                 worker = json.loads(_read(aws, _trial_key(aws, "worker.json") or "") or b"{}")
                 assert worker["attempt"] == 1
                 os.kill(worker["pid"], signal.SIGKILL)  # the trial's process on the worker node
+
+                def parallel_two_epochs() -> bool:
+                    keys = [k for k in _objects(aws, "sweep/sweeps/") if "num_workers=2" in k]
+                    last = [k for k in keys if k.endswith("/checkpoints/last.pt")]
+                    data = _read(aws, last[0]) if last else None
+                    done = data is not None and torch.load(io.BytesIO(data), weights_only=True)["epoch"] >= 2
+                    return done and len(_worker_pids()) == 2
+
+                # then one of the data-parallel trial's two Ray Train workers, once its rank 0 pushed
+                # two epochs: Ray Train restarts the group from the checkpoint it registered
+                _wait_for(parallel_two_epochs, proc, log)
+                os.kill(_worker_pids()[0], signal.SIGKILL)
                 assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
             finally:
                 if proc.poll() is None:
@@ -409,15 +412,23 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
     client = MlflowClient(mlflow_server)
     (dp,) = {part for k in _objects(aws, "sweep/sweeps/") for part in k.split("/") if "num_workers=2" in part}
     parallel = json.loads(_read(aws, _trial_key(aws, "status.json", dp) or "") or b"{}")
-    assert parallel["status"] == "completed" and parallel["epochs"] == 5, parallel
+    # its killed worker was restarted by Ray Train inside the trial: still the trial's first attempt
+    assert parallel["status"] == "completed" and parallel["epochs"] == 5 and parallel["attempts"] == 1, parallel
+    # the restarted group's workers took the run on from its checkpoint, not from the start
+    resumed = re.findall(
+        r"RayTrainWorker pid=\d+\) resumed from \S*num_workers=2\S*/last\.pt at epoch ([2-4])", log.read_text()
+    )
+    assert len(resumed) == 2, log.read_text()[-4000:]
     pushed = torch.load(
         io.BytesIO(_read(aws, _trial_key(aws, "checkpoints/last.pt", dp) or "") or b""), weights_only=True
     )
     assert pushed["epoch"] == 5 and [h["epoch"] for h in pushed["history"]] == [1, 2, 3, 4, 5]
+    assert pushed["data_parallel_workers"] == 2
     dp_run = client.get_run(parallel["run_id"])
     assert dp_run.info.status == "FINISHED" and dp_run.data.params["train.ray.num_workers"] == "2"
     assert dp_run.data.tags["train.executor"] == "ray-tune" and "test/SSIM_gt" in dp_run.data.metrics
     assert sorted(m.step for m in client.get_metric_history(dp_run.info.run_id, "train/loss")) == list(range(1, 41))
+    assert sorted(m.step for m in client.get_metric_history(dp_run.info.run_id, "val/loss")) == [1, 2, 3, 4, 5]
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
     assert "test/SSIM_gt" in run.data.metrics  # evaluated on the worker node, on its copy of the test data
@@ -434,6 +445,16 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
     for key, value in want["state_dict"].items():
         assert torch.equal(value, got["state_dict"][key]), key
     assert [h["val/loss"] for h in want["history"]] == [h["val/loss"] for h in got["history"]]
+
+    # the data-parallel trial, killed worker and all, ends where two gloo processes end uninterrupted
+    config = Path(client.download_artifacts(dp_run.info.run_id, "config/resolved.json", str(tmp_path / "dp")))
+    assert retrain(config, ws / "prepared" / "multifocus_synthetic", tmp_path / "dp-ref", "1", 2, REPO, env) is None
+    want = load_checkpoint(tmp_path / "dp-ref" / "last.pt")
+    assert want["epoch"] == pushed["epoch"] and want["data_parallel_workers"] == 2
+    for key, value in want["state_dict"].items():
+        assert torch.equal(value, pushed["state_dict"][key]), key
+    for name in ("val/loss", "train/epoch_loss"):
+        assert [h[name] for h in want["history"]] == [h[name] for h in pushed["history"]], name
 
 
 def test_an_unwritable_bucket_or_a_local_tracking_store_is_refused_before_a_run_starts(

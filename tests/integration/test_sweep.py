@@ -11,7 +11,8 @@
 - a data-parallel trial (train.ray.num_workers: 2) trains on two Ray Train workers started
   from its Tune trial; one worker killed mid-training, Ray Train restarts the group, it
   continues from the trial's last.pt and ends bit-identical to two uninterrupted gloo
-  processes; one whose workers the cluster can never place fails alone.
+  processes; one whose workers the cluster can never place fails alone. (Slow where the
+  cluster without a shared disk can be built: test_object_storage_cluster.py does the same there.)
 - a budget spent before the trials start leaves them not_started (parent KILLED); the next
   run, without a budget, continues the same sweep and completes them.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, stop_ray_nodes
+from tests.conftest import REPO, free_port, stop_ray_nodes, why_no_isolated_node
 
 pytestmark = pytest.mark.integration
 
@@ -386,6 +387,10 @@ def _train_workers(since: float) -> list[int]:
     ]
 
 
+# Where the two-node cluster without a shared disk can be built (root, unshare), CI kills a worker
+# of a data-parallel sweep trial there (test_object_storage_cluster.py) and this local copy is
+# slow; elsewhere it is the one that runs.
+@(pytest.mark.slow if why_no_isolated_node() is None else pytest.mark.integration)
 def test_a_data_parallel_trial_trains_on_two_workers_and_a_killed_worker_resumes_exactly(sweep_ws, tmp_path):
     from fusion import tracking
     from fusion.checkpoint import load_checkpoint
