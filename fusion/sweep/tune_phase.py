@@ -1,9 +1,11 @@
-"""One phase of a sweep as a Ray Tune experiment: the trials' resources checked against the
+"""One phase of a sweep as Ray Tune experiments: the trials' resources checked against the
 cluster, their payloads (and, on object storage, their MLflow runs and data) prepared here,
+the data-parallel trials after the others and no more at a time than fit with their workers,
 Tune's failure handling and wall-clock budget; returns the trials that errored."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,14 +15,13 @@ from fusion.errors import ConfigError
 from fusion.sweep.matrix import Trial, payload, trial_config
 from fusion.sweep.trial import SweepContext, child_run
 
+log = logging.getLogger(__name__)
 GRACE_SECONDS = 120  # after the budget, Ray stops trials still running (they stop themselves first)
 
 
 def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir: Path, phase: str) -> dict[str, str]:
-    """Run `trials` as one Ray Tune experiment; returns trial id -> error of those that errored."""
-    from ray import tune
-
-    from fusion.sweep.trial import ray_trainable
+    """Run `trials` as a Ray Tune experiment, the data-parallel ones as a second; returns trial
+    id -> error of those that errored."""
     from fusion.train.distributed import check_fits, init_ray
 
     available = init_ray()
@@ -32,22 +33,69 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
                 f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
             )
     errors: dict[str, str] = {}
+    parallel: list[Trial] = []
     for t in list(trials):  # a data-parallel trial whose workers can never be placed fails alone
         cfg = trial_config(t)
         if cfg is not None and cfg.train.ray.num_workers > 1:
             try:
                 check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
+                parallel.append(t)
             except ConfigError as exc:
                 errors[t.id] = f"ConfigError: {exc}"
-                trials = [u for u in trials if u.id != t.id]
-    if not trials:
-        return errors
+            trials = [u for u in trials if u.id != t.id]
+    payloads = {t.id: payload(t) for t in [*trials, *parallel]}
+    if ctx.store:
+        _on_object_storage([*trials, *parallel], payloads, ctx)
+    # Tune reserves a trial's own resources only: Ray Train's workers ask for theirs once the
+    # trial runs. Data-parallel trials started beside others could each hold a CPU and wait for
+    # workers that never fit (two on a 2-CPU node did, retrying every 60 s for good), so they
+    # run after the rest, as many at a time as fit with their workers.
+    if trials:
+        errors |= _fit(trials, payloads, ctx, sweep, sdir, phase, sweep.max_concurrent)
+    if parallel:
+        if ctx.deadline is not None and time.time() >= ctx.deadline:
+            log.warning("sweep budget spent: %d data-parallel trial(s) of %s not started", len(parallel), phase)
+            return errors
+        cap = min(sweep.max_concurrent or len(parallel), side_by_side(parallel, res.cpus, res.gpus, available))
+        errors |= _fit(parallel, payloads, ctx, sweep, sdir, f"{phase}-parallel", cap)
+    return errors
+
+
+def side_by_side(trials: list[Trial], cpus: float, gpus: float, available: dict[str, float]) -> int:
+    """How many of these data-parallel trials fit on the cluster at once, each with its own
+    resources and its workers' (the largest such footprint counted for all)."""
+    cap = len(trials)
+    for kind, own, per_worker in (("CPU", cpus, "cpus_per_worker"), ("GPU", gpus, "gpus_per_worker")):
+        need = 0.0
+        for t in trials:
+            cfg = trial_config(t)
+            if cfg is not None:
+                need = max(need, own + cfg.train.ray.num_workers * getattr(cfg.train.ray, per_worker))
+        if need > 0:
+            cap = min(cap, int((available.get(kind, 0) + 1e-9) // need))
+    return max(1, cap)
+
+
+def _fit(
+    trials: list[Trial],
+    payloads: dict[str, dict],
+    ctx: SweepContext,
+    sweep: SweepConfig,
+    sdir: Path,
+    name: str,
+    cap: int,
+) -> dict[str, str]:
+    """One Ray Tune experiment of `trials`, at most `cap` at a time (0: as many as fit);
+    returns trial id -> error of those that errored."""
+    from ray import tune
+
+    from fusion.sweep.trial import ray_trainable
+
+    res = sweep.resources
     budget = None
     if ctx.deadline is not None:
         budget = max(1.0, ctx.deadline - time.time()) + GRACE_SECONDS
-    payloads = {t.id: payload(t) for t in trials}
-    if ctx.store:
-        _on_object_storage(trials, payloads, ctx)
+    payloads = {t.id: payloads[t.id] for t in trials}
     # the grid is over trial ids (Tune's progress table shows them); the payloads travel once
     # through the object store
     trainable = tune.with_parameters(ray_trainable, trials=payloads, sweep=asdict(ctx))
@@ -55,19 +103,20 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
         tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
         param_space={"trial": tune.grid_search([t.id for t in trials])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=sweep.max_concurrent or None,
+            max_concurrent_trials=cap or None,
             time_budget_s=budget,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{ctx.store}/ray" if ctx.store else str(sdir / "ray"),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             verbose=1,
         ),
     )
     grid = tuner.fit()
+    errors: dict[str, str] = {}
     for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
         r = grid[i]
         if r.error is not None:

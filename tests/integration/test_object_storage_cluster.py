@@ -429,6 +429,9 @@ def test_a_sweep_on_a_cluster_without_shared_disk_continues_a_killed_trial_from_
     assert dp_run.data.tags["train.executor"] == "ray-tune" and "test/SSIM_gt" in dp_run.data.metrics
     assert sorted(m.step for m in client.get_metric_history(dp_run.info.run_id, "train/loss")) == list(range(1, 41))
     assert sorted(m.step for m in client.get_metric_history(dp_run.info.run_id, "val/loss")) == [1, 2, 3, 4, 5]
+    # the data-parallel trial trained after the other: beside it, its workers would not have fit
+    single = [m.timestamp for m in client.get_metric_history(record["run_id"], "train/loss")]
+    assert max(single) <= min(m.timestamp for m in client.get_metric_history(dp_run.info.run_id, "train/loss"))
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
     assert "test/SSIM_gt" in run.data.metrics  # evaluated on the worker node, on its copy of the test data

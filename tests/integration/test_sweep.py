@@ -72,6 +72,16 @@ SWEEPS = {
         "matrix": [{"model": "ufa", "variants": ["UFA"]}],
         "resources": {"cpus": 1},
     },
+    # two data-parallel trials that each fit (1 + 2 x 0.5 CPUs) but not together: started side
+    # by side, both held a CPU and waited for their workers for good
+    "pair": {
+        "profile": "tiny",
+        "overrides": ["train.epochs=1", "train.ray.num_workers=2", "train.ray.cpus_per_worker=0.5"],
+        "matrix": [{"model": "ufa", "variants": ["NO-SA", "NO-CA"]}],
+        "resources": {"cpus": 1},
+        "budget_minutes": 5,  # a regression ends as out_of_time, not as a hung suite
+        "evaluate": False,
+    },
     "budget": {
         "profile": "tiny",
         "overrides": ["train.epochs=1"],
@@ -435,6 +445,32 @@ def test_a_data_parallel_trial_trains_on_two_workers_and_a_killed_worker_resumes
     assert run.data.params["train.ray.num_workers"] == "2" and "test/SSIM_gt" in run.data.metrics
     _once_each(client, run.info.run_id, "train/loss", list(range(1, 4 * 8 + 1)))
     _once_each(client, run.info.run_id, "val/loss", list(range(1, 5)))
+
+
+def test_data_parallel_trials_that_fit_one_at_a_time_run_one_at_a_time(sweep_ws):
+    import ray
+
+    from fusion import tracking
+    from fusion.config import load_config
+    from fusion.sweep.runner import run_sweep
+    from mlflow import MlflowClient
+
+    try:
+        result = run_sweep(sweep_ws, "pair")
+    finally:
+        ray.shutdown()
+    assert {t["trial"]: t["status"] for t in result.trials} == {
+        "ufa-NO-SA-multi-focus-s0": "completed",
+        "ufa-NO-CA-multi-focus-s0": "completed",
+    }
+    # one after the other: the steps MLflow recorded for one trial all came before the other's
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    spans = sorted(
+        (min(stamps), max(stamps))
+        for t in result.trials
+        if (stamps := [m.timestamp for m in client.get_metric_history(t["run_id"], "train/loss")])
+    )
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
 
 
 def test_without_ray_a_data_parallel_trial_is_recorded_as_failed_saying_why(sweep_ws):
