@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fusion.config import SweepConfig
+from fusion.config import RayConfig, SweepConfig
 from fusion.errors import ConfigError
 from fusion.sweep.matrix import Trial, payload, trial_config
 from fusion.sweep.trial import SweepContext, child_run
@@ -33,16 +33,22 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
                 f"{available.get(kind, 0):g} {kind}s: no trial could ever start"
             )
     errors: dict[str, str] = {}
+    single: list[Trial] = []
     parallel: list[Trial] = []
-    for t in list(trials):  # a data-parallel trial whose workers can never be placed fails alone
+    workers: list[RayConfig] = []
+    for t in trials:
         cfg = trial_config(t)
-        if cfg is not None and cfg.train.ray.num_workers > 1:
-            try:
-                check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
-                parallel.append(t)
-            except ConfigError as exc:
-                errors[t.id] = f"ConfigError: {exc}"
-            trials = [u for u in trials if u.id != t.id]
+        if cfg is None or cfg.train.ray.num_workers == 1:
+            single.append(t)
+            continue
+        try:  # a data-parallel trial whose workers can never be placed fails alone
+            check_fits(cfg, available, besides={"CPU": res.cpus, "GPU": res.gpus})
+        except ConfigError as exc:
+            errors[t.id] = f"ConfigError: {exc}"
+            continue
+        parallel.append(t)
+        workers.append(cfg.train.ray)
+    trials = single
     payloads = {t.id: payload(t) for t in [*trials, *parallel]}
     if ctx.store:
         _on_object_storage([*trials, *parallel], payloads, ctx)
@@ -56,21 +62,20 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
         if ctx.deadline is not None and time.time() >= ctx.deadline:
             log.warning("sweep budget spent: %d data-parallel trial(s) of %s not started", len(parallel), phase)
             return errors
-        cap = min(sweep.max_concurrent or len(parallel), side_by_side(parallel, res.cpus, res.gpus, available))
+        cap = min(sweep.max_concurrent or len(parallel), side_by_side(workers, res.cpus, res.gpus, available))
         errors |= _fit(parallel, payloads, ctx, sweep, sdir, f"{phase}-parallel", cap)
     return errors
 
 
-def side_by_side(trials: list[Trial], cpus: float, gpus: float, available: dict[str, float]) -> int:
-    """How many of these data-parallel trials fit on the cluster at once, each with its own
-    resources and its workers' (the largest such footprint counted for all)."""
-    cap = len(trials)
-    for kind, own, per_worker in (("CPU", cpus, "cpus_per_worker"), ("GPU", gpus, "gpus_per_worker")):
-        need = 0.0
-        for t in trials:
-            cfg = trial_config(t)
-            if cfg is not None:
-                need = max(need, own + cfg.train.ray.num_workers * getattr(cfg.train.ray, per_worker))
+def side_by_side(workers: list[RayConfig], cpus: float, gpus: float, available: dict[str, float]) -> int:
+    """How many data-parallel trials with these `train.ray` settings fit on the cluster at once,
+    each with its own resources and its workers' (the largest such footprint counted for all)."""
+    cap = len(workers)
+    for kind, own, per_worker in (
+        ("CPU", cpus, [w.cpus_per_worker for w in workers]),
+        ("GPU", gpus, [w.gpus_per_worker for w in workers]),
+    ):
+        need = max(own + w.num_workers * each for w, each in zip(workers, per_worker, strict=True))
         if need > 0:
             cap = min(cap, int((available.get(kind, 0) + 1e-9) // need))
     return max(1, cap)

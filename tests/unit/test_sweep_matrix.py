@@ -112,26 +112,23 @@ def test_a_data_parallel_trial_resolves_with_its_workers(ws):
     assert by_id["ufa-UFA-multi-focus-s0-num_workers=2"].config["train"]["ray"]["num_workers"] == 2
 
 
-def test_data_parallel_trials_run_no_more_at_a_time_than_fit_with_their_workers(ws):
+def test_data_parallel_trials_run_no_more_at_a_time_than_fit_with_their_workers():
     """Tune reserves only a trial's own resources; its Ray Train workers ask for theirs later.
     side_by_side counts both, so that trials started together can all place their workers
     (two of 1 + 2 x 0.5 CPUs on a 2-CPU node, started together, waited for workers for good)."""
+    from fusion.config import RayConfig
     from fusion.sweep.tune_phase import side_by_side
 
-    grid = {"train.ray.num_workers": [2, 4], "train.ray.cpus_per_worker": [0.5], "train.ray.gpus_per_worker": [0.25]}
-    matrix = [{"model": "ufa", "variants": ["UFA"], "grid": grid}]
-    _with_sweeps(ws, {"dp": {"profile": "tiny", "overrides": ["train.batch_size=4"], "matrix": matrix}})
-    _, trials = plan(ws, "dp")
-    assert all(t.error is None for t in trials)
-    two = [t for t in trials if t.config["train"]["ray"]["num_workers"] == 2]
+    two = RayConfig(num_workers=2, cpus_per_worker=0.5, gpus_per_worker=0.25)
+    four = RayConfig(num_workers=4, cpus_per_worker=0.5, gpus_per_worker=0.25)
     gpus = 64.0  # each worker also takes a quarter GPU
-    assert side_by_side(two, 1, 0, {"CPU": 2.0, "GPU": gpus}) == 1  # 1 + 2 x 0.5 = 2 CPUs each
-    assert side_by_side(two * 3, 1, 0, {"CPU": 4.0, "GPU": gpus}) == 2
-    assert side_by_side(two * 3, 1, 0, {"CPU": 64.0, "GPU": gpus}) == 3  # never more than there are
-    assert side_by_side(trials, 1, 0, {"CPU": 7.0, "GPU": gpus}) == 2  # the largest footprint (1 + 4 x 0.5) for all
+    assert side_by_side([two, two], 1, 0, {"CPU": 2.0, "GPU": gpus}) == 1  # 1 + 2 x 0.5 = 2 CPUs each
+    assert side_by_side([two] * 3, 1, 0, {"CPU": 4.0, "GPU": gpus}) == 2
+    assert side_by_side([two] * 3, 1, 0, {"CPU": 64.0, "GPU": gpus}) == 3  # never more than there are
+    assert side_by_side([two, four], 1, 0, {"CPU": 7.0, "GPU": gpus}) == 2  # the largest footprint (1 + 4 x 0.5)
     # GPUs too: 4 x 0.25 + the trial's own 0.5 is 1.5 GPUs
-    assert side_by_side(trials, 1, 0.5, {"CPU": 64.0, "GPU": 3.0}) == 2
-    assert side_by_side(two, 1.5, 0, {"CPU": 2.0, "GPU": gpus}) == 1  # one always runs: check_fits refused the rest
+    assert side_by_side([two, four], 1, 0.5, {"CPU": 64.0, "GPU": 3.0}) == 2
+    assert side_by_side([two, two], 1, 0, {"CPU": 2.0}) == 1  # at least one: check_fits refused what cannot fit
 
 
 def test_sweep_errors_name_the_key(ws):
