@@ -48,16 +48,15 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
             continue
         parallel.append(t)
         workers.append(cfg.train.ray)
-    trials = single
-    payloads = {t.id: payload(t) for t in [*trials, *parallel]}
+    payloads = {t.id: payload(t) for t in [*single, *parallel]}
     if ctx.store:
-        _on_object_storage([*trials, *parallel], payloads, ctx)
+        _on_object_storage([*single, *parallel], payloads, ctx)
     # Tune reserves a trial's own resources only: Ray Train's workers ask for theirs once the
     # trial runs. Data-parallel trials started beside others could each hold a CPU and wait for
     # workers that never fit (two on a 2-CPU node did, retrying every 60 s for good), so they
     # run after the rest, as many at a time as fit with their workers.
-    if trials:
-        errors |= _fit(trials, payloads, ctx, sweep, sdir, phase, sweep.max_concurrent)
+    if single:
+        errors |= _fit(single, payloads, ctx, sweep, sdir, phase, sweep.max_concurrent)
     if parallel:
         if ctx.deadline is not None and time.time() >= ctx.deadline:
             log.warning("sweep budget spent: %d data-parallel trial(s) of %s not started", len(parallel), phase)
@@ -70,12 +69,10 @@ def tune_phase(trials: list[Trial], ctx: SweepContext, sweep: SweepConfig, sdir:
 def side_by_side(workers: list[RayConfig], cpus: float, gpus: float, available: dict[str, float]) -> int:
     """How many data-parallel trials with these `train.ray` settings fit on the cluster at once,
     each with its own resources and its workers' (the largest such footprint counted for all)."""
+    cpu = max(cpus + w.num_workers * w.cpus_per_worker for w in workers)
+    gpu = max(gpus + w.num_workers * w.gpus_per_worker for w in workers)
     cap = len(workers)
-    for kind, own, per_worker in (
-        ("CPU", cpus, [w.cpus_per_worker for w in workers]),
-        ("GPU", gpus, [w.gpus_per_worker for w in workers]),
-    ):
-        need = max(own + w.num_workers * each for w, each in zip(workers, per_worker, strict=True))
+    for kind, need in (("CPU", cpu), ("GPU", gpu)):
         if need > 0:
             cap = min(cap, int((available.get(kind, 0) + 1e-9) // need))
     return max(1, cap)
