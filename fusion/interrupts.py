@@ -1,11 +1,12 @@
-"""Ctrl-C in a tracked command, and continuing the run it stopped.
+"""Ctrl-C (or SIGTERM) in a tracked command, and continuing the run it stopped.
 
 An interrupted `fusion train` or `fusion run` marks every MLflow run the process left open
 KILLED (a plain exit would leave it RUNNING, Prefect's task handler would record FAILED) and
 says how to go on. `fusion train --resume RUN_ID` reopens that same run and trains on from
 its last checkpoint: the trainer resumes bit for bit (fusion/train/loop.py), Ray restores its
 own checkpoint from the run's folder, and the MLflow callback skips the steps the run already
-holds, so each step is in the metric history once.
+holds, so each step is in the metric history once. SIGTERM stops a command as Ctrl-C does
+(fusion/stop_signals.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import logging
 import re
 from pathlib import Path
 
-from fusion import pipeline, tracking
+from fusion import pipeline, stop_signals, tracking
 from fusion.config import Config, load_config
 from fusion.errors import FusionError
 
 log = logging.getLogger(__name__)
 
 EPHEMERAL_STARTUP_S = 120  # seconds to wait for Prefect's temporary API server (its default: 20)
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 _RUN_ID = re.compile(r"(?:runs:/)?([0-9a-f]{32})/?")
 
 
@@ -29,11 +29,7 @@ def interrupted(workspace: Path | None = None, out: Path | None = None) -> str:
     """Mark the runs this process left open KILLED; the one line telling the user how to go on
     (`workspace`: the --workspace the command was given, repeated in that line; `out`: the
     folder of an untracked `fusion train --out` run)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this bookkeeping short
+    stop_signals.ignore_further()  # a second Ctrl-C or SIGTERM must not cut this bookkeeping short
     killed = tracking.kill_open_runs()
     if not killed and out is not None and (out / "last.pt").is_file():
         return (

@@ -103,7 +103,10 @@ app.add_typer(schedule_app, name="schedule")
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")] = False) -> None:
+    from fusion.stop_signals import stop_on_sigterm
+
     setup_logging(verbose)
+    stop_on_sigterm()
 
 
 # the order of `fusion --help`

@@ -67,8 +67,10 @@ def print_means(
 
 
 def exit_interrupted(workspace: Path | None, out: Path | None = None) -> NoReturn:
-    """Ctrl-C: runs left open become KILLED, one line says how to continue, exit 130."""
-    from fusion.interrupts import EXIT_INTERRUPTED, interrupted
+    """Ctrl-C or SIGTERM: runs left open become KILLED, one line says how to continue, exit 130
+    (143 after SIGTERM)."""
+    from fusion.interrupts import interrupted
+    from fusion.stop_signals import exit_status
 
     console.print(f"[bold yellow]{escape(interrupted(workspace, out))}[/]", highlight=False)
-    raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(exit_status())

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fusion.cli.options import NoRay, Overrides, Profile, Workspace
@@ -102,15 +103,26 @@ def sweep(
             table.add_row(t.id, t.spec.label, t.spec.depends_on or "", t.error or "")
         Console().print(table)
         return
-    result = run_sweep(
-        workspace,
-        name,
-        overrides,
-        new=new,
-        budget_minutes=budget_minutes,
-        max_concurrent=max_concurrent,
-        use_ray=not no_ray,
-    )
+    try:
+        result = run_sweep(
+            workspace,
+            name,
+            overrides,
+            new=new,
+            budget_minutes=budget_minutes,
+            max_concurrent=max_concurrent,
+            use_ray=not no_ray,
+        )
+    except KeyboardInterrupt:  # the runner has recorded the unfinished trials as interrupted
+        from fusion.stop_signals import exit_status
+
+        ws = f" --workspace {workspace}" if workspace is not None else ""
+        console.print(
+            f"[bold yellow]interrupted: sweep {escape(name)} stopped; `fusion sweep {escape(name)}{escape(ws)}` "
+            "continues its unfinished trials from their checkpoints[/]",
+            highlight=False,
+        )
+        raise typer.Exit(exit_status()) from None
     out = Console()
     table = Table(title=f"sweep {name} ({'resumed, ' if result.resumed else ''}{result.seconds:.0f} s)")
     for col in ("trial", "status", "epochs", "attempts", "best val/loss", "run"):

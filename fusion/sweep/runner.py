@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusion import pipeline, tracking
+from fusion import pipeline, stop_signals, tracking
 from fusion.config import SweepConfig, load_config, resolve_workspace
 from fusion.errors import ConfigError
 from fusion.git_info import git_diff_hash, git_state
@@ -178,7 +178,8 @@ def run_sweep(
                     ctx, payload(t), run, f"stage-1 trial {t.spec.depends_on} failed", "skipped"
                 )
         _run(todo, ctx, sweep, sdir, "phase2", use_ray, status)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (fusion/stop_signals.py)
+        stop_signals.ignore_further()
         _finish_rows(trials, status, sdir, ctx)  # trial runs say "interrupted" rather than stay RUNNING
         tracking.end_run(target, parent, "KILLED")
         log.warning("sweep %s interrupted; run it again to resume the unfinished trials", name)

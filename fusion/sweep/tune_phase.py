@@ -6,6 +6,7 @@ Tune's failure handling and wall-clock budget; returns the trials that errored."
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -117,7 +118,18 @@ def _fit(
             verbose=1,
         ),
     )
-    grid = tuner.fit()
+    # Tune's own SIGINT handler only asks the experiment to end and returns from fit as if it
+    # had: the sweep would go on to its next phase. Without it Ctrl-C (and SIGTERM, which takes
+    # Ctrl-C's path) raise in fit, and the sweep records its unfinished trials as interrupted.
+    previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        grid = tuner.fit()
+    finally:
+        if previous is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous
     errors: dict[str, str] = {}
     for i in range(len(grid)):  # ResultGrid is indexable but declares no __iter__
         r = grid[i]

@@ -21,6 +21,7 @@ from typing import Any
 
 from fusion.config import Config
 from fusion.errors import FusionError
+from fusion.stop_signals import is_stop
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,8 @@ def log_artifacts(t: TrackingTarget, run_id: str, folder: Path, artifact_path: s
 
 
 def end_run(t: TrackingTarget, run_id: str, status: str = "FINISHED") -> None:
-    if status == "FAILED" and isinstance(sys.exception(), KeyboardInterrupt):
-        # ended by a handler while Ctrl-C propagates (a Prefect task's): stopped, not failed
+    if status == "FAILED" and is_stop(sys.exception()):
+        # ended by a handler while Ctrl-C or SIGTERM propagates (a Prefect task's): stopped, not failed
         status = "KILLED"
         _INTERRUPTED[run_id] = t
     client(t).set_terminated(run_id, status)

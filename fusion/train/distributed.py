@@ -82,6 +82,8 @@ def quiet_ray_workers() -> None:
 def init_ray() -> dict[str, Any]:
     import ray
 
+    from fusion.stop_signals import stop_on_sigterm
+
     if ray.is_initialized():
         return ray.cluster_resources()
     address = os.environ.get("RAY_ADDRESS")
@@ -100,6 +102,7 @@ def init_ray() -> dict[str, Any]:
             object_store_memory=OBJECT_STORE_BYTES,
             **common,
         )
+    stop_on_sigterm()  # ray.init replaced it with a bare sys.exit
     return ray.cluster_resources()
 
 

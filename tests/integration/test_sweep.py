@@ -327,16 +327,22 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
     )
     try:
         tdir = _wait_for_epoch(sweep_ws, "resume", TRIAL, 2, proc)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(signal.SIGTERM)  # a scheduler's stop: it takes Ctrl-C's path
         proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
         log.close()
-    first = json.loads((tdir / "status.json").read_text()) if (tdir / "status.json").is_file() else {}
-    assert first.get("status") in (None, "interrupted"), first
+    said = (tmp_path / "sweep.log").read_text()
+    assert proc.returncode == 143, said[-3000:]
+    assert "interrupted: sweep resume stopped" in " ".join(said.split()), said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+    first = json.loads((tdir / "status.json").read_text())
+    assert first["status"] == "interrupted", first
     epochs_before = load_checkpoint(tdir / "checkpoints" / "last.pt")["epoch"]
     assert 2 <= epochs_before < 6
+    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
+    assert client.get_run(first["run_id"]).info.status == "KILLED"
 
     out = subprocess.run(
         [FUSION, "sweep", "resume", "-w", str(sweep_ws)], env=env, capture_output=True, text=True, timeout=600
@@ -346,8 +352,6 @@ def test_interrupted_sweep_is_continued_by_the_next_run(sweep_ws, reference, tmp
     record = json.loads((tdir / "status.json").read_text())
     assert record["status"] == "completed" and record["attempts"] == 2
     _same_training(load_checkpoint(tdir / "checkpoints" / "last.pt"), reference)
-
-    client = MlflowClient(tracking.target(load_config(sweep_ws), sweep_ws).uri)
     parents = client.search_runs(
         [client.get_run(record["run_id"]).info.experiment_id],
         "tags.`sweep.name` = 'resume' and tags.`sweep.role` = 'parent'",
