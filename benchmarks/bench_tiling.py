@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 NAME = "tiling"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mf" / "Lytro20"
@@ -56,24 +55,12 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, int, str]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from fusion.checkpoint import CHECKPOINT_FORMAT
-    from fusion.models import build_model
+    from fusion.checkpoint import untrained_checkpoint
 
     (w, h), budget = ((1200, 900), "1GB") if quick else ((4000, 3000), "4GB")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        torch.manual_seed(0)
-        ckpt = folder / "ufa.pt"
-        torch.save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": "ufa",
-                "variant": "UFA",
-                "model_options": {"released": False},
-                "state_dict": build_model("ufa", "UFA").state_dict(),
-            },
-            ckpt,
-        )
+        ckpt = untrained_checkpoint(folder / "ufa.pt", "ufa", "UFA")
         paths = _pair(folder, w, h)
         cmd = [
             sys.executable,

@@ -45,6 +45,24 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def untrained_checkpoint(path: Path, model: str, variant: str, seed: int = 0, **extra: Any) -> Path:
+    """A checkpoint of `model`/`variant` freshly initialised under `seed`: what the tests, the
+    benchmarks and the GPU check fuse with where trained weights are not the point (`extra`
+    adds or replaces payload keys)."""
+    from fusion.models import build_model
+
+    torch.manual_seed(seed)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model,
+        "variant": variant,
+        "model_options": {"released": False},
+        "state_dict": build_model(model, variant).state_dict(),
+    }
+    save_checkpoint(path, {**payload, **extra})
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Checkpoints are data, never code: weights_only=True refuses pickled objects."""
     path = Path(path)

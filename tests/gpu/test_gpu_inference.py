@@ -68,20 +68,9 @@ def test_every_metric_on_the_gpu_equals_the_cpu_value(gpu, photo_pair):
 
 
 def test_fusion_fuse_on_the_gpu_matches_the_cpu(gpu, photo_pair, tmp_path):
-    from fusion.checkpoint import CHECKPOINT_FORMAT
+    from fusion.checkpoint import untrained_checkpoint
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ufa.pt"
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": "ufa",
-            "variant": "UFA",
-            "model_options": {"released": False},
-            "state_dict": build_model("ufa", "UFA").state_dict(),
-        },
-        ckpt,
-    )
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     near, far, _ = photo_pair
     paths = [tmp_path / "near.png", tmp_path / "far.png"]
     for p, img in zip(paths, (near, far)):

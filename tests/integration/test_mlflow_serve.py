@@ -15,11 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.checkpoint import untrained_checkpoint
 from fusion.inference import fuse, load_model
-from fusion.models import build_model
 from fusion.tracking import model_flavor as mlflow_model
 from tests.conftest import free_port, terminate, wait_http
 
@@ -43,18 +41,7 @@ def served(tmp_path):
     store and served by `mlflow models serve` from the registry."""
     from mlflow import MlflowClient
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "best.pt"
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": "ufa",
-            "variant": "UFA",
-            "model_options": {"released": False},
-            "state_dict": build_model("ufa", "UFA").state_dict(),
-        },
-        ckpt,
-    )
+    ckpt = untrained_checkpoint(tmp_path / "best.pt", "ufa", "UFA")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     exp = client.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())

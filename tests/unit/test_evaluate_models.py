@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fusion import evaluate as ev
-from fusion.checkpoint import CHECKPOINT_FORMAT, resolve_checkpoint
+from fusion.checkpoint import resolve_checkpoint, untrained_checkpoint
 from fusion.errors import ConfigError, DataError
 from fusion.inference import fuse, fuse_chroma, load_model
 from fusion.models import build_model
@@ -23,23 +23,11 @@ QUICK = ["EN", "SD", "Qabf", "SSIM", "SSIM_gt", "PSNR_gt"]
 
 
 def _checkpoint(path, model="ufa", variant="UFA", poison=False):
-    torch.manual_seed(0)
-    net = build_model(model, variant)
-    state = net.state_dict()
-    if poison:
-        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model,
-            "variant": variant,
-            "model_options": {"released": False},
-            "state_dict": state,
-        },
-        path,
-    )
-    return path
+    if not poison:
+        return untrained_checkpoint(path, model, variant)
+    state = build_model(model, variant).state_dict()
+    nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    return untrained_checkpoint(path, model, variant, state_dict=nan)
 
 
 def test_model_and_baselines_on_a_prepared_split(tiny_prepared, tmp_path):

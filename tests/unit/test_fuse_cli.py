@@ -8,26 +8,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.checkpoint import untrained_checkpoint
 from fusion.models import build_model
-
-
-def _checkpoint(path, model, variant, **extra):
-    torch.manual_seed(0)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model,
-            "variant": variant,
-            "model_options": {"released": False},
-            "state_dict": build_model(model, variant).state_dict(),
-            **extra,
-        },
-        path,
-    )
-    return path
 
 
 def _fuse(*args):
@@ -47,7 +30,7 @@ def _crops(shared_data, tmp_path, names, size=(40, 56)):
 
 
 def test_ufa_fuses_a_colour_pair_and_a_triple(shared_data, tmp_path):
-    ckpt = _checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     pair = _crops(shared_data, tmp_path, ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"])
     proc = _fuse(*pair, "--model", ckpt, "--out", tmp_path / "f.png", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -61,7 +44,7 @@ def test_ufa_fuses_a_colour_pair_and_a_triple(shared_data, tmp_path):
 
 
 def test_gray_model_on_ir_and_colour_visible_keeps_the_colour(shared_data, tmp_path):
-    ckpt = _checkpoint(tmp_path / "cadnif.pt", "cadnif", "CA-DRDB-AU-GRL-Net", stage="single")
+    ckpt = untrained_checkpoint(tmp_path / "cadnif.pt", "cadnif", "CA-DRDB-AU-GRL-Net", stage="single")
     ir, vi = _crops(
         shared_data, tmp_path, ["irvis/RoadScene221/ir/FLIR_00006.jpg", "irvis/RoadScene221/vi/FLIR_00006.jpg"]
     )
@@ -72,7 +55,7 @@ def test_gray_model_on_ir_and_colour_visible_keeps_the_colour(shared_data, tmp_p
 
 
 def test_fuse_errors_name_the_problem(shared_data, tmp_path):
-    ckpt = _checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     a, b = _crops(shared_data, tmp_path, ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"])
     one = _fuse(a, "--model", ckpt, "--out", tmp_path / "x.png")
     assert one.returncode == 2 and "at least 2 images" in one.stderr
@@ -80,7 +63,7 @@ def test_fuse_errors_name_the_problem(shared_data, tmp_path):
     cv2.imwrite(str(big), np.zeros((41, 56, 3), np.uint8))
     mismatch = _fuse(a, big, "--model", ckpt, "--out", tmp_path / "x.png")
     assert mismatch.returncode == 2 and "differ in size" in mismatch.stderr
-    stage1 = _checkpoint(tmp_path / "s1.pt", "crossfuse", "full", stage="autoencoder")
+    stage1 = untrained_checkpoint(tmp_path / "s1.pt", "crossfuse", "full", stage="autoencoder")
     refused = _fuse(a, b, "--model", stage1, "--out", tmp_path / "x.png")
     assert refused.returncode == 2 and "stage-1 (auto-encoder) checkpoint does not fuse" in refused.stderr
     jpeg = _fuse(a, b, "--model", ckpt, "--out", tmp_path / "x.jpg")
@@ -102,7 +85,7 @@ def test_gray_models_fuse_odd_sizes(model, variant):
 def test_bfloat16_fusion_stays_within_a_gray_level_of_float32(shared_data, tmp_path, model, variant):
     """--precision bfloat16 runs the model under CPU autocast: same image within one gray
     level on a real Lytro pair; a precision the device cannot use is refused by name."""
-    ckpt = _checkpoint(tmp_path / "m.pt", model, variant, stage="single")
+    ckpt = untrained_checkpoint(tmp_path / "m.pt", model, variant, stage="single")
     pair = _crops(shared_data, tmp_path, ["mf/Lytro20/lytro-01-A.jpg", "mf/Lytro20/lytro-01-B.jpg"], size=(96, 120))
     outs = {}
     for precision in ("float32", "bfloat16"):

@@ -7,30 +7,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from fusion import tracking
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.checkpoint import untrained_checkpoint
 from fusion.errors import DataError
 from fusion.inference import fuse, load_model
-from fusion.models import build_model
 from fusion.tracking import model_flavor as mlflow_model
-
-
-def _checkpoint(path, model="ufa", variant="UFA"):
-    torch.manual_seed(0)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model,
-            "variant": variant,
-            "model_options": {"released": False},
-            "state_dict": build_model(model, variant).state_dict(),
-        },
-        path,
-    )
-    return path
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -50,7 +33,7 @@ def images(shared_data):
 
 
 def test_logged_model_fuses_two_or_three_images_like_fusion_fuse(tmp_path, images):
-    ckpt = _checkpoint(tmp_path / "best.pt")
+    ckpt = untrained_checkpoint(tmp_path / "best.pt", "ufa", "UFA")
     target = tracking.TrackingTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", "t", (tmp_path / "artifacts").as_uri())
     run_id = tracking.client(target).create_run(tracking.experiment_id(target)).info.run_id
     # logged as the pipeline logs it: the saved folder as the run's model/ artifact
@@ -89,7 +72,7 @@ def test_logged_model_fuses_two_or_three_images_like_fusion_fuse(tmp_path, image
 
 
 def test_the_model_folder_is_self_contained(tmp_path):
-    folder = mlflow_model.save(_checkpoint(tmp_path / "best.pt"), tmp_path / "m")
+    folder = mlflow_model.save(untrained_checkpoint(tmp_path / "best.pt", "ufa", "UFA"), tmp_path / "m")
     assert (folder / "MLmodel").is_file() and (folder / "code" / "fusion" / "inference.py").is_file()
     # a model from code: MLflow builds it by running model_code.py when it loads it, no pickle
     flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]

@@ -10,11 +10,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from mlflow.exceptions import MlflowException
 
-from fusion.checkpoint import CHECKPOINT_FORMAT
-from fusion.models import build_model
+from fusion.checkpoint import untrained_checkpoint
 from fusion.tracking import model_flavor as mlflow_model
 
 
@@ -30,17 +28,7 @@ def loaded(tmp_path_factory):
     import mlflow.pyfunc
 
     tmp = tmp_path_factory.mktemp("pyfunc")
-    torch.manual_seed(0)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": "ufa",
-            "variant": "UFA",
-            "model_options": {"released": False},
-            "state_dict": build_model("ufa", "UFA").state_dict(),
-        },
-        tmp / "best.pt",
-    )
+    untrained_checkpoint(tmp / "best.pt", "ufa", "UFA")
     return mlflow.pyfunc.load_model(str(mlflow_model.save(tmp / "best.pt", tmp / "model")))
 
 

@@ -7,10 +7,8 @@ import sys
 
 import cv2
 import numpy as np
-import torch
 
-from fusion.checkpoint import CHECKPOINT_FORMAT
-from fusion.models import build_model
+from fusion.checkpoint import untrained_checkpoint
 
 
 def _cli(*args, cwd=None):
@@ -20,18 +18,7 @@ def _cli(*args, cwd=None):
 
 
 def test_fuse_refuses_to_overwrite_a_source_or_an_existing_file(tmp_path):
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ufa.pt"
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": "ufa",
-            "variant": "UFA",
-            "model_options": {"released": False},
-            "state_dict": build_model("ufa", "UFA").state_dict(),
-        },
-        ckpt,
-    )
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     rng = np.random.default_rng(0)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for p in (a, b):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fusion import tiling, tiling_progress
-from fusion.checkpoint import CHECKPOINT_FORMAT
+from fusion.checkpoint import untrained_checkpoint
 from fusion.data.dataset import to_image, to_tensor
 from fusion.device import memory_format
 from fusion.errors import DataError
@@ -168,21 +168,6 @@ def _png_header(w: int, h: int) -> bytes:
     )
 
 
-def _checkpoint(path, model="ufa", variant="UFA"):
-    torch.manual_seed(0)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model,
-            "variant": variant,
-            "model_options": {"released": False},
-            "state_dict": build_model(model, variant).state_dict(),
-        },
-        path,
-    )
-    return path
-
-
 def _cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "fusion", "fuse", *map(str, args)], capture_output=True, text=True, timeout=300
@@ -192,7 +177,7 @@ def _cli(*args):
 def test_cli_refuses_a_huge_pair_from_its_headers_before_decoding(tmp_path):
     """20000x20000: one line naming the size and the budget, exit 2, no traceback, no output. The
     files hold no pixels, so the refusal came from their headers, before any decoding."""
-    ckpt = _checkpoint(tmp_path / "ufa.pt")
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     for k in "ab":
         (tmp_path / f"{k}.png").write_bytes(_png_header(20000, 20000))
     proc = _cli(
@@ -213,7 +198,7 @@ def test_cli_refuses_a_huge_pair_from_its_headers_before_decoding(tmp_path):
 
 
 def test_cli_tiles_on_request_and_refuses_bad_tile_and_memory_values(shared_data, tmp_path):
-    ckpt = _checkpoint(tmp_path / "ufa.pt")
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     paths = []
     for k in "AB":
         img = cv2.imread(str(shared_data / f"mf/Lytro20/lytro-01-{k}.jpg"))[:72, :104]
@@ -281,7 +266,7 @@ def test_progress_bar_counts_tiles_only_once_a_fusion_is_slow(shared_data, monke
 @pytest.mark.slow
 def test_a_12_megapixel_pair_fuses_within_4_gb(shared_data, tmp_path):
     """Peak RSS of `fusion fuse --max-memory 4GB` on a 4000x3000 pair (the main job's UFA-Fuse)."""
-    ckpt = _checkpoint(tmp_path / "ufa.pt")
+    ckpt = untrained_checkpoint(tmp_path / "ufa.pt", "ufa", "UFA")
     paths = []
     for k in "AB":
         img = cv2.imread(str(shared_data / f"mf/Lytro20/lytro-01-{k}.jpg"))
