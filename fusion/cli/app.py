@@ -3,7 +3,8 @@
 Errors users can fix (bad parameter, missing or corrupt file) print one clear line and
 exit with status 2; anything else is a bug and keeps its traceback. That happens here, once,
 around every command (`_one_line_errors`); a command catches a FusionError itself only to
-clean up or to carry on with the rest of its work.
+clean up or to carry on with the rest of its work. Ctrl-C (and SIGTERM, which takes its path)
+exits 130 (143) with one line rather than click's "Aborted!" and status 1.
 """
 
 from __future__ import annotations
@@ -86,8 +87,14 @@ class _EntryPoint(TyperGroup):
     Typer.__call__ because typer's CliRunner (the tests) calls this group directly."""
 
     def invoke(self, ctx: Context) -> Any:
-        with _one_line_errors():
-            return super().invoke(ctx)
+        from fusion.stop_signals import exit_status
+
+        try:
+            with _one_line_errors():
+                return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM in a command that keeps no runs (the others say more)
+            console.print("[bold yellow]interrupted[/]")
+            raise typer.Exit(exit_status()) from None
 
 
 app = typer.Typer(

@@ -77,3 +77,35 @@ def test_once_the_stop_is_being_recorded_further_signals_are_ignored():
         """
     )
     assert out == "bookkeeping finished 130"
+
+
+@pytest.mark.parametrize(("how", "status"), [("ctrl-c", 130), ("sigterm", 143)])
+def test_a_command_that_keeps_no_runs_prints_one_line_and_exits_130_or_143(how, status):
+    """Not click's "Aborted!" and status 1: a scheduler reads the status as the signal's."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        import typer
+        from fusion.cli.app import _EntryPoint
+        from fusion.stop_signals import stop_on_sigterm
+
+        app = typer.Typer(cls=_EntryPoint)
+
+        @app.command()
+        def work(how: str) -> None:
+            stop_on_sigterm()
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            raise KeyboardInterrupt
+
+        @app.command()
+        def other() -> None:
+            pass
+
+        app(["work", sys.argv[1]])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr.strip() == "interrupted" and proc.stdout == ""
