@@ -18,8 +18,8 @@ _ignoring = False  # the stop's bookkeeping has begun
 
 
 def stop_on_sigterm() -> None:
-    """Install the handler. Called when a command starts and again after `ray.init`, which puts
-    in its own (a bare sys.exit)."""
+    """Install the handler: when a command starts, and again after `ray.init` (which installs
+    a bare sys.exit, over Prefect's handler too in a flow run)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _as_ctrl_c)
 

@@ -102,7 +102,10 @@ def init_ray() -> dict[str, Any]:
             object_store_memory=OBJECT_STORE_BYTES,
             **common,
         )
-    stop_on_sigterm()  # ray.init replaced it with a bare sys.exit
+    # ray.init put in a bare sys.exit. Ours routes SIGTERM through Ray Train's Ctrl-C handler,
+    # which aborts the training cleanly; an exception raised straight into ray.get (Ray's exit,
+    # or Prefect's TerminationSignal in a flow) comes out as a SystemError from Ray's C code
+    stop_on_sigterm()
     return ray.cluster_resources()
 
 
