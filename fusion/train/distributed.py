@@ -103,8 +103,8 @@ def init_ray() -> dict[str, Any]:
             **common,
         )
     # ray.init put in a bare sys.exit. Ours routes SIGTERM through Ray Train's Ctrl-C handler,
-    # which aborts the training cleanly; an exception raised straight into ray.get (Ray's exit,
-    # or Prefect's TerminationSignal in a flow) comes out as a SystemError from Ray's C code
+    # which aborts the training cleanly; Prefect's handler put back instead (in a flow run)
+    # raised its TerminationSignal into ray.get, which came out as a SystemError, exit 1
     stop_on_sigterm()
     return ray.cluster_resources()
 

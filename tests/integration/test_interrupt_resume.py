@@ -204,8 +204,8 @@ def test_sigterm_in_the_prefect_flow_kills_the_run_and_exits_143(reference, tmp_
 @pytest.mark.slow  # ~4 min on 2 cores: `make test-slow`
 def test_sigterm_in_the_prefect_flow_training_through_ray_kills_the_run_and_resume_finishes_it(reference, tmp_path):
     """SIGTERM while Ray trains inside the flow: the handler put back after ray.init routes it
-    through Ray Train's Ctrl-C handler (Ray's own exit, or Prefect's TerminationSignal, raised
-    into ray.get came out as a SystemError, exit 1)."""
+    through Ray Train's Ctrl-C handler (Prefect's TerminationSignal raised into ray.get came
+    out as a SystemError, exit 1)."""
     ws, expected = reference
     rc, err, _ = _interrupt(ws, tmp_path / "run.log", "run", "--workspace", str(ws), *SETTINGS, ray=True, sigterm=True)
     _resume_and_check(ws, _killed_run(ws, rc, err, status=143), expected)
